@@ -1,0 +1,1 @@
+"""tidings: live updates that survive every disconnect."""

@@ -1,0 +1,236 @@
+"""Per-topic event logs in memory, with replay after a position or an explicit reset.
+
+:class:`MemoryHistory` keeps, for each topic, a ring of the most recent events bounded
+by count and by total size.  :meth:`MemoryHistory.read` answers "what came after this
+position?" with either every retained event after it, in order (a :class:`Replay`), or
+a :class:`Reset` saying why that is impossible and where the head is now.  It never
+silently skips: an evicted, foreign or malformed position always gives a reset.
+
+Nothing here waits: waking readers when something is appended is the job of the Trio
+layer (:mod:`tidings.trio`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from tidings.cursor import EARLIEST, MAX_EPOCH_LENGTH, Position
+from tidings.errors import InvalidCursor, LocalProtocolError
+
+__all__ = [
+    "MemoryHistory",
+    "Replay",
+    "Reset",
+    "ResetReason",
+    "StoredEvent",
+]
+
+#: Longest base epoch a :class:`MemoryHistory` accepts (room is left for the
+#: per-topic generation suffix within :data:`~tidings.cursor.MAX_EPOCH_LENGTH`).
+_MAX_BASE_EPOCH = MAX_EPOCH_LENGTH - 14
+# Per stored event bookkeeping charged against ``max_bytes`` on top of its payload,
+# so that a flood of empty events is bounded too.
+_EVENT_OVERHEAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event as it sits in a history: its position, payload and optional type."""
+
+    position: Position
+    data: str
+    event: str | None = None
+
+
+class ResetReason(enum.StrEnum):
+    """Why a read could not continue from the given position."""
+
+    #: The cursor is not a valid position string.
+    MALFORMED = "malformed"
+    #: The cursor belongs to another generation of the topic (restart, dropped topic).
+    UNKNOWN_EPOCH = "unknown-epoch"
+    #: The cursor is ahead of anything this history has produced.
+    UNKNOWN_POSITION = "unknown-position"
+    #: Events after the cursor were evicted; continuing would skip them.
+    EVICTED = "evicted"
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """The retained events after a position, oldest first.
+
+    ``cursor`` is where the next read should continue from: the position of the last
+    event here, or the requested position when there are none.  ``more`` is true when
+    *limit* cut the answer short and further events are already retained.
+    """
+
+    events: tuple[StoredEvent, ...]
+    cursor: Position
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """A read that cannot continue: the client must resynchronise from ``head``."""
+
+    head: Position
+    reason: ResetReason
+
+
+class _Topic:
+    """The ring of one topic's retained events."""
+
+    __slots__ = ("epoch", "events", "first", "last", "nbytes", "start")
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        # ``events[start:]`` are retained; ``first`` is the offset of events[start].
+        self.events: list[tuple[StoredEvent, int]] = []
+        self.start = 0
+        self.first = 1
+        self.last = 0
+        self.nbytes = 0
+
+    def evict_one(self) -> None:
+        _, size = self.events[self.start]
+        self.start += 1
+        self.first += 1
+        self.nbytes -= size
+        if self.start >= 1024 and self.start * 2 >= len(self.events):
+            del self.events[: self.start]
+            self.start = 0
+
+
+def _event_size(data: str, event: str | None) -> int:
+    size = _EVENT_OVERHEAD + (len(data) if data.isascii() else len(data.encode("utf-8", "replace")))
+    if event is not None:
+        size += len(event)
+    return size
+
+
+class MemoryHistory:
+    """Bounded in-memory event logs, one per topic.
+
+    Each topic is a ring holding at most *max_events* events and *max_bytes* of payload
+    (plus a small per-event overhead); the oldest events are evicted first.  At most
+    *max_topics* topics are kept: touching a new topic beyond that drops the least
+    recently used one, and when that topic comes back it starts a new generation (a
+    new epoch), so stale cursors into it reset instead of silently resuming.
+
+    *epoch* names this history's generation; pass a fresh random one per process
+    (:func:`tidings.cursor.new_epoch`).  Each topic's epoch is derived from it.
+    """
+
+    def __init__(
+        self,
+        epoch: str,
+        *,
+        max_events: int = 1000,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_event_size: int = 1024 * 1024,
+        max_topics: int = 10_000,
+    ) -> None:
+        Position(epoch, 0)  # validates the charset
+        if len(epoch) > _MAX_BASE_EPOCH:
+            raise LocalProtocolError(f"epoch longer than {_MAX_BASE_EPOCH} characters")
+        if max_events < 1 or max_topics < 1 or max_event_size < 1:
+            raise LocalProtocolError("max_events, max_event_size and max_topics must be >= 1")
+        if max_bytes < max_event_size + _EVENT_OVERHEAD:
+            raise LocalProtocolError("max_bytes must leave room for one event of max_event_size")
+        self.epoch = epoch
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_event_size = max_event_size
+        self.max_topics = max_topics
+        self._topics: OrderedDict[str, _Topic] = OrderedDict()
+        self._generation = 0
+
+    def _topic(self, topic: str) -> _Topic:
+        state = self._topics.get(topic)
+        if state is not None:
+            self._topics.move_to_end(topic)
+            return state
+        if len(self._topics) >= self.max_topics:
+            self._topics.popitem(last=False)
+        self._generation += 1
+        state = _Topic(f"{self.epoch}-{self._generation:x}")
+        self._topics[topic] = state
+        return state
+
+    def __len__(self) -> int:
+        """The number of topics currently held."""
+        return len(self._topics)
+
+    def __contains__(self, topic: object) -> bool:
+        return topic in self._topics
+
+    def append(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
+        """Store an event at the end of *topic* and return it with its new position.
+
+        Raises :class:`~tidings.errors.LocalProtocolError` when the event is larger
+        than *max_event_size* (a server should answer ``413``).
+        """
+        size = _event_size(data, event)
+        if size - _EVENT_OVERHEAD > self.max_event_size:
+            raise LocalProtocolError(
+                f"event of {size - _EVENT_OVERHEAD} bytes exceeds max_event_size "
+                f"{self.max_event_size}",
+                error_status_hint=413,
+            )
+        state = self._topic(topic)
+        state.last += 1
+        stored = StoredEvent(Position(state.epoch, state.last), data, event)
+        state.events.append((stored, size))
+        state.nbytes += size
+        while state.last - state.first + 1 > self.max_events or state.nbytes > self.max_bytes:
+            state.evict_one()
+        return stored
+
+    def head(self, topic: str) -> Position:
+        """The position of the newest event of *topic* (offset 0 when it has none).
+
+        Reading after the head returns only events appended later: "live from now".
+        """
+        state = self._topic(topic)
+        return Position(state.epoch, state.last)
+
+    def read(self, topic: str, after: Position | str, limit: int = 1000) -> Replay | Reset:
+        """The events of *topic* after *after*, at most *limit* of them, or a reset.
+
+        *after* is a :class:`~tidings.cursor.Position`, its wire form, or
+        :data:`~tidings.cursor.EARLIEST` for everything retained.  A malformed string,
+        a position of another epoch, one ahead of the head, or one whose successors
+        were evicted gives a :class:`Reset` carrying the current head.
+        """
+        if limit < 1:
+            raise LocalProtocolError("limit must be >= 1")
+        state = self._topic(topic)
+        if isinstance(after, str):
+            if after == EARLIEST:
+                after = Position(state.epoch, state.first - 1)
+            else:
+                try:
+                    after = Position.parse(after)
+                except InvalidCursor:
+                    return Reset(Position(state.epoch, state.last), ResetReason.MALFORMED)
+        if after.epoch != state.epoch:
+            return Reset(Position(state.epoch, state.last), ResetReason.UNKNOWN_EPOCH)
+        if after.offset > state.last:
+            return Reset(Position(state.epoch, state.last), ResetReason.UNKNOWN_POSITION)
+        if after.offset < state.first - 1:
+            return Reset(Position(state.epoch, state.last), ResetReason.EVICTED)
+        begin = state.start + (after.offset - state.first + 1)
+        end = min(begin + limit, len(state.events))
+        if begin == end:
+            return Replay((), after, False)
+        events = tuple(pair[0] for pair in state.events[begin:end])
+        return Replay(events, events[-1].position, end < len(state.events))
+
+    def stats(self, topic: str) -> tuple[int, int]:
+        """``(events, bytes)`` retained for *topic*, without creating it."""
+        state = self._topics.get(topic)
+        if state is None:
+            return (0, 0)
+        return (state.last - state.first + 1, state.nbytes)

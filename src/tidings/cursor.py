@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
 
+from tidings.backoff import Random
 from tidings.errors import InvalidCursor, LocalProtocolError
 
 __all__ = [
@@ -45,10 +45,6 @@ EARLIEST = "earliest"
 _EPOCH_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CURSOR_RE = re.compile(r"([A-Za-z0-9_-]{1,64})\.(0|[1-9][0-9]{0,18})")
 _EPOCH_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-class _Random(Protocol):
-    def random(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -109,7 +105,7 @@ class Position:
         return Position(self.epoch, self.offset + 1)
 
 
-def new_epoch(rng: _Random, length: int = 12) -> str:
+def new_epoch(rng: Random, length: int = 12) -> str:
     """A fresh random epoch of *length* base-36 characters drawn from *rng*.
 
     Pass ``random.SystemRandom()`` in production so that two server processes never

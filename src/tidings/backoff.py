@@ -1,0 +1,364 @@
+"""How long to wait before reconnecting: jittered, capped backoff with a server floor.
+
+Two layers, both free of clocks and global randomness:
+
+* **Policies** (:class:`FullJitter`, :class:`EqualJitter`, :class:`DecorrelatedJitter`,
+  :class:`NoJitter`) are pure: ``policy.next(attempt, rng, previous=..., floor=...)``
+  turns a retry number into a delay in seconds.  Jitter is applied to the *capped*
+  exponential ``d = min(cap, base * factor ** attempt)``, never the other way round:
+  capping after jittering would make every client wait exactly ``cap`` once the
+  exponential saturates, re-synchronising the reconnect storm jitter exists to spread.
+  A ``floor`` (the SSE ``retry`` field or an HTTP ``Retry-After``, in seconds) is put
+  under the result: ``delay = max(floor, jittered)``.
+* :class:`Backoff` is a small tracker that owns the attempt counter and the previous
+  delay.  It resets the counter **only** after a connection stayed up for a stable
+  period (default 5 s), so a server that accepts and then closes at once cannot drive
+  the client into a hot reconnect loop.
+
+Randomness comes in as any object with a ``random() -> float`` method (see
+:class:`Random`): pass ``random.Random(seed)`` in tests and ``random.SystemRandom()`` or
+a private ``random.Random()`` in production.  Time comes in as ``now`` arguments in
+seconds from any monotonic clock.
+
+Defaults: ``base`` 0.5 s, ``factor`` 2, ``cap`` 30 s, stable period 5 s.  With full
+jitter the first retry waits ``U(0, 0.5)`` s, and from the seventh on ``U(0, 30)`` s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from tidings.errors import LocalProtocolError
+
+__all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_CAP",
+    "DEFAULT_FACTOR",
+    "DEFAULT_STABLE_PERIOD",
+    "Backoff",
+    "BackoffPolicy",
+    "DecorrelatedJitter",
+    "EqualJitter",
+    "FullJitter",
+    "NoJitter",
+    "Random",
+    "capped_exponential",
+]
+
+#: Default delay scale of the first retry, in seconds.
+DEFAULT_BASE = 0.5
+#: Default growth factor per failed attempt.
+DEFAULT_FACTOR = 2.0
+#: Default ceiling of the exponential (before the floor), in seconds.
+DEFAULT_CAP = 30.0
+#: Default time a connection must stay up before the attempt counter resets, in seconds.
+DEFAULT_STABLE_PERIOD = 5.0
+
+
+class Random(Protocol):
+    """The one thing tidings asks of a random number generator.
+
+    ``random.Random`` and ``random.SystemRandom`` fit; so does any test double whose
+    ``random()`` returns floats in ``[0, 1)``.
+    """
+
+    def random(self) -> float:
+        """A float uniformly distributed in ``[0, 1)``."""
+        ...
+
+
+def _check_seconds(name: str, value: float, *, positive: bool = False) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise LocalProtocolError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise LocalProtocolError(f"{name} must be finite and {bound}, got {value!r}")
+
+
+def _check_attempt(attempt: int) -> None:
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+        raise LocalProtocolError(f"attempt must be an int >= 0, got {attempt!r}")
+
+
+def _check_exponential(base: float, factor: float, cap: float) -> None:
+    _check_seconds("base", base, positive=True)
+    if (
+        not isinstance(factor, int | float)
+        or isinstance(factor, bool)
+        or not math.isfinite(factor)
+        or factor < 1
+    ):
+        raise LocalProtocolError(f"factor must be finite and >= 1, got {factor!r}")
+    _check_seconds("cap", cap, positive=True)
+    if cap < base:
+        raise LocalProtocolError(f"cap ({cap!r}) must be >= base ({base!r})")
+
+
+def _uniform(rng: Random, low: float, high: float) -> float:
+    return low + (high - low) * rng.random()
+
+
+def capped_exponential(attempt: int, base: float, factor: float, cap: float) -> float:
+    """``min(cap, base * factor ** attempt)`` without ever overflowing.
+
+    The exponent is clamped to the first attempt that reaches the cap, so attempt
+    10 000 (or 10**100) costs the same as attempt 10 and never raises
+    :class:`OverflowError`.
+    """
+    _check_attempt(attempt)
+    if factor == 1 or base >= cap:
+        return min(cap, base)
+    # Any n at or past this reaches the cap; below it factor**n stays near cap/base,
+    # so the power cannot overflow.  Rounding only moves which side min() picks.
+    if attempt >= math.ceil(math.log(cap / base) / math.log(factor)):
+        return cap
+    return min(cap, base * factor**attempt)
+
+
+class BackoffPolicy(Protocol):
+    """What every policy offers: a delay for a retry number."""
+
+    def next(
+        self,
+        attempt: int,
+        rng: Random,
+        *,
+        previous: float | None = None,
+        floor: float = 0.0,
+    ) -> float:
+        """The delay in seconds before retry number *attempt* (0 for the first retry).
+
+        *previous* is the policy's own previous result (``None`` after a reset); only
+        :class:`DecorrelatedJitter` uses it.  The result is never below *floor*.
+        """
+        ...
+
+
+def _apply_floor(jittered: float, floor: float) -> float:
+    _check_seconds("floor", floor)
+    return max(floor, jittered)
+
+
+@dataclass(frozen=True, slots=True)
+class FullJitter:
+    """``U(0, min(cap, base * factor ** attempt))``: the widest spread, the default.
+
+    Spreads a crowd of clients that lost the same server evenly over the whole window,
+    which minimises the peak reconnection rate; the price is that an unlucky client
+    may retry almost at once (the stable-period rule of :class:`Backoff` keeps that
+    from becoming a loop).
+    """
+
+    base: float = DEFAULT_BASE
+    factor: float = DEFAULT_FACTOR
+    cap: float = DEFAULT_CAP
+
+    def __post_init__(self) -> None:
+        _check_exponential(self.base, self.factor, self.cap)
+
+    def next(
+        self,
+        attempt: int,
+        rng: Random,
+        *,
+        previous: float | None = None,
+        floor: float = 0.0,
+    ) -> float:
+        """``max(floor, U(0, d))`` with ``d`` the capped exponential."""
+        ceiling = capped_exponential(attempt, self.base, self.factor, self.cap)
+        return _apply_floor(ceiling * rng.random(), floor)
+
+
+@dataclass(frozen=True, slots=True)
+class EqualJitter:
+    """``d/2 + U(0, d/2)`` with ``d`` the capped exponential.
+
+    Always waits at least half the exponential, at the cost of a narrower spread
+    than :class:`FullJitter`.
+    """
+
+    base: float = DEFAULT_BASE
+    factor: float = DEFAULT_FACTOR
+    cap: float = DEFAULT_CAP
+
+    def __post_init__(self) -> None:
+        _check_exponential(self.base, self.factor, self.cap)
+
+    def next(
+        self,
+        attempt: int,
+        rng: Random,
+        *,
+        previous: float | None = None,
+        floor: float = 0.0,
+    ) -> float:
+        """``max(floor, d/2 + U(0, d/2))`` with ``d`` the capped exponential."""
+        half = capped_exponential(attempt, self.base, self.factor, self.cap) / 2
+        return _apply_floor(half + half * rng.random(), floor)
+
+
+@dataclass(frozen=True, slots=True)
+class DecorrelatedJitter:
+    """``min(cap, U(base, previous * multiplier))``, starting from ``previous = base``.
+
+    Each delay depends on the previous one rather than on the attempt number, which
+    keeps clients that started together from moving in step.  *previous* is clamped
+    to ``[base, cap]`` first, so a value raised by a floor cannot push the range
+    beyond the cap.
+    """
+
+    base: float = DEFAULT_BASE
+    cap: float = DEFAULT_CAP
+    multiplier: float = 3.0
+
+    def __post_init__(self) -> None:
+        _check_exponential(self.base, 1.0, self.cap)
+        if (
+            not isinstance(self.multiplier, int | float)
+            or not math.isfinite(self.multiplier)
+            or self.multiplier < 1
+        ):
+            raise LocalProtocolError(f"multiplier must be finite and >= 1, got {self.multiplier!r}")
+
+    def next(
+        self,
+        attempt: int,
+        rng: Random,
+        *,
+        previous: float | None = None,
+        floor: float = 0.0,
+    ) -> float:
+        """``max(floor, min(cap, U(base, previous * multiplier)))``."""
+        _check_attempt(attempt)
+        if previous is None:
+            previous = self.base
+        else:
+            _check_seconds("previous", previous)
+        previous = min(self.cap, max(self.base, previous))
+        jittered = min(self.cap, _uniform(rng, self.base, previous * self.multiplier))
+        return _apply_floor(jittered, floor)
+
+
+@dataclass(frozen=True, slots=True)
+class NoJitter:
+    """``min(cap, base * factor ** attempt)`` exactly: for comparisons and tests.
+
+    Clients that lose a server together come back together; prefer a jittered policy.
+    *rng* is accepted for interface compatibility and never used.
+    """
+
+    base: float = DEFAULT_BASE
+    factor: float = DEFAULT_FACTOR
+    cap: float = DEFAULT_CAP
+
+    def __post_init__(self) -> None:
+        _check_exponential(self.base, self.factor, self.cap)
+
+    def next(
+        self,
+        attempt: int,
+        rng: Random,
+        *,
+        previous: float | None = None,
+        floor: float = 0.0,
+    ) -> float:
+        """``max(floor, d)`` with ``d`` the capped exponential."""
+        return _apply_floor(capped_exponential(attempt, self.base, self.factor, self.cap), floor)
+
+
+class Backoff:
+    """Attempt counter and previous delay of one reconnecting client, without a clock.
+
+    Call :meth:`connected` when a connection is established (for HTTP: when a good
+    response arrived, not merely when TCP connected) and :meth:`disconnected` when it
+    ends or a connection attempt fails; the latter returns how long to wait.  The
+    counter goes back to zero only when the connection that just ended had stayed up
+    for at least *stable_period* seconds: a server that accepts and closes at once
+    keeps the client backing off exactly as if it refused the connection.
+
+    *floor_spread* (default 0, meaning exactly ``max(floor, jittered)``) spreads a
+    positive floor upward over ``[floor, floor * (1 + floor_spread)]``.  Without it, many
+    clients told the same ``retry`` or ``Retry-After`` value return at the same instant
+    whenever the floor exceeds their jittered delay.
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_connected_at",
+        "_floor_spread",
+        "_previous",
+        "policy",
+        "stable_period",
+    )
+
+    def __init__(
+        self,
+        policy: BackoffPolicy | None = None,
+        *,
+        stable_period: float = DEFAULT_STABLE_PERIOD,
+        floor_spread: float = 0.0,
+    ) -> None:
+        _check_seconds("stable_period", stable_period)
+        _check_seconds("floor_spread", floor_spread)
+        #: The policy that turns attempts into delays (:class:`FullJitter` by default).
+        self.policy: BackoffPolicy = FullJitter() if policy is None else policy
+        #: Seconds a connection must stay up before the attempt counter resets.
+        self.stable_period = stable_period
+        self._floor_spread = floor_spread
+        self._attempt = 0
+        self._previous: float | None = None
+        self._connected_at: float | None = None
+
+    @property
+    def attempt(self) -> int:
+        """Failed attempts since the last reset: the ``attempt`` of the next delay."""
+        return self._attempt
+
+    @property
+    def previous(self) -> float | None:
+        """The policy's last result (before the floor), or ``None`` after a reset."""
+        return self._previous
+
+    @property
+    def connected_at(self) -> float | None:
+        """When the current connection was established, or ``None`` when not connected."""
+        return self._connected_at
+
+    def connected(self, now: float) -> None:
+        """A connection is established at *now*; its lifetime starts counting."""
+        if not isinstance(now, int | float) or not math.isfinite(now):
+            raise LocalProtocolError(f"now must be a finite number, got {now!r}")
+        self._connected_at = now
+
+    def disconnected(self, now: float, rng: Random, floor: float = 0.0) -> float:
+        """The connection (or connection attempt) ended at *now*: how long to wait.
+
+        Resets the counter first if the connection had been up for at least the stable
+        period, then draws a delay, never below *floor*, and counts the attempt.
+        """
+        if not isinstance(now, int | float) or not math.isfinite(now):
+            raise LocalProtocolError(f"now must be a finite number, got {now!r}")
+        _check_seconds("floor", floor)
+        since = self._connected_at
+        self._connected_at = None
+        if since is not None and now - since >= self.stable_period:
+            self.reset()
+        jittered = self.policy.next(self._attempt, rng, previous=self._previous)
+        if floor > 0 and self._floor_spread > 0:
+            floor += floor * self._floor_spread * rng.random()
+        self._previous = jittered
+        self._attempt += 1
+        return max(floor, jittered)
+
+    def reset(self) -> None:
+        """Forget the failures: the next delay is computed as for a first retry."""
+        self._attempt = 0
+        self._previous = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Backoff attempt={self._attempt} previous={self._previous!r} "
+            f"connected_at={self._connected_at!r} policy={self.policy!r}>"
+        )

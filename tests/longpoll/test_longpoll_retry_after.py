@@ -1,0 +1,50 @@
+import pytest
+
+from tidings.longpoll import parse_http_date, parse_retry_after
+
+SUNDAY = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+        "Sunday, 06-Nov-94 08:49:37 GMT",
+        "Sun Nov  6 08:49:37 1994",
+    ],
+)
+def test_all_three_http_date_forms_parse(text: str) -> None:
+    assert parse_http_date(text) == SUNDAY
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Sun, 31 Feb 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 25:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 PST",
+        "06 Nov 1994 08:49:37 GMT",
+        "yesterday",
+        "",
+    ],
+)
+def test_invalid_http_dates_are_none(text: str) -> None:
+    assert parse_http_date(text) is None
+
+
+def test_retry_after_seconds() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 0 ") == 0.0
+
+
+@pytest.mark.parametrize("text", ["-5", "1.5", "soon", "9" * 40])
+def test_retry_after_garbage_is_none(text: str) -> None:
+    assert parse_retry_after(text) is None
+
+
+def test_retry_after_date_prefers_the_date_header_and_never_goes_negative() -> None:
+    later = "Sun, 06 Nov 1994 08:51:37 GMT"
+    assert parse_retry_after(later, date="Sun, 06 Nov 1994 08:49:37 GMT", wall_time=0.0) == 120.0
+    assert parse_retry_after(later, date="garbage", wall_time=SUNDAY) == 120.0
+    assert parse_retry_after(later, wall_time=SUNDAY + 1000) == 0.0
+    assert parse_retry_after(later) is None

@@ -34,7 +34,6 @@ from tidings.longpoll.request import (
     PollRequest,
     parse_poll_request,
 )
-from tidings.longpoll.retry_after import parse_http_date, parse_retry_after
 from tidings.longpoll.server import (
     LongPollServer,
     PollAnswer,
@@ -42,6 +41,7 @@ from tidings.longpoll.server import (
     encode_poll_body,
     error_answer,
 )
+from tidings.retry_after import parse_http_date, parse_retry_after
 
 __all__ = [
     "DEFAULT_ACTIVE_INTERVAL",

@@ -54,7 +54,7 @@ from tidings.cursor import EARLIEST, Position
 from tidings.errors import InvalidCursor, LocalProtocolError, RemoteProtocolError
 from tidings.longpoll.adaptive import AdaptivePoller
 from tidings.longpoll.request import DEFAULT_TIMEOUT
-from tidings.longpoll.retry_after import parse_retry_after
+from tidings.retry_after import parse_retry_after
 
 __all__ = [
     "ClientState",
@@ -397,7 +397,7 @@ class LongPollClient:
         *headers* are ``(name, value)`` pairs (bytes or str, any case).  *wall_time*
         is the current Unix time in seconds, used only for a ``Retry-After`` given as
         an HTTP-date when the answer has no ``Date`` field (see
-        :func:`~tidings.longpoll.parse_retry_after`).
+        :func:`~tidings.retry_after.parse_retry_after`).
 
         Raises :class:`PollRejected` for a status that must not be retried and
         :class:`~tidings.errors.RemoteProtocolError` for an invalid ``200`` answer;

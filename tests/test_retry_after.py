@@ -1,6 +1,6 @@
 import pytest
 
-from tidings.longpoll import parse_http_date, parse_retry_after
+from tidings.retry_after import parse_http_date, parse_retry_after
 
 SUNDAY = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT
 

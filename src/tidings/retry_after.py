@@ -64,7 +64,7 @@ def parse_http_date(value: str) -> float | None:
 
 
 def parse_retry_after(
-    value: str, *, date: str | None = None, wall_time: float | None = None
+    value: str | bytes, *, date: str | None = None, wall_time: float | None = None
 ) -> float | None:
     """The delay ``Retry-After: value`` asks for, in seconds, or ``None`` if unusable.
 
@@ -74,6 +74,11 @@ def parse_retry_after(
     field is ignored.  A date in the past gives ``0.0``.  Anything unparsable gives
     ``None``: a broken header must not stop a client, it only loses its floor.
     """
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
     value = value.strip(" \t")
     if _SECONDS.fullmatch(value) is not None:
         return float(int(value))

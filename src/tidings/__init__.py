@@ -1,1 +1,138 @@
-"""tidings: live updates that survive every disconnect."""
+"""tidings: live updates over SSE, long polling and WebSockets that survive every disconnect.
+
+The names here are the sans-IO core: protocol machines and building blocks that do
+no I/O, read no clock and draw no random numbers of their own.  The Trio adapters
+(server, hub, clients) live in :mod:`tidings.trio`.
+"""
+
+from tidings.backoff import (
+    Backoff,
+    BackoffPolicy,
+    DecorrelatedJitter,
+    EqualJitter,
+    FullJitter,
+    NoJitter,
+    Random,
+)
+from tidings.cursor import EARLIEST, MAX_CURSOR_LENGTH, Position, new_epoch
+from tidings.errors import InvalidCursor, LocalProtocolError, ProtocolError, RemoteProtocolError
+from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
+from tidings.longpoll import (
+    AdaptivePoller,
+    LongPollClient,
+    LongPollServer,
+    PollAnswer,
+    PollEvent,
+    PollLimits,
+    PollRejected,
+    PollRequest,
+    PollReset,
+    error_answer,
+    parse_poll_request,
+)
+from tidings.retry_after import parse_http_date, parse_retry_after
+from tidings.session import (
+    ClosePeer,
+    Connect,
+    GiveUp,
+    HeartbeatPolicy,
+    ReconnectingSession,
+    SendPing,
+    SessionState,
+    Wait,
+    classify_close,
+    classify_http,
+)
+from tidings.sse import (
+    EventSourceClient,
+    EventSourceCloseReason,
+    EventSourceState,
+    EventStreamParser,
+    MessageEvent,
+    ResetNotice,
+    ServerSentEvent,
+    encode_comment,
+    encode_event,
+)
+from tidings.ws import (
+    SUBPROTOCOL,
+    ErrorMessage,
+    EventMessage,
+    MessageTooBig,
+    PublishAcknowledged,
+    PublishDeduplicator,
+    PublishFailed,
+    ResetMessage,
+    SessionClient,
+    SessionServer,
+    SubscribedMessage,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "EARLIEST",
+    "MAX_CURSOR_LENGTH",
+    "SUBPROTOCOL",
+    "AdaptivePoller",
+    "Backoff",
+    "BackoffPolicy",
+    "ClosePeer",
+    "Connect",
+    "DecorrelatedJitter",
+    "EqualJitter",
+    "ErrorMessage",
+    "EventMessage",
+    "EventSourceClient",
+    "EventSourceCloseReason",
+    "EventSourceState",
+    "EventStreamParser",
+    "FullJitter",
+    "GiveUp",
+    "HeartbeatPolicy",
+    "InvalidCursor",
+    "LocalProtocolError",
+    "LongPollClient",
+    "LongPollServer",
+    "MemoryHistory",
+    "MessageEvent",
+    "MessageTooBig",
+    "NoJitter",
+    "PollAnswer",
+    "PollEvent",
+    "PollLimits",
+    "PollRejected",
+    "PollRequest",
+    "PollReset",
+    "Position",
+    "ProtocolError",
+    "PublishAcknowledged",
+    "PublishDeduplicator",
+    "PublishFailed",
+    "Random",
+    "ReconnectingSession",
+    "RemoteProtocolError",
+    "Replay",
+    "Reset",
+    "ResetMessage",
+    "ResetNotice",
+    "ResetReason",
+    "SendPing",
+    "ServerSentEvent",
+    "SessionClient",
+    "SessionServer",
+    "SessionState",
+    "StoredEvent",
+    "SubscribedMessage",
+    "Wait",
+    "__version__",
+    "classify_close",
+    "classify_http",
+    "encode_comment",
+    "encode_event",
+    "error_answer",
+    "new_epoch",
+    "parse_http_date",
+    "parse_poll_request",
+    "parse_retry_after",
+]

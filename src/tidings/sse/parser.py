@@ -1,0 +1,540 @@
+"""Turn the bytes of a ``text/event-stream`` body into events.
+
+The rules are those of the WHATWG HTML Standard, section "Server-sent events",
+subsections *Parsing an event stream* and *Interpreting an event stream*
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream),
+followed exactly: UTF-8 with U+FFFD replacement, one leading BOM ignored, CR / LF /
+CRLF line ends, comments, fields, dispatch on a blank line, and the incomplete event
+discarded at end of file.  Two limits the standard does not have keep memory bounded
+whatever the peer sends.
+
+Why it looks the way it does: almost every stream is a run of events of one shape
+(maybe an ``id`` line, maybe an ``event`` line, ``data`` lines, a blank line).  Each
+chunk is normalised to LF line ends, a regular expression cuts out every event of
+such a shape (a narrower, cheaper one once the chunks show that all events look
+alike), and when those events follow each other with nothing in between they are
+built column by column at C speed.  A chunk that holds just one event takes a
+shorter way.  Everything else -- long lines, other fields, and any event whose
+meaning depends on lines around it -- goes through a plain line-by-line rendering of
+the standard.  The property tests feed the same bytes through every path and compare
+the results with a naive implementation of the standard.
+"""
+
+from __future__ import annotations
+
+import re
+from codecs import utf_8_decode as _utf_8_decode
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import islice, repeat
+from typing import Final, cast
+
+from tidings.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_SIZE",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "EventStreamParser",
+    "MessageEvent",
+]
+
+#: Default for ``max_line_length``: 1 MiB (characters in one line).
+DEFAULT_MAX_LINE_LENGTH: Final = 1 << 20
+#: Default for ``max_event_size``: 16 MiB (characters in one event's data buffer).
+DEFAULT_MAX_EVENT_SIZE: Final = 16 << 20
+
+# CPython refuses to turn longer digit strings into ints (a guard against quadratic
+# conversion); a ``retry`` value with more significant digits is ignored.
+_MAX_RETRY_DIGITS: Final = 4300
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """One dispatched event, as an ``EventSource`` would fire it.
+
+    ``type`` is the event type (``"message"`` unless an ``event`` field said
+    otherwise), ``data`` the data buffer without its final line feed, and
+    ``last_event_id`` the last event ID string at the moment of dispatch.
+    """
+
+    type: str
+    data: str
+    last_event_id: str
+
+
+# The fast path builds events without the dataclass ``__init__`` (which, the class
+# being frozen, calls ``object.__setattr__`` once per field): it allocates all the
+# events of a chunk at once and fills each slot column with a C-level ``map``.  The
+# results are ordinary, fully initialised MessageEvent instances.
+_new_event = cast(Callable[[type[MessageEvent]], MessageEvent], object.__new__)
+_set_type = cast(Callable[[MessageEvent, str], None], vars(MessageEvent)["type"].__set__)
+_set_data = cast(Callable[[MessageEvent, str], None], vars(MessageEvent)["data"].__set__)
+_set_id = cast(Callable[[MessageEvent, str], None], vars(MessageEvent)["last_event_id"].__set__)
+
+# Event shapes the fast path recognises.  A match starts with the LF that ends the
+# line before the event (so the event starts at a line start, and the search skips
+# from LF to LF), covers the field lines, and stops before the LF of the blank line
+# that dispatches the event; that LF starts the next match when events follow each
+# other directly.  The text searched is the chunk with one LF put in front.  An
+# ``id`` must not contain NUL to be part of a match (one with NUL is ignored, which
+# the line-by-line path handles).  Quantifiers are possessive: a failed attempt
+# costs one pass over the line, whatever it holds.  ``re.split`` yields the gap
+# before each match followed by its groups (None for an absent field), and at the
+# end the gap after the last match.  The narrow shapes are only faster, never more
+# correct: what a shape does not cover lands in the gaps.
+_ID: Final = r"id: ?+([^\n\x00]*+)\n"
+_TYPE: Final = r"event: ?+(.*+)\n"
+_FIRST_DATA: Final = r"data: ?+(.*+)"
+_END: Final = r"\n(?=\n)"
+#: id?, event?, data, more data lines (the last group, raw): [gap, id, type, data, rest]
+_ANY_SHAPE: Final = re.compile(rf"\n(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: ?+.*+)*+){_END}")
+#: id and one data line: [gap, id, data]
+_ID_DATA_SHAPE: Final = re.compile(rf"\n{_ID}{_FIRST_DATA}{_END}")
+#: one data line: [gap, data]
+_DATA_SHAPE: Final = re.compile(rf"\n{_FIRST_DATA}{_END}")
+# Where a further data line starts in the raw "rest" group of _ANY_SHAPE.
+_MORE_DATA: Final = re.compile(r"\ndata: ?")
+
+# Lines longer than this go line by line: an expression would crawl through them a
+# character at a time, while str.split finds line ends at memchr speed.
+_LONG_LINE: Final = 256
+# Below this many characters a chunk is first tried as exactly one event.
+_SMALL: Final = 2048
+
+_OPEN: Final = 0
+_CLOSED: Final = 1
+_BROKEN: Final = 2
+
+
+def _merge_rest(datas: list[str], rests: list[str]) -> list[str]:
+    """Append each event's further data lines (raw, as matched) to its first one."""
+    # "\r" cannot occur in normalised text, so it safely separates the rests.
+    joined = _MORE_DATA.sub("\n", "\r".join(rests)).split("\r")
+    return list(map(str.__add__, datas, joined))
+
+
+def _at(column: list[str | None] | None, i: int) -> str | None:
+    return None if column is None else column[i]
+
+
+def _from(column: list[str | None] | None, i: int) -> list[str | None] | None:
+    return None if column is None else column[i:]
+
+
+class EventStreamParser:
+    """A sans-IO parser for one ``text/event-stream`` response body.
+
+    Feed it the body with :meth:`receive_data` as it arrives, in chunks of any size
+    split anywhere, and call :meth:`receive_eof` when the body ends; both return the
+    :class:`MessageEvent` objects that input dispatches.
+
+    ``last_event_id`` starts the last event ID buffer (what the previous connection
+    ended with).  ``max_line_length`` bounds one line and ``max_event_size`` one
+    event's data buffer, both counted in characters after decoding (a line without
+    its line end; the data buffer as the standard builds it, each ``data`` value
+    plus one LF).  A peer that goes beyond either gets a
+    :class:`~tidings.errors.RemoteProtocolError`, so the parser never holds much
+    more than one line, one event and the chunk being parsed.
+    """
+
+    __slots__ = (
+        "_after_cr",
+        "_check_size",
+        "_data",
+        "_data_size",
+        "_id_buffer",
+        "_last_event_id",
+        "_max_event_size",
+        "_max_line_length",
+        "_partial",
+        "_partial_len",
+        "_retry",
+        "_shape",
+        "_started",
+        "_state",
+        "_type",
+        "_undecoded",
+    )
+
+    def __init__(
+        self,
+        *,
+        last_event_id: str = "",
+        max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        if not isinstance(last_event_id, str):
+            raise LocalProtocolError("last_event_id must be a str")
+        if "\x00" in last_event_id or "\r" in last_event_id or "\n" in last_event_id:
+            # No event stream can produce such an ID, and it ends up in a header.
+            raise LocalProtocolError("last_event_id must not contain NUL, CR or LF")
+        for name, limit in (
+            ("max_line_length", max_line_length),
+            ("max_event_size", max_event_size),
+        ):
+            if type(limit) is not int or limit < 1:
+                raise LocalProtocolError(f"{name} must be a positive int, not {limit!r}")
+        self._undecoded = b""  # the start of a UTF-8 sequence the next chunk completes
+        self._started = False  # the leading BOM has been looked for
+        self._after_cr = False  # the text so far ends with CR: an LF next belongs to it
+        # The unfinished last line, in pieces, after an LF that stands for the line
+        # end before it (the fast path's expression wants an LF in front).
+        self._partial = ["\n"]
+        self._partial_len = 0
+        self._data: list[str] = []  # the data buffer, one value per data line
+        self._data_size = 0
+        self._type = ""  # the event type buffer
+        self._id_buffer = last_event_id  # the last event ID buffer
+        self._last_event_id = last_event_id  # the last event ID string (committed)
+        self._retry: int | None = None
+        self._max_line_length = max_line_length
+        self._max_event_size = max_event_size
+        self._shape: re.Pattern[str] = _ANY_SHAPE
+        self._check_size = False  # whether the chunk at hand could hold too big an event
+        self._state = _OPEN
+
+    @property
+    def last_event_id(self) -> str:
+        """The last event ID string: what a reconnection sends as ``Last-Event-ID``.
+
+        It changes only when a blank line dispatches (even one without data), never
+        half-way through an event; after a :class:`RemoteProtocolError` it is the
+        value that went with the last events returned.
+        """
+        return self._last_event_id
+
+    @property
+    def retry(self) -> int | None:
+        """The reconnection time in milliseconds from the last valid ``retry`` field."""
+        return self._retry
+
+    def receive_data(self, data: bytes) -> list[MessageEvent]:
+        """Parse the next chunk of the body and return the events it completes.
+
+        Raises :class:`RemoteProtocolError` when a limit is exceeded (the events of
+        this call are dropped, :attr:`last_event_id` and :attr:`retry` keep the
+        values they had before it, and every later call raises again), and
+        :class:`LocalProtocolError` after :meth:`receive_eof`.
+        """
+        if self._state:  # not _OPEN
+            self._raise_state()
+        if self._undecoded:
+            data = self._undecoded + data
+            self._undecoded = b""
+        # What codecs' incremental decoder does, minus a layer of Python calls: an
+        # incomplete sequence at the end waits for the next chunk.
+        text, used = _utf_8_decode(data, "replace", False)
+        if used != len(data):
+            self._undecoded = bytes(data[used:])
+        if not text:
+            return []
+        if not self._started:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+                if not text:
+                    return []
+        if self._after_cr:
+            self._after_cr = False
+            if text[0] == "\n":
+                text = text[1:]
+                if not text:
+                    return []
+        if "\r" in text:
+            # CR and CRLF become LF.  A CR at the very end is a line end already (so
+            # CR CR dispatches now), and an LF at the start of the next chunk is
+            # then dropped as the second half of a CRLF.
+            self._after_cr = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        partial = self._partial
+        tail_len = len(text) - text.rfind("\n") - 1
+        if tail_len == len(text):  # still no line end
+            partial.append(text)
+            self._partial_len += tail_len
+            if self._partial_len > self._max_line_length:
+                self._fail("line longer than max_line_length")
+            return []
+        events: list[MessageEvent] = []
+        committed, retry = self._last_event_id, self._retry
+        try:
+            if (
+                tail_len > _LONG_LINE
+                or self._partial_len > _LONG_LINE
+                or text.find("\n", 0, _LONG_LINE) < 0
+            ):
+                # Long lines: split only the new text; the unfinished line before
+                # it joins its first piece.
+                pieces = text.split("\n")
+                if len(partial) > 1:
+                    partial[0] = ""
+                    partial.append(pieces[0])
+                    pieces[0] = "".join(partial)
+                if max(map(len, pieces)) > self._max_line_length:
+                    self._fail("line longer than max_line_length")
+                tail = pieces.pop()
+                self._lines(pieces, 0, events)
+            else:
+                partial.append(text)
+                text = "".join(partial)
+                if len(text) > self._max_line_length and (
+                    max(map(len, text.split("\n"))) > self._max_line_length
+                ):
+                    self._fail("line longer than max_line_length")
+                if not tail_len and len(text) < _SMALL and not self._data and not self._type:
+                    # Live streams mostly deliver one event per chunk.
+                    match = _ANY_SHAPE.match(text)
+                    if match is not None and match.end() == len(text) - 1:
+                        self._partial = ["\n"]
+                        self._partial_len = 0
+                        return [self._single(*match.groups())]
+                # No event can be larger than the text it comes from.
+                self._check_size = len(text) > self._max_event_size
+                tail = self._interpret(text, events)
+        except RemoteProtocolError:
+            self._last_event_id, self._retry = committed, retry
+            self._state = _BROKEN
+            raise
+        self._partial = ["\n", tail] if tail else ["\n"]
+        self._partial_len = tail_len
+        return events
+
+    def receive_eof(self) -> list[MessageEvent]:
+        """Note the end of the body; the incomplete event, if any, is discarded.
+
+        Returns the events the end dispatches, which by the standard is none (and
+        an ``id`` in the discarded event does not count either).  Calling it again
+        is harmless; :meth:`receive_data` afterwards is a :class:`LocalProtocolError`.
+        """
+        if self._state == _BROKEN:
+            self._raise_state()
+        self._state = _CLOSED
+        self._undecoded = b""
+        self._partial = ["\n"]
+        self._partial_len = 0
+        self._data = []
+        self._data_size = 0
+        self._type = ""
+        self._id_buffer = self._last_event_id
+        return []
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _raise_state(self) -> None:
+        if self._state == _BROKEN:
+            raise RemoteProtocolError("the event stream parser already failed")
+        raise LocalProtocolError("receive_data() after receive_eof()")
+
+    def _fail(self, msg: str) -> None:
+        self._state = _BROKEN
+        raise RemoteProtocolError(msg)
+
+    def _single(self, id_: str | None, type_: str | None, data: str, rest: str) -> MessageEvent:
+        """Build the one event a chunk holds (its buffers start empty)."""
+        if rest:
+            data += _MORE_DATA.sub("\n", rest)
+        if len(data) >= self._max_event_size:
+            self._fail("event larger than max_event_size")
+        if id_ is not None:
+            self._id_buffer = id_
+        self._last_event_id = last_event_id = self._id_buffer
+        event = _new_event(MessageEvent)
+        _set_type(event, type_ or "message")
+        _set_data(event, data)
+        _set_id(event, last_event_id)
+        return event
+
+    def _interpret(self, text: str, events: list[MessageEvent]) -> str:
+        """Interpret the whole lines of ``text`` (LF, lines, unfinished line, no CR).
+
+        Returns the unfinished line.
+        """
+        shape = self._shape
+        parts = shape.split(text)
+        # Between and around the matches lie the gaps.  Each but the last is empty,
+        # or an LF (ending the line before: the blank line that dispatched the
+        # previous event, or the LF put in front) followed by lines joined by LF,
+        # the last of which the next match's LF ends.  The last gap is an LF, whole
+        # lines, and the unfinished line.  Absent id and event fields are None.
+        ids: list[str | None] | None = None
+        types: list[str | None] | None = None
+        multiline = False
+        if shape is _ANY_SHAPE:
+            gaps = parts[0::5]
+            ids = parts[1::5]
+            types = parts[2::5]
+            datas = parts[3::5]
+            rests = parts[4::5]
+            if any(rests):
+                multiline = True
+                datas = _merge_rest(datas, rests)
+        elif shape is _ID_DATA_SHAPE:
+            gaps = parts[0::3]
+            ids = parts[1::3]
+            datas = parts[2::3]
+        else:
+            gaps = parts[0::2]
+            datas = parts[1::2]
+        if datas:
+            if self._events(gaps, ids, types, datas, events):
+                if shape is _ANY_SHAPE and not multiline:
+                    self._narrow_shape(ids, types)
+            else:
+                # Other lines come between events: let the next chunk try every shape.
+                self._shape = _ANY_SHAPE
+        elif shape is not _ANY_SHAPE:
+            self._shape = _ANY_SHAPE  # maybe the events have another shape
+        last = gaps[-1]
+        if last.find("\n", 1) < 0:
+            return last[1:]
+        pieces = last.split("\n")
+        tail = pieces.pop()
+        self._lines(pieces, 1, events)
+        return tail
+
+    def _narrow_shape(self, ids: list[str | None] | None, types: list[str | None] | None) -> None:
+        """After a chunk of alike events, let the next one try a narrower shape."""
+        if types is not None and types.count(None) != len(types):
+            return
+        if ids is not None and None not in ids:
+            self._shape = _ID_DATA_SHAPE
+        elif ids is None or ids.count(None) == len(ids):
+            self._shape = _DATA_SHAPE
+
+    def _events(
+        self,
+        gaps: list[str],
+        ids: list[str | None] | None,
+        types: list[str | None] | None,
+        datas: list[str],
+        events: list[MessageEvent],
+    ) -> bool:
+        """Interpret the matched events and the gaps before them (not the last gap).
+
+        Returns whether the events followed each other with nothing in between.
+        """
+        count = len(datas)
+        if gaps[0]:
+            self._lines(gaps[0].split("\n"), 1, events)
+        first = 0
+        if self._data or self._type:
+            # The first event continues one already begun: take it field by field.
+            self._apply(_at(ids, 0), _at(types, 0), datas[0], events)
+            first = 1
+        if not any(gaps[1:count]):
+            if first < count:
+                self._bulk(_from(ids, first), _from(types, first), datas[first:], events)
+            return True
+        for i in range(first, count):
+            if i and gaps[i]:
+                self._lines(gaps[i].split("\n"), 1, events)
+            self._apply(_at(ids, i), _at(types, i), datas[i], events)
+        return False
+
+    def _bulk(
+        self,
+        ids: list[str | None] | None,
+        types: list[str | None] | None,
+        datas: list[str],
+        events: list[MessageEvent],
+    ) -> None:
+        """Build consecutive matched events that start with empty buffers.
+
+        ``self._shape`` is still the shape that found them.
+        """
+        count = len(datas)
+        if self._check_size and max(map(len, datas)) >= self._max_event_size:
+            self._fail("event larger than max_event_size")
+        id_column: Iterable[str]
+        if ids is None or (self._shape is not _ID_DATA_SHAPE and ids.count(None) == count):
+            id_column = repeat(self._id_buffer, count)
+        elif self._shape is _ID_DATA_SHAPE or None not in ids:
+            id_column = cast(list[str], ids)
+            self._id_buffer = id_column[-1]
+        else:
+            filled = []
+            current = self._id_buffer
+            for value in ids:
+                if value is not None:
+                    current = value
+                filled.append(current)
+            id_column = filled
+            self._id_buffer = current
+        self._last_event_id = self._id_buffer
+        type_column: Iterable[str]
+        if types is None or types.count(None) == count:
+            type_column = repeat("message", count)
+        else:
+            type_column = [value or "message" for value in types]
+        built = list(map(_new_event, repeat(MessageEvent, count)))
+        any(map(_set_type, built, type_column))  # any() just drives the map in C
+        any(map(_set_data, built, datas))
+        any(map(_set_id, built, id_column))
+        events += built
+
+    def _apply(
+        self, id_: str | None, type_: str | None, data: str, events: list[MessageEvent]
+    ) -> None:
+        """Interpret one matched event field by field (the buffers may be in use)."""
+        if id_ is not None:
+            self._id_buffer = id_
+        if type_ is not None:
+            self._type = type_
+        self._data_size += len(data) + 1
+        if self._data_size > self._max_event_size:
+            self._fail("event larger than max_event_size")
+        self._data.append(data)
+        self._last_event_id = self._id_buffer
+        events.append(MessageEvent(self._type or "message", "\n".join(self._data), self._id_buffer))
+        self._data = []
+        self._data_size = 0
+        self._type = ""
+
+    def _lines(self, pieces: list[str], start: int, events: list[MessageEvent]) -> None:
+        """The standard's line-by-line interpretation of ``pieces[start:]``."""
+        data = self._data
+        size = self._data_size
+        type_ = self._type
+        id_buffer = self._id_buffer
+        committed = self._last_event_id
+        max_size = self._max_event_size
+        for line in islice(pieces, start, None):
+            if not line:  # a blank line: dispatch the event
+                committed = id_buffer
+                if data:
+                    events.append(MessageEvent(type_ or "message", "\n".join(data), id_buffer))
+                    data = []
+                    size = 0
+                type_ = ""
+                continue
+            colon = line.find(":")
+            if colon == 0:
+                continue  # a comment
+            if colon < 0:
+                name = line
+                value = ""
+            else:
+                name = line[:colon]
+                colon += 1
+                if line.startswith(" ", colon):
+                    colon += 1
+                value = line[colon:]
+            if name == "data":
+                size += len(value) + 1
+                if size > max_size:
+                    self._fail("event larger than max_event_size")
+                data.append(value)
+            elif name == "id":
+                if "\x00" not in value:
+                    id_buffer = value
+            elif name == "event":
+                type_ = value
+            elif name == "retry" and value.isascii() and value.isdigit():
+                digits = value.lstrip("0")
+                if len(digits) <= _MAX_RETRY_DIGITS:
+                    self._retry = int(digits) if digits else 0
+            # any other field name is ignored
+        self._data = data
+        self._data_size = size
+        self._type = type_
+        self._id_buffer = id_buffer
+        self._last_event_id = committed

@@ -10,6 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tidings.backoff import Backoff, FullJitter, NoJitter
 from tidings.errors import LocalProtocolError
+from tidings.retry_after import parse_retry_after
 from tidings.session import (
     DEFAULT_RESTART_DELAY,
     TRANSITIONS,
@@ -25,7 +26,6 @@ from tidings.session import (
     classify_close,
     classify_http,
     default_backoff,
-    parse_retry_after,
 )
 
 S = SessionState

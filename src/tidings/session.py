@@ -52,7 +52,6 @@ __all__ = [
     "classify_close",
     "classify_http",
     "default_backoff",
-    "parse_retry_after",
 ]
 
 #: Minimum wait after close code 1012 (service restart), in seconds.

@@ -30,7 +30,6 @@ from types import MappingProxyType
 
 from tidings.backoff import Backoff, FullJitter, Random
 from tidings.errors import LocalProtocolError
-from tidings.retry_after import parse_retry_after
 
 __all__ = [
     "DEFAULT_MAX_FLOOR",

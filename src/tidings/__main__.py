@@ -1,0 +1,393 @@
+"""The ``tidings`` command: run the reference server, follow a stream, publish an event.
+
+``python -m tidings serve`` runs :func:`tidings.trio.serve` with an in-memory history;
+``python -m tidings tail URL`` follows any SSE endpoint with
+:func:`tidings.trio.open_event_stream` and prints one JSON line per event;
+``python -m tidings publish URL DATA`` posts one event.  Results go to standard
+output, diagnostics to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+from functools import partial
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import trio
+
+from tidings.cursor import new_epoch
+from tidings.errors import LocalProtocolError
+from tidings.history import MemoryHistory
+from tidings.sse.parser import MessageEvent
+from tidings.trio import Hub, ServerConfig, serve, server_ssl_context
+from tidings.trio._http_client import HTTPTransportError, open_request
+from tidings.trio.client import EventStreamClosed, EventStreamFailed, open_event_stream
+
+__all__ = ["main"]
+
+#: Exit status: success.
+EXIT_OK = 0
+#: Exit status: the operation failed (refused by the server, network, files).
+EXIT_FAILURE = 1
+#: Exit status: bad command line.
+EXIT_USAGE = 2
+
+_EPILOG = """\
+exit status:
+  0    success (serve: drained after SIGINT/SIGTERM; tail: stopped by SIGINT or
+       SIGTERM, or the server answered 204 No Content; publish: event accepted)
+  1    failure (serve: cannot listen or load the certificate; tail: the server
+       refused the stream; publish: non-2xx answer or network error)
+  2    bad command line
+  130  interrupted by SIGINT before the command could stop cleanly
+"""
+
+log = logging.getLogger("tidings")
+
+
+def _client_tls(cafile: str | None) -> ssl.SSLContext | None:
+    if cafile is None:
+        return None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _http2_choice(args: argparse.Namespace) -> bool | None:
+    if args.http2:
+        return True
+    if args.http1:
+        return False
+    return None
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    history = MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
+    hub = Hub(history)
+    config = ServerConfig(http2=args.http2)
+    ssl_context = None
+    if args.certfile is not None:
+        try:
+            ssl_context = server_ssl_context(args.certfile, args.keyfile, http2=args.http2)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"tidings serve: cannot load certificate: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                server = await nursery.start(
+                    partial(
+                        serve,
+                        hub,
+                        args.port,
+                        host=args.host,
+                        config=config,
+                        ssl_context=ssl_context,
+                        handle_signals=True,
+                    )
+                )
+            except OSError as exc:
+                print(
+                    f"tidings serve: cannot listen on {args.host}:{args.port}: {exc}",
+                    file=sys.stderr,
+                )
+                return EXIT_FAILURE
+            print(server.url, flush=True)
+
+            async def drain_on_signal() -> None:
+                # The server handles signals itself once serving; this catches the
+                # ones that arrive before its own receiver is in place.
+                async for _ in signals:
+                    server.drain()
+
+            nursery.start_soon(drain_on_signal)
+            await server.wait_drained()
+            nursery.cancel_scope.cancel()
+    log.info("stopped")
+    return EXIT_OK
+
+
+# -- tail ----------------------------------------------------------------------------
+
+
+def _emit(line: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    code = EXIT_OK
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("stopping (%s)", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            try:
+                async with open_event_stream(
+                    args.url,
+                    last_event_id=args.last_event_id,
+                    http2=_http2_choice(args),
+                    ssl_context=_client_tls(args.cacert),
+                    idle_timeout=args.idle_timeout,
+                ) as events:
+                    async for item in events:
+                        if isinstance(item, MessageEvent):
+                            _emit({"id": item.last_event_id, "event": item.type, "data": item.data})
+                        else:
+                            if item.reason:
+                                log.warning(
+                                    "reset (%s): continuing from %s", item.reason, item.cursor
+                                )
+                            _emit({"reset": True, "cursor": item.cursor})
+            except EventStreamClosed as exc:
+                log.info("%s", exc)
+            except EventStreamFailed as exc:
+                print(f"tidings tail: {exc}", file=sys.stderr)
+                code = EXIT_FAILURE
+            except LocalProtocolError as exc:  # a bad URL or Last-Event-ID
+                print(f"tidings tail: {exc}", file=sys.stderr)
+                code = EXIT_USAGE
+            except BrokenPipeError:
+                # stdout went away (``tidings tail ... | head``): not an error of ours.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            nursery.cancel_scope.cancel()
+    return code
+
+
+# -- publish -------------------------------------------------------------------------
+
+
+def _with_event_type(url: str, event: str | None) -> str:
+    if event is None:
+        return url
+    parts = urlsplit(url)
+    query = urlencode({"event": event})
+    query = f"{parts.query}&{query}" if parts.query else query
+    return urlunsplit(parts._replace(query=query))
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    data = sys.stdin.read() if args.data == "-" else args.data
+    url = _with_event_type(args.url, args.event)
+    try:
+        with trio.fail_after(args.timeout):
+            async with open_request(
+                "POST",
+                url,
+                headers=[
+                    ("content-type", "text/plain; charset=utf-8"),
+                    ("accept", "application/json"),
+                ],
+                body=data.encode("utf-8"),
+                http2=_http2_choice(args),
+                ssl_context=_client_tls(args.cacert),
+            ) as response:
+                body = await response.read()
+    except HTTPTransportError as exc:
+        print(f"tidings publish: {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except trio.TooSlowError:
+        print(f"tidings publish: {url}: no answer within {args.timeout} s", file=sys.stderr)
+        return EXIT_FAILURE
+    text = body.decode("utf-8", "replace")
+    if not 200 <= response.status < 300:
+        detail = text.strip()[:500] or "(empty body)"
+        print(
+            f"tidings publish: {url}: server answered {response.status}: {detail}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    try:
+        answer = json.loads(text)
+        event_id = answer["id"]
+    except (ValueError, TypeError, KeyError):
+        print(f"tidings publish: {url}: answer has no event id: {text[:500]!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(event_id, flush=True)
+    return EXIT_OK
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be 0..65535")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    version = parser.add_mutually_exclusive_group()
+    version.add_argument(
+        "--http2",
+        action="store_true",
+        help="insist on HTTP/2 (prior knowledge on http://, ALPN h2 on https://)",
+    )
+    version.add_argument(
+        "--http1",
+        action="store_true",
+        help="insist on HTTP/1.1 (default: HTTP/1.1 on http://, ALPN chooses on https://)",
+    )
+    parser.add_argument(
+        "--cacert", metavar="FILE", help="trust the CA certificates in FILE (PEM) for https://"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tidings`` command."""
+    parser = argparse.ArgumentParser(
+        prog="tidings",
+        description="Live updates over SSE that survive every disconnect.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print only warnings and errors on stderr"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_serve = commands.add_parser(
+        "serve",
+        help="run the reference server (in-memory history)",
+        description=(
+            "Serve GET /topics/{topic}/events (SSE), POST /topics/{topic}, /healthz and\n"
+            "/readyz.  HTTP/1.1 and HTTP/2 (prior knowledge) share the port; with\n"
+            "--certfile, TLS with ALPN.  Prints the URL on stdout, then serves until\n"
+            "SIGINT or SIGTERM, drains gracefully and exits 0."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_serve.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    p_serve.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on, 0 for any free one [8000]"
+    )
+    p_serve.add_argument(
+        "--http2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="offer HTTP/2 besides HTTP/1.1 [on]",
+    )
+    p_serve.add_argument("--certfile", metavar="F", help="TLS certificate chain (PEM)")
+    p_serve.add_argument(
+        "--keyfile", metavar="F", help="TLS private key (PEM; default: in --certfile)"
+    )
+    p_serve.add_argument(
+        "--history",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="events kept per topic for resuming [1000]",
+    )
+
+    p_tail = commands.add_parser(
+        "tail",
+        help="follow an event stream, one JSON line per event",
+        description=(
+            "Follow the SSE stream at URL (any server) and print one JSON object per\n"
+            'line on stdout: {"id": ..., "event": ..., "data": ...} per event and\n'
+            '{"reset": true, "cursor": ...} per reset (events were skipped).\n'
+            "Reconnects with backoff and Last-Event-ID forever; diagnostics go to\n"
+            "stderr.  Stops on SIGINT/SIGTERM or when the server answers 204 (exit 0),\n"
+            "or when it refuses the stream (exit 1)."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_tail.add_argument("url", metavar="URL", help="the stream, e.g. http://host/topics/T/events")
+    p_tail.add_argument("--last-event-id", metavar="ID", help="resume after this event ID")
+    p_tail.add_argument(
+        "--transport",
+        default="sse",
+        metavar="sse",
+        help="how to follow URL; only 'sse' is available so far [sse]",
+    )
+    p_tail.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        metavar="S",
+        help="reconnect when the stream is silent for S seconds (use with servers that "
+        "send heartbeats; tidings sends one every 15 s) [never]",
+    )
+    _add_client_options(p_tail)
+
+    p_publish = commands.add_parser(
+        "publish",
+        help="publish one event",
+        description=(
+            "POST DATA to URL (http://host/topics/T) and print the event ID the\n"
+            "server returns on stdout."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_publish.add_argument("url", metavar="URL", help="the topic, e.g. http://host/topics/T")
+    p_publish.add_argument("data", metavar="DATA", help="the event data; '-' reads stdin")
+    p_publish.add_argument("--event", metavar="TYPE", help="the event type")
+    p_publish.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="give up after S seconds [30]",
+    )
+    _add_client_options(p_publish)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tidings`` command with *argv* (default: ``sys.argv[1:]``); the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "tail" and args.transport != "sse":
+        known = args.transport in ("poll", "ws")
+        why = "is not available yet" if known else "is unknown"
+        parser.error(f"--transport {args.transport} {why}; only 'sse' is supported")
+    if args.command == "serve" and args.keyfile is not None and args.certfile is None:
+        parser.error("--keyfile needs --certfile")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="tidings: %(message)s",
+        stream=sys.stderr,
+    )
+    run = {"serve": _serve, "tail": _tail, "publish": _publish}[args.command]
+    try:
+        return trio.run(run, args)
+    except LocalProtocolError as exc:
+        print(f"tidings {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Trio adapters: the hub, the HTTP/1.1 + HTTP/2 server and the clients.
+
+The server side is :class:`Hub` (topics, history, live subscribers), :func:`serve`
+/ :class:`Server` (listening, limits, drain) and :class:`ServerConfig`; the client
+side is :func:`open_event_stream`.
+"""
+
+from tidings.trio._config import ServerConfig
+from tidings.trio._sync import Waiter
+from tidings.trio.client import (
+    EventStream,
+    EventStreamClosed,
+    EventStreamError,
+    EventStreamFailed,
+    open_event_stream,
+)
+from tidings.trio.hub import Batch, CloseReason, Hub, LiveEvent, Subscription
+from tidings.trio.server import Server, serve, serve_stream, server_ssl_context
+
+__all__ = [
+    "Batch",
+    "CloseReason",
+    "EventStream",
+    "EventStreamClosed",
+    "EventStreamError",
+    "EventStreamFailed",
+    "Hub",
+    "LiveEvent",
+    "Server",
+    "ServerConfig",
+    "Subscription",
+    "Waiter",
+    "open_event_stream",
+    "serve",
+    "serve_stream",
+    "server_ssl_context",
+]

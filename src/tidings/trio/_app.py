@@ -1,0 +1,160 @@
+"""The application: routing, error answers and the state handlers share.
+
+The protocol adapters call :meth:`App.handle` once per request; it resolves the
+route, answers ``400``/``404``/``405``/``OPTIONS`` itself, runs the handler and
+turns an unexpected exception into ``500`` (or a cut connection when the answer
+had already started).  It also owns what a drain must reach: open connections and
+live subscriptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from functools import partial
+from typing import Protocol
+
+import trio
+
+from tidings.trio._config import ServerConfig
+from tidings.trio._heartbeat import Heartbeats
+from tidings.trio._http import Headers, Request, Responder
+from tidings.trio._routes import BadParameter, Handler, Router
+from tidings.trio.hub import CloseReason, Hub, Subscription
+
+__all__ = ["App", "default_router"]
+
+log = logging.getLogger("tidings.server")
+
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+class _Drainable(Protocol):
+    def drain(self) -> None: ...
+
+
+def default_router() -> Router:
+    """The routes of the tidings server (DESIGN §7)."""
+    from tidings.trio._endpoints import healthz, publish, readyz
+    from tidings.trio._sse_endpoint import sse_events
+
+    router = Router()
+    router.add("/healthz", {"GET": healthz})
+    router.add("/readyz", {"GET": readyz})
+    router.add("/topics/{topic}/events", {"GET": sse_events})
+    router.add("/topics/{topic}", {"POST": publish})
+    return router
+
+
+class App:
+    """Shared state of one server: hub, config, routes, drain bookkeeping."""
+
+    def __init__(self, hub: Hub, config: ServerConfig, router: Router | None = None) -> None:
+        self.hub = hub
+        self.config = config
+        self.router = router if router is not None else default_router()
+        #: ``True`` once a drain started: ``/readyz`` answers ``503``.
+        self.draining = False
+        #: Open connections (HTTP/1.1 and HTTP/2 adapters), told when a drain starts.
+        self.connections: set[_Drainable] = set()
+        #: Live subscriptions of streaming handlers, closed when a drain starts.
+        self.subscriptions: set[Subscription] = set()
+        #: The heartbeat ticker of this server's event streams.
+        self.heartbeats = Heartbeats(config.heartbeat_interval)
+        self._base: Headers = []
+        if config.allow_origin is not None:
+            self._base.append((b"access-control-allow-origin", config.allow_origin.encode()))
+
+    def headers(self, *extra: tuple[bytes, bytes]) -> Headers:
+        """The headers every answer carries, plus *extra*."""
+        return [*self._base, *extra]
+
+    def drain(self) -> None:
+        """Start draining: readiness fails, streams end, idle connections close."""
+        if self.draining:
+            return
+        self.draining = True
+        for subscription in list(self.subscriptions):
+            subscription.close(CloseReason.DRAIN)
+        for connection in list(self.connections):
+            connection.drain()
+
+    async def error(
+        self,
+        responder: Responder,
+        status: int,
+        message: str,
+        *extra: tuple[bytes, bytes],
+    ) -> None:
+        """Answer *status* with a one-line plain-text *message*."""
+        body = (message + "\n").encode("utf-8", "replace")
+        await responder.respond(status, self.headers(_TEXT, _NO_STORE, *extra), body)
+
+    async def handle(self, request: Request, responder: Responder) -> None:
+        """Answer one request; never raises for a client's fault or disappearance."""
+        try:
+            await self._resolve(request)(self, request, responder)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("error while handling %s %s", request.method, request.path)
+            if not responder.started:
+                with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self.error(responder, 500, "Internal server error")
+
+    def _resolve(self, request: Request) -> Handler:
+        """The handler for *request*: its route's, or one that answers an error."""
+        if request.connection.rejecting:
+            return partial(
+                _answer,
+                503,
+                "Server busy, retry later",
+                (
+                    (b"retry-after", str(self.config.retry_after).encode()),
+                    (b"connection", b"close"),
+                ),
+            )
+        if request.path == "*" and request.method == "OPTIONS":
+            return partial(_answer, 204, "", ((b"allow", b"GET, HEAD, POST, OPTIONS"),))
+        try:
+            match = self.router.resolve(request.path)
+        except BadParameter as exc:
+            return partial(_answer, 400, str(exc), ())
+        if match is None:
+            return partial(_answer, 404, "Not found", ())
+        route, params = match
+        handler = route.methods.get(request.method)
+        if handler is None and request.method == "HEAD":
+            handler = route.methods.get("GET")
+        if handler is None:
+            allow = (b"allow", ", ".join(route.allowed).encode())
+            if request.method == "OPTIONS":
+                return partial(_answer, 204, "", (allow, *self._preflight()))
+            return partial(_answer, 405, "Method not allowed", (allow,))
+        request.params = params
+        return handler
+
+    def _preflight(self) -> list[tuple[bytes, bytes]]:
+        if self.config.allow_origin is None:
+            return []
+        return [
+            (b"access-control-allow-methods", b"GET, HEAD, POST, OPTIONS"),
+            (b"access-control-allow-headers", b"last-event-id, content-type"),
+            (b"access-control-max-age", b"600"),
+        ]
+
+
+async def _answer(
+    status: int,
+    message: str,
+    extra: tuple[tuple[bytes, bytes], ...],
+    app: App,
+    request: Request,
+    responder: Responder,
+) -> None:
+    """A handler answering *status*: a one-line *message*, or no body for 204."""
+    if status == 204:
+        await responder.respond(204, app.headers(*extra))
+    else:
+        await app.error(responder, status, message, *extra)

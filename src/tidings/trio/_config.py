@@ -1,0 +1,92 @@
+"""The server's knobs, each with a documented default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidings.errors import LocalProtocolError
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits, timeouts and behaviour of the tidings server.
+
+    Times are in seconds unless the name says milliseconds.  Every limit protects
+    the server against a client that is slow, broken or hostile; the defaults suit a
+    public-facing process with a few thousand streaming clients.
+    """
+
+    #: Connections served at once.  Beyond it a connection gets ``503`` with
+    #: ``Retry-After`` and is closed.
+    max_connections: int = 16_384
+    #: Connections beyond :attr:`max_connections` that are still answered ``503``;
+    #: further ones are closed without an answer.
+    max_rejected_connections: int = 64
+    #: The ``Retry-After`` value (seconds) sent with ``503`` answers.
+    retry_after: int = 5
+    #: Largest request head (request line and headers; on HTTP/2 the header list),
+    #: in bytes.  Larger gets ``431``.
+    max_header_size: int = 16 * 1024
+    #: Time allowed to send a complete request head once its first byte arrived
+    #: (and for the TLS handshake).  Slower gets ``408`` and the connection closes.
+    header_timeout: float = 10.0
+    #: Time a keep-alive connection may sit idle between requests (and an HTTP/2
+    #: connection without open streams) before it is closed.
+    idle_timeout: float = 30.0
+    #: Longest time one write may block (a client that stopped reading).
+    write_timeout: float = 60.0
+    #: Largest request body (the data of a publish), in bytes.  Larger gets ``413``.
+    max_body_size: int = 1024 * 1024
+    #: Whether HTTP/2 is offered (prior knowledge on cleartext, ALPN on TLS).
+    http2: bool = True
+    #: ``SETTINGS_MAX_CONCURRENT_STREAMS`` on HTTP/2 connections.
+    max_concurrent_streams: int = 100
+    #: The ``retry:`` (milliseconds) sent when an SSE stream opens, or ``None``.
+    sse_retry: int | None = 3000
+    #: Interval between SSE heartbeat comments on an otherwise quiet stream.
+    heartbeat_interval: float = 15.0
+    #: Live events buffered per subscriber before it is cut off.
+    subscriber_max_events: int = 512
+    #: Bytes buffered per subscriber before it is cut off.
+    subscriber_max_bytes: int = 1024 * 1024
+    #: The ``retry:`` (milliseconds) sent to SSE clients when the server drains,
+    #: so that they reconnect (elsewhere) soon.
+    drain_retry: int = 500
+    #: How long a drain waits for streams and requests to finish before it cuts
+    #: the remaining connections.
+    drain_timeout: float = 10.0
+    #: Value of ``Access-Control-Allow-Origin`` on every answer, or ``None`` for no
+    #: CORS header (browsers then refuse cross-origin EventSource).
+    allow_origin: str | None = None
+    #: Bytes asked from the network per read.
+    receive_size: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_connections",
+            "max_header_size",
+            "max_concurrent_streams",
+            "subscriber_max_events",
+            "subscriber_max_bytes",
+            "receive_size",
+        ):
+            if getattr(self, name) < 1:
+                raise LocalProtocolError(f"{name} must be >= 1")
+        for name in ("max_rejected_connections", "retry_after", "max_body_size", "drain_retry"):
+            if getattr(self, name) < 0:
+                raise LocalProtocolError(f"{name} must be >= 0")
+        for name in (
+            "header_timeout",
+            "idle_timeout",
+            "write_timeout",
+            "heartbeat_interval",
+            "drain_timeout",
+        ):
+            if not getattr(self, name) > 0:
+                raise LocalProtocolError(f"{name} must be > 0")
+        if self.sse_retry is not None and self.sse_retry < 0:
+            raise LocalProtocolError("sse_retry must be >= 0")
+        if self.allow_origin is not None and any(c in self.allow_origin for c in "\r\n\0"):
+            raise LocalProtocolError("allow_origin must not contain CR, LF or NUL")

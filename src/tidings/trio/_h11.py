@@ -1,0 +1,685 @@
+"""HTTP/1.1 connections: one task per connection, h11 for the protocol.
+
+Requests are handled one after another (keep-alive).  Timeouts protect the
+connection: the idle timeout between requests, the header timeout from the first
+byte of a request head to its end (slowloris: ``408``), a write timeout for
+clients that stop reading.  While a streaming response is open a second task reads
+the socket only to notice that the client went away.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from http import HTTPStatus
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from tidings.history import StoredEvent
+from tidings.trio._http import (
+    BodyTooLarge,
+    ConnectionInfo,
+    Headers,
+    Request,
+    Responder,
+    StreamWriter,
+    UpgradeNotSupported,
+)
+from tidings.trio.hub import LiveEvent, Subscription
+
+if TYPE_CHECKING:
+    from tidings.trio._app import App
+
+__all__ = ["H11Connection"]
+
+log = logging.getLogger("tidings.server")
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+# Bytes queued in a direct sink before it writes without waiting for the publisher
+# to yield.
+_SINK_FLUSH_SIZE = 64 * 1024
+# Bytes a client may send while a streaming response runs (a pipelined request)
+# before it counts as abuse and the connection closes.
+_MAX_EXTRA_BYTES = 64 * 1024
+# After an error answer, read and discard what the client still sends for this long
+# (and at most this much) so that closing does not reset the answer away.
+_LINGER_TIME = 1.0
+_LINGER_BYTES = 1024 * 1024
+
+
+class _Gone(trio.BrokenResourceError):
+    """The client went away or broke the protocol in the middle of a request."""
+
+
+class H11Connection:
+    """Serve HTTP/1.1 on one stream until it closes."""
+
+    __slots__ = (
+        "_aborted",
+        "_broken",
+        "_close_after",
+        "_extra",
+        "_fd",
+        "_gone",
+        "_idle_scope",
+        "_send_scope",
+        "_watching",
+        "app",
+        "config",
+        "conn",
+        "info",
+        "stream",
+    )
+
+    def __init__(
+        self, stream: trio.abc.Stream, app: App, info: ConnectionInfo, initial: bytes = b""
+    ) -> None:
+        self.stream = stream
+        self.app = app
+        self.config = app.config
+        self.info = info
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.config.max_header_size
+        )
+        if initial:
+            self.conn.receive_data(initial)
+        self._broken = False
+        self._gone = False
+        self._close_after = info.rejecting
+        self._idle_scope: trio.CancelScope | None = None
+        self._watching = False
+        self._send_scope: trio.CancelScope | None = None
+        self._aborted = False
+        self._extra = 0
+        # The file descriptor of a plain TCP stream, for send_bytes' fast path.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Finish the current request (if any), then close; close at once if idle."""
+        self._close_after = True
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def run(self) -> None:
+        """Serve requests until the connection closes."""
+        self.app.connections.add(self)
+        try:
+            while True:
+                event = await self._read_head()
+                if event is None:
+                    return
+                request = self._make_request(event)
+                responder = _H11Responder(self, request)
+                if request is None:
+                    await responder.respond(400, [], b"Bad request target\n")
+                else:
+                    await self.app.handle(request, responder)
+                if not await self._end_cycle(responder):
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.app.connections.discard(self)
+
+    async def _end_cycle(self, responder: _H11Responder) -> bool:
+        """After a response: start the next request, or close (lingering if needed)."""
+        if self._broken or self._gone:
+            return False
+        conn = self.conn
+        if not responder.started:
+            await responder.respond(500, [], b"Internal server error\n")
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self._close_after:
+            conn.start_next_cycle()
+            return True
+        if conn.our_state in (h11.DONE, h11.MUST_CLOSE) and conn.their_state not in (
+            h11.DONE,
+            h11.MUST_CLOSE,
+            h11.CLOSED,
+        ):
+            await self._linger()
+        return False
+
+    async def _linger(self) -> None:
+        # The client may still be sending a body we refused; closing now would make
+        # the kernel reset the connection and possibly destroy our answer.  Signal
+        # the end of our side first, so the client sees the answer is complete.
+        with trio.move_on_after(_LINGER_TIME):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
+            received = 0
+            while received < _LINGER_BYTES:
+                data = await self.stream.receive_some(self.config.receive_size)
+                if not data:
+                    break
+                received += len(data)
+
+    # -- reading -------------------------------------------------------------------
+
+    async def _read_head(self) -> h11.Request | None:
+        config = self.config
+        partial = bool(self.conn.trailing_data[0])
+        now = trio.current_time()
+        idle_deadline = now + config.idle_timeout
+        head_deadline = now + config.header_timeout if partial else math.inf
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                log.debug("bad request from %s: %s", self.info.client, exc)
+                await self._send_error(exc.error_status_hint)
+                return None
+            if event is h11.NEED_DATA:
+                if self._close_after and not partial:
+                    return None
+                with trio.CancelScope(
+                    deadline=head_deadline if partial else idle_deadline
+                ) as scope:
+                    if not partial:
+                        self._idle_scope = scope
+                    data = await self.stream.receive_some(config.receive_size)
+                self._idle_scope = None
+                if scope.cancelled_caught:
+                    if partial:
+                        await self._send_error(408)
+                    return None
+                self.conn.receive_data(bytes(data))
+                if data and not partial:
+                    partial = True
+                    head_deadline = trio.current_time() + config.header_timeout
+                continue
+            if isinstance(event, h11.Request):
+                # h11 only bounds heads that arrive incomplete; bound complete ones too.
+                size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                if size > config.max_header_size:
+                    await self._send_error(431)
+                    return None
+                return event
+            return None  # ConnectionClosed (or PAUSED, which cannot happen here)
+
+    def skip_unread_body(self) -> bool:
+        """Discard the request body already received; whether it was complete."""
+        conn = self.conn
+        while conn.their_state is h11.SEND_BODY:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA or not isinstance(event, h11.Data | h11.EndOfMessage):
+                return False
+        return True
+
+    async def _next_body_event(self) -> h11.Data | h11.EndOfMessage:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._broken = True
+                raise _Gone(str(exc)) from None
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(self.config.header_timeout) as scope:
+                    data = await self.stream.receive_some(self.config.receive_size)
+                if scope.cancelled_caught:
+                    self._broken = True
+                    raise _Gone("request body not received in time")
+                self.conn.receive_data(bytes(data))
+                continue
+            if isinstance(event, h11.Data | h11.EndOfMessage):
+                return event
+            self._gone = True
+            raise _Gone("connection closed while reading the body")
+
+    def _make_request(self, event: h11.Request) -> Request | None:
+        target = event.target
+        if not target.startswith(b"/"):
+            if target == b"*":
+                target = b"*"
+            else:
+                scheme_end = target.find(b"://")
+                if scheme_end < 0:
+                    return None
+                slash = target.find(b"/", scheme_end + 3)
+                target = target[slash:] if slash >= 0 else b"/"
+        path, _, query = target.partition(b"?")
+        return Request(
+            method=event.method.decode("ascii"),
+            path=path.decode("ascii"),
+            query=query.decode("ascii"),
+            headers=event.headers,
+            http_version=event.http_version.decode("ascii"),
+            connection=self.info,
+        )
+
+    # -- writing -------------------------------------------------------------------
+
+    async def send_events(self, *events: h11.Event) -> None:
+        """Serialise *events* with h11 and write them in one go."""
+        parts = []
+        try:
+            for event in events:
+                data = self.conn.send(event)
+                if data:
+                    parts.append(data)
+        except h11.LocalProtocolError:
+            self._broken = True
+            raise
+        await self.send_bytes(b"".join(parts))
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Write raw bytes within the write timeout; a failure breaks the connection.
+
+        On a plain socket the bytes are first offered to the kernel directly, which
+        is all it takes when the socket buffer has room (the common case for event
+        streams); only the rest goes through :meth:`trio.abc.SendStream.send_all`.
+        """
+        if self._broken or self._aborted:
+            raise trio.BrokenResourceError("connection broken or response aborted")
+        view: bytes | memoryview = data
+        if self._fd >= 0:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = os.write(self._fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._broken = True
+                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+            if sent == len(data):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            view = memoryview(data)[sent:]
+        try:
+            with trio.move_on_after(self.config.write_timeout) as scope:
+                self._send_scope = scope
+                await self.stream.send_all(view)
+        except BaseException:
+            self._broken = True
+            raise
+        finally:
+            self._send_scope = None
+        if scope.cancelled_caught:
+            self._broken = True
+            raise trio.BrokenResourceError(
+                "response aborted" if self._aborted else "write timed out"
+            )
+
+    def abort_sending(self) -> None:
+        """Fail the current and every later write (callable from any task)."""
+        self._aborted = True
+        if self._send_scope is not None:
+            self._send_scope.cancel()
+
+    async def _send_error(self, status: int) -> None:
+        """Answer a request we could not parse (or did not get in time), then close."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = _REASONS.get(status, b"Error") + b"\n"
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            await self.send_events(
+                h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b"")),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await self._linger()
+
+    # -- disconnect watching -------------------------------------------------------
+
+    @asynccontextmanager
+    async def watch_disconnect(self) -> AsyncIterator[None]:
+        """Cancel the block when the client closes (or misbehaves) meanwhile.
+
+        A second task reads the stream for as long as the block runs; the nursery
+        is local to the block, and an exception of the block comes out as itself,
+        not wrapped in an exception group.
+        """
+        if self._watching:
+            yield
+            return
+        self._watching = True
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.CancelScope() as body_scope:
+                    nursery.start_soon(self._watch, body_scope)
+                    try:
+                        yield
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _only(group) from None
+        finally:
+            self._watching = False
+
+    async def _watch(self, body_scope: trio.CancelScope) -> None:
+        await self.read_until_gone()
+        body_scope.cancel()
+
+    async def wait_gone(self) -> None:
+        """Like :meth:`read_until_gone` on a plain socket, with fewer layers.
+
+        This is what an idle event stream waits in, so its stack is kept short.
+        """
+        socket = self.stream.socket  # type: ignore[attr-defined]
+        try:
+            while not self._gone:
+                await trio.lowlevel.wait_readable(socket)
+                try:
+                    data = os.read(self._fd, self.config.receive_size)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    break
+                self._extra += len(data)
+                if self._extra > _MAX_EXTRA_BYTES:
+                    break
+                self.conn.receive_data(data)
+        except OSError:
+            pass
+        self._gone = True
+
+    async def read_until_gone(self) -> None:
+        """Read until the client closes (or misbehaves); then mark it gone.
+
+        Bytes it sends meanwhile are a pipelined next request: kept for later,
+        within reason.
+        """
+        try:
+            while not self._gone:
+                data = await self.stream.receive_some(self.config.receive_size)
+                if not data:
+                    break
+                self._extra += len(data)
+                if self._extra > _MAX_EXTRA_BYTES:
+                    break
+                self.conn.receive_data(bytes(data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        self._gone = True
+
+
+# Chunk-framed versions of event encoders, shared by all connections so that an
+# event's framed bytes are computed once (LiveEvent caches per encoder object).
+_CHUNKED_ENCODERS: dict[Callable[[StoredEvent], bytes], Callable[[StoredEvent], bytes]] = {}
+
+
+def _chunked(encoder: Callable[[StoredEvent], bytes]) -> Callable[[StoredEvent], bytes]:
+    framed = _CHUNKED_ENCODERS.get(encoder)
+    if framed is None:
+
+        def framed(stored: StoredEvent) -> bytes:
+            data = encoder(stored)
+            return b"%x\r\n%b\r\n" % (len(data), data)
+
+        _CHUNKED_ENCODERS[encoder] = framed
+    return framed
+
+
+class _DirectSink:
+    """Writes live events straight to an idle connection's socket (see DirectSink).
+
+    Used by the publisher's task (or the hub's flusher) while the connection's own
+    task waits for the client to close; once interrupted, the connection task owns
+    the socket again and takes whatever could not be written (:meth:`take`).
+    """
+
+    __slots__ = ("_encoder", "_fd", "_queued", "_size", "broken", "interrupted", "scope")
+
+    def __init__(self, fd: int, encoder: Callable[[StoredEvent], bytes]) -> None:
+        self._fd = fd
+        self._encoder = encoder
+        self._queued: list[bytes] = []
+        self._size = 0
+        self.scope: trio.CancelScope | None = None
+        self.interrupted = False
+        self.broken = False
+
+    def deliver(self, item: LiveEvent) -> bool:
+        if self.interrupted:
+            return False
+        data = item.encoded(self._encoder)
+        self._queued.append(data)
+        self._size += len(data)
+        if self._size >= _SINK_FLUSH_SIZE:
+            self.flush()  # a long burst: do not let the queue grow
+        return True
+
+    def flush(self) -> None:
+        queued = self._queued
+        if self.interrupted or not queued:
+            return
+        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            self.interrupt()
+            return
+        if sent < len(data):
+            self._queued = [data[sent:]]
+            self._size = len(data) - sent
+            self.interrupt()
+        else:
+            self._queued = []
+            self._size = 0
+
+    def take(self) -> bytes:
+        """Stop delivering; the bytes not written yet (the owner writes them first)."""
+        self.interrupted = True
+        data = b"".join(self._queued)
+        self._queued = []
+        self._size = 0
+        return data
+
+    def interrupt(self) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            if self.scope is not None:
+                self.scope.cancel()
+
+
+class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
+    """The body of a streaming response, and the block it is written in.
+
+    A plain class rather than a generator-based context manager: one of these
+    lives as long as each event stream, so it is kept small.
+    """
+
+    __slots__ = ("_chunked", "_head", "_responder", "_watch", "aborted")
+
+    def __init__(self, responder: _H11Responder, head: h11.Response) -> None:
+        self._responder = responder
+        self._head: h11.Response | None = head
+        self._watch: AbstractAsyncContextManager[None] | None = None
+        # h11 frames a body of unknown length with chunked encoding for HTTP/1.1
+        # clients (else it is delimited by closing); after the head, the writer
+        # frames chunks itself, which h11 allows (it does not count them).
+        version = responder.connection.conn.their_http_version
+        self._chunked = version is not None and version >= b"1.1"
+        self.aborted = False
+
+    async def send(self, data: bytes) -> None:
+        connection = self._responder.connection
+        if connection._gone:
+            raise trio.BrokenResourceError("client went away")
+        head = self._head
+        if self._responder.is_head:
+            if head is not None:
+                self._head = None
+                await connection.send_events(head)
+            return
+        if head is not None:
+            self._head = None
+            await connection.send_events(head, h11.Data(data=data))
+        elif data:
+            if self._chunked:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
+            await connection.send_bytes(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self._responder.connection.abort_sending()
+
+    async def idle(
+        self, subscription: Subscription, encoder: Callable[[StoredEvent], bytes]
+    ) -> None:
+        connection = self._responder.connection
+        if connection._fd < 0 or connection._watching or self._head is not None:
+            await subscription.wait()
+            return
+        # One task per connection: while idle it reads the socket (to notice the
+        # client leaving) and the publisher writes events to it directly.
+        sink = _DirectSink(connection._fd, _chunked(encoder) if self._chunked else encoder)
+        subscription.sink = sink
+        try:
+            with trio.CancelScope() as scope:
+                sink.scope = scope
+                await connection.wait_gone()
+        finally:
+            if subscription.sink is sink:
+                subscription.sink = None
+            sink.scope = None
+        unsent = sink.take()
+        if unsent and not sink.broken:
+            await connection.send_bytes(unsent)
+        if sink.broken or connection._gone:
+            connection._broken = True
+            raise trio.BrokenResourceError("client went away")
+
+    async def __aenter__(self) -> _H11Writer:
+        connection = self._responder.connection
+        if connection._fd < 0:
+            # Plain sockets notice a disconnect in idle(); others need a watcher.
+            self._watch = connection.watch_disconnect()
+            await self._watch.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        connection = self._responder.connection
+        suppress = False
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            suppress = bool(await watch.__aexit__(exc_type, exc, tb))
+        if exc is not None and not suppress:
+            connection._broken = True
+            return False
+        if self.aborted or connection._gone or connection._broken:
+            connection._broken = True
+        else:
+            await self.finish()
+        return suppress
+
+    async def finish(self) -> None:
+        events: list[h11.Event] = []
+        if self._head is not None:
+            events.append(self._head)
+            self._head = None
+        events.append(h11.EndOfMessage())
+        await self._responder.connection.send_events(*events)
+
+
+class _H11Responder(Responder):
+    __slots__ = ("_started", "connection", "is_head", "request")
+
+    def __init__(self, connection: H11Connection, request: Request | None) -> None:
+        self.connection = connection
+        self.request = request
+        self.is_head = request is not None and request.method == "HEAD"
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def client_gone(self) -> bool:
+        return self.connection._gone
+
+    def _head(self, status: int, headers: Headers) -> h11.Response:
+        connection = self.connection
+        if not connection.skip_unread_body():
+            # The body was not (fully) read: this connection cannot be reused.
+            connection._close_after = True
+        if connection.app.draining:
+            connection._close_after = True
+        if connection._close_after:
+            headers = [*headers, (b"connection", b"close")]
+        self._started = True
+        return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+    async def read_body(self, max_size: int) -> bytes:
+        conn = self.connection.conn
+        length = self.request.header(b"content-length") if self.request is not None else None
+        if length is not None and length.isdigit() and int(length) > max_size:
+            raise BodyTooLarge(f"body of {int(length)} bytes exceeds {max_size}")
+        if conn.they_are_waiting_for_100_continue:
+            await self.connection.send_events(
+                h11.InformationalResponse(status_code=100, headers=[])
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await self.connection._next_body_event()
+            if isinstance(event, h11.EndOfMessage):
+                return b"".join(chunks)
+            size += len(event.data)
+            if size > max_size:
+                raise BodyTooLarge(f"body exceeds {max_size} bytes")
+            chunks.append(bytes(event.data))
+
+    async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
+        head = self._head(status, [*headers, (b"content-length", str(len(body)).encode())])
+        if body and not self.is_head:
+            await self.connection.send_events(head, h11.Data(data=body), h11.EndOfMessage())
+        else:
+            await self.connection.send_events(head, h11.EndOfMessage())
+
+    def open_stream(
+        self, status: int, headers: Headers
+    ) -> AbstractAsyncContextManager[StreamWriter]:
+        return _H11Writer(self, self._head(status, headers))
+
+    def watch_disconnect(self) -> AbstractAsyncContextManager[None]:
+        return self.connection.watch_disconnect()
+
+    @property
+    def can_upgrade(self) -> bool:
+        return self.request is not None and self.request.header(b"upgrade") is not None
+
+    async def upgrade(self, headers: Headers) -> tuple[trio.abc.Stream, bytes]:
+        if not self.can_upgrade:
+            raise UpgradeNotSupported("the request did not ask to upgrade")
+        self._started = True
+        connection = self.connection
+        await connection.send_events(h11.InformationalResponse(status_code=101, headers=headers))
+        connection._broken = True  # never reused for HTTP after the handler returns
+        return connection.stream, connection.conn.trailing_data[0]
+
+
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception a nursery wrapped (an exception group only if there were several)."""
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return group

@@ -1,0 +1,595 @@
+"""HTTP/2 connections: h2 for the protocol, one task per stream.
+
+The connection task reads frames and dispatches them; a writer task is the only
+one that writes to the socket, so a handler cancelled mid-write can never corrupt
+the connection.  Each stream sends only what its flow-control window allows and
+waits otherwise, so a client that stops reading one stream stalls that stream
+alone; its subscriber then overflows and the stream is reset, which keeps memory
+bounded.  Handlers' ``send`` returns once the writer handed the bytes to the
+socket, which gives every stream TCP back-pressure too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import trio
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes, Settings
+
+from tidings.trio._http import (
+    BodyTooLarge,
+    ConnectionInfo,
+    Headers,
+    Request,
+    Responder,
+    StreamWriter,
+)
+from tidings.trio._sync import Waiter
+
+if TYPE_CHECKING:
+    from tidings.trio._app import App
+
+__all__ = ["PREFACE", "H2Connection"]
+
+log = logging.getLogger("tidings.server")
+
+#: The client connection preface that starts every HTTP/2 connection.
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# Stream data queued for the writer beyond which a sending stream waits until it
+# was written (below it, streams go on and their frames share one write).
+_FLUSH_HIGH_WATER = 64 * 1024
+# Connection-specific header fields are forbidden in HTTP/2 (RFC 9113 §8.2.2).
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+    }
+)
+
+
+class H2Connection:
+    """Serve HTTP/2 on one stream until it closes."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, app: App, info: ConnectionInfo, initial: bytes = b""
+    ) -> None:
+        self.stream = stream
+        self.app = app
+        self.config = config = app.config
+        self.info = info
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_inbound_headers=True,
+                normalize_inbound_headers=True,
+            )
+        )
+        # MAX_CONCURRENT_STREAMS goes in a second SETTINGS frame (see run()): a
+        # value set here would be enforced by h2 before the client could know it,
+        # as a connection error; until acknowledged we refuse extra streams ourselves.
+        self.h2.local_settings = Settings(
+            client=False,
+            initial_values={SettingCodes.MAX_HEADER_LIST_SIZE: config.max_header_size},
+        )
+        self._initial = initial
+        # The file descriptor of a plain TCP stream, for the writer's fast path.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.streams: dict[int, H2Stream] = {}
+        self._nursery: trio.Nursery | None = None
+        self._writer_waiter = Waiter()
+        self._flushed = trio.lowlevel.ParkingLot()
+        self._queued = 0  # bumped whenever something may have been queued in h2
+        self._sent = 0  # the value of _queued when the writer last emptied h2
+        #: Stream data queued in h2 since the writer last took its output.
+        self.unsent = 0
+        self._read_scope: trio.CancelScope | None = None
+        self._draining = False
+        self._broken = False
+        self._closing = False
+        self._peer_done = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Refuse new streams, and close (with GOAWAY) once the open ones ended.
+
+        The GOAWAY is not sent first: h2-based clients (httpx, ...) treat any frame
+        after a GOAWAY as a protocol error, which would lose the streams' last data.
+        """
+        if self._draining or self._broken:
+            return
+        self._draining = True
+        self._maybe_stop_reading()
+
+    async def run(self) -> None:
+        """Serve streams until the connection closes."""
+        self.app.connections.add(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                try:
+                    await self._serve()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.app.connections.discard(self)
+
+    async def _serve(self) -> None:
+        self.h2.initiate_connection()
+        self.h2.update_settings(
+            {SettingCodes.MAX_CONCURRENT_STREAMS: self.config.max_concurrent_streams}
+        )
+        if self._initial:
+            data, self._initial = self._initial, b""
+            self._receive(data)
+        self.wake_writer()
+        if not self._peer_done:
+            await self._read_loop()
+        await self._close_gracefully()
+
+    async def _close_gracefully(self) -> None:
+        # From here on h2 refuses stream frames: streams still running must fail.
+        self._closing = True
+        self._cancel_all_streams()
+        if self._broken:
+            return
+        with suppress(h2.exceptions.ProtocolError):
+            self.h2.close_connection()
+        self.wake_writer()
+        with trio.move_on_after(self.config.write_timeout):
+            await self.wait_flushed()
+
+    def _maybe_stop_reading(self) -> None:
+        scope = self._read_scope
+        if scope is None:
+            return
+        if self.streams:
+            scope.deadline = math.inf
+        elif self._draining or self.info.rejecting:
+            scope.cancel()
+        else:
+            scope.deadline = trio.current_time() + self.config.idle_timeout
+
+    # -- reading -------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        config = self.config
+        while not self._peer_done and not self._broken:
+            if not self.streams and (self._draining or self.info.rejecting):
+                return
+            deadline = math.inf if self.streams else trio.current_time() + config.idle_timeout
+            with trio.CancelScope(deadline=deadline) as scope:
+                self._read_scope = scope
+                data = await self.stream.receive_some(config.receive_size)
+            self._read_scope = None
+            if scope.cancelled_caught:
+                if self.streams:
+                    continue  # a stream opened meanwhile: the idle timeout is off
+                return  # idle timeout, or drained
+            if not data:
+                self._peer_done = True
+                self._cancel_all_streams()
+                return
+            self._receive(bytes(data))
+            self.wake_writer()
+            if self._sent != self._queued:
+                # Back-pressure: do not read (and queue answers to pings, settings...)
+                # faster than the client takes our output.
+                await self.wait_flushed()
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY with the right error code.
+            log.debug("HTTP/2 protocol error from %s: %s", self.info.client, exc)
+            self._peer_done = True
+            self._cancel_all_streams()
+            return
+        for event in events:
+            self._dispatch(event)
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream_id = event.stream_id
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream._feed(event.data)
+            self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._open_stream(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._end_body()
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream._peer_reset()
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream._window.wake()
+            else:
+                self._wake_windows()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._wake_windows()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._peer_done = True
+            self._cancel_all_streams()
+
+    def _wake_windows(self) -> None:
+        for stream in self.streams.values():
+            stream._window.wake()
+
+    def _cancel_all_streams(self) -> None:
+        for stream in self.streams.values():
+            stream._peer_reset()
+
+    def _open_stream(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if (
+            self._draining
+            or self._nursery is None
+            or len(self.streams) >= self.config.max_concurrent_streams
+        ):
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        request = self._make_request(event.headers or [])
+        stream = H2Stream(self, stream_id, request)
+        if event.stream_ended is not None:
+            stream._body_done = True
+        self.streams[stream_id] = stream
+        self._nursery.start_soon(self._run_stream, stream)
+
+    def _make_request(self, raw: Iterable[tuple[bytes, bytes]]) -> Request | None:
+        method = path = None
+        headers: Headers = []
+        for name, value in raw:
+            if name.startswith(b":"):
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+            else:
+                headers.append((name, value))
+        if method is None or path is None:
+            return None
+        target, _, query = path.partition(b"?")
+        try:
+            return Request(
+                method=method.decode("ascii"),
+                path=target.decode("ascii"),
+                query=query.decode("ascii"),
+                headers=headers,
+                http_version="2",
+                connection=self.info,
+            )
+        except UnicodeDecodeError:
+            return None
+
+    async def _run_stream(self, stream: H2Stream) -> None:
+        try:
+            with stream.scope:
+                if stream.request is None:
+                    await stream.respond(400, [], b"Bad request\n")
+                else:
+                    await self.app.handle(stream.request, stream)
+                    if not stream.started:
+                        await stream.respond(500, [], b"Internal server error\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            stream._finish()
+            del self.streams[stream.stream_id]
+            if self.info.rejecting:
+                self.drain()
+            self.wake_writer()
+            self._maybe_stop_reading()
+
+    # -- writing -------------------------------------------------------------------
+
+    def wake_writer(self) -> None:
+        """Note that h2 may hold bytes to send and wake the writer."""
+        self._queued += 1
+        self._writer_waiter.wake()
+
+    async def wait_flushed(self) -> None:
+        """Wait until everything queued so far was handed to the socket."""
+        target = self._queued
+        while self._sent < target:
+            if self._broken:
+                raise trio.BrokenResourceError("connection lost")
+            await self._flushed.park()
+        if self._broken:
+            raise trio.BrokenResourceError("connection lost")
+
+    async def _writer(self) -> None:
+        timeout = self.config.write_timeout
+        try:
+            while True:
+                generation = self._queued
+                data = self.h2.data_to_send()
+                self.unsent = 0
+                if data and self._fd >= 0:
+                    # Plain socket: offer the bytes to the kernel directly first.
+                    try:
+                        sent = os.write(self._fd, data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+                    data = data[sent:]
+                if data:
+                    with trio.move_on_after(timeout) as scope:
+                        await self.stream.send_all(data)
+                    if scope.cancelled_caught:
+                        raise trio.BrokenResourceError("write timed out")
+                self._sent = generation
+                self._flushed.unpark_all()
+                if self._queued == generation:
+                    await self._writer_waiter.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._broken = True
+            self._flushed.unpark_all()
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+
+
+class _H2Writer(StreamWriter):
+    __slots__ = ("aborted", "stream")
+
+    def __init__(self, stream: H2Stream) -> None:
+        self.stream = stream
+        self.aborted = False
+
+    async def send(self, data: bytes) -> None:
+        stream = self.stream
+        stream._send_head(end_stream=False)
+        if data and not stream.is_head:
+            await stream._send_data(data, end_stream=False)
+        else:
+            stream.connection.wake_writer()
+            await stream.connection.wait_flushed()
+
+    def abort(self) -> None:
+        self.aborted = True
+        stream = self.stream
+        stream._aborted = True
+        stream._window.wake()
+
+
+class H2Stream(Responder):
+    """One request/response exchange on an HTTP/2 connection (its :class:`Responder`)."""
+
+    __slots__ = (
+        "_aborted",
+        "_body",
+        "_body_done",
+        "_body_too_large",
+        "_body_waiter",
+        "_ended",
+        "_gone",
+        "_head",
+        "_started",
+        "_watch_scope",
+        "_window",
+        "connection",
+        "is_head",
+        "request",
+        "scope",
+        "stream_id",
+    )
+
+    def __init__(self, connection: H2Connection, stream_id: int, request: Request | None) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.request = request
+        self.is_head = request is not None and request.method == "HEAD"
+        #: Cancelled when the client resets the stream or the connection dies.
+        self.scope = trio.CancelScope()
+        self._watch_scope: trio.CancelScope | None = None
+        self._window = Waiter()
+        self._body = bytearray()
+        self._body_done = False
+        self._body_too_large = False
+        self._body_waiter = Waiter()
+        self._head: list[tuple[bytes, bytes]] | None = None
+        self._started = False
+        self._ended = False
+        self._gone = False
+        self._aborted = False
+
+    # -- from the connection -------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        if self._body_too_large:
+            return
+        if len(self._body) + len(data) > self.connection.config.max_body_size:
+            self._body_too_large = True
+            self._body = bytearray()
+        else:
+            self._body += data
+        self._body_waiter.wake()
+
+    def _end_body(self) -> None:
+        self._body_done = True
+        self._body_waiter.wake()
+
+    def _peer_reset(self) -> None:
+        self._gone = True
+        self._ended = True
+        self._body_waiter.wake()
+        self._window.wake()
+        (self._watch_scope or self.scope).cancel()
+
+    def _finish(self) -> None:
+        """After the handler: make sure the stream is closed on our side."""
+        if self._ended or self.connection._broken:
+            return
+        self._ended = True
+        with suppress(h2.exceptions.ProtocolError):
+            self.connection.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+
+    # -- Responder -----------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def client_gone(self) -> bool:
+        return self._gone
+
+    def _check(self) -> None:
+        connection = self.connection
+        if self._gone or self._aborted or connection._broken or connection._closing:
+            raise trio.BrokenResourceError("stream reset, aborted, or connection lost")
+
+    async def read_body(self, max_size: int) -> bytes:
+        length = self.request.header(b"content-length") if self.request is not None else None
+        if length is not None and length.isdigit() and int(length) > max_size:
+            raise BodyTooLarge(f"body of {int(length)} bytes exceeds {max_size}")
+        while not self._body_done:
+            self._check()
+            if self._body_too_large or len(self._body) > max_size:
+                raise BodyTooLarge(f"body exceeds {max_size} bytes")
+            await self._body_waiter.wait()
+        if self._body_too_large or len(self._body) > max_size:
+            raise BodyTooLarge(f"body exceeds {max_size} bytes")
+        return bytes(self._body)
+
+    def _prepare_head(self, status: int, headers: Headers) -> None:
+        head = [(b":status", str(status).encode())]
+        head += [(name, value) for name, value in headers if name not in _HOP_BY_HOP]
+        self._head = head
+        self._started = True
+
+    def _send_head(self, end_stream: bool) -> None:
+        head = self._head
+        if head is None:
+            return
+        self._head = None
+        self._check()
+        try:
+            self.connection.h2.send_headers(self.stream_id, head, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as exc:
+            self._gone = True
+            raise trio.BrokenResourceError(f"cannot send headers: {exc}") from exc
+        if end_stream:
+            self._ended = True
+
+    async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
+        self._check()
+        self._prepare_head(status, [*headers, (b"content-length", str(len(body)).encode())])
+        if self.is_head or not body:
+            self._send_head(end_stream=True)
+            self.connection.wake_writer()
+            await self.connection.wait_flushed()
+        else:
+            self._send_head(end_stream=False)
+            await self._send_data(body, end_stream=True)
+
+    async def _send_data(self, data: bytes, end_stream: bool) -> None:
+        connection = self.connection
+        conn = connection.h2
+        view = memoryview(data)
+        while True:
+            self._check()
+            try:
+                window = min(
+                    conn.local_flow_control_window(self.stream_id), conn.max_outbound_frame_size
+                )
+            except h2.exceptions.StreamClosedError:
+                self._gone = True
+                raise trio.BrokenResourceError("stream closed") from None
+            if window <= 0 and view:
+                await self._window.wait()
+                continue
+            chunk = view[:window]
+            view = view[window:]
+            last = not view
+            try:
+                conn.send_data(self.stream_id, chunk, end_stream=end_stream and last)
+            except h2.exceptions.ProtocolError as exc:
+                self._gone = True
+                raise trio.BrokenResourceError(f"cannot send data: {exc}") from exc
+            connection.unsent += len(chunk)
+            connection.wake_writer()
+            if last:
+                break
+        if end_stream:
+            self._ended = True
+        if connection.unsent >= _FLUSH_HIGH_WATER:
+            # Back-pressure: wait until the socket took what is queued.
+            await connection.wait_flushed()
+        else:
+            # Let the writer (and the other streams) run: their data shares writes.
+            await trio.lowlevel.checkpoint()
+
+    @asynccontextmanager
+    async def open_stream(self, status: int, headers: Headers) -> AsyncIterator[StreamWriter]:
+        self._check()
+        self._prepare_head(status, headers)
+        writer = _H2Writer(self)
+        async with self.watch_disconnect():
+            yield writer
+        if self._gone or self.connection._broken:
+            return
+        if writer.aborted:
+            self._finish()  # RST_STREAM(CANCEL)
+            self.connection.wake_writer()
+            return
+        if self._head is not None:
+            self._send_head(end_stream=True)
+        else:
+            self._end()
+        self.connection.wake_writer()
+        await self.connection.wait_flushed()
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self.connection.h2.end_stream(self.stream_id)
+        except h2.exceptions.ProtocolError as exc:
+            self._gone = True
+            raise trio.BrokenResourceError(f"cannot end the stream: {exc}") from exc
+
+    def watch_disconnect(self) -> AbstractAsyncContextManager[None]:
+        return self._watch()
+
+    @asynccontextmanager
+    async def _watch(self) -> AsyncIterator[None]:
+        if self._watch_scope is not None:
+            yield
+            return
+        with trio.CancelScope() as scope:
+            self._watch_scope = scope
+            try:
+                if self._gone:
+                    scope.cancel()
+                yield
+            finally:
+                self._watch_scope = None

@@ -1,0 +1,134 @@
+"""Paths to handlers, and the rules for topic names in paths.
+
+A route is a path pattern such as ``/topics/{topic}/events`` and a handler per
+method.  Literal segments match exactly (case-sensitive, not decoded).  A
+``{topic}`` segment is percent-decoded once (``%HH`` only; a stray ``%`` is an
+error) and must then be a *topic name*: 1 to 128 characters from
+``A-Z a-z 0-9 . _ ~ -`` (RFC 3986 "unreserved"), and not ``.`` or ``..``.  So
+``%41bc`` names the topic ``Abc``, while ``a%2Fb`` or ``a b`` are refused with
+``400``.  Paths matching no pattern get ``404``; a known path with a method it
+does not serve gets ``405`` with ``Allow``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
+
+from tidings.trio._http import Request, Responder
+
+if TYPE_CHECKING:
+    from tidings.trio._app import App
+
+__all__ = [
+    "MAX_TOPIC_LENGTH",
+    "BadParameter",
+    "Handler",
+    "Route",
+    "Router",
+    "is_valid_topic",
+    "parse_topic",
+]
+
+#: The longest topic name accepted.
+MAX_TOPIC_LENGTH = 128
+
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+#: A request handler: ``await handler(app, request, responder)``.
+Handler = Callable[["App", Request, Responder], Awaitable[None]]
+
+
+def is_valid_topic(name: str) -> bool:
+    """Whether *name* (already decoded) is an acceptable topic name."""
+    return _TOPIC_RE.fullmatch(name) is not None and name not in (".", "..")
+
+
+def parse_topic(segment: str) -> str | None:
+    """Decode one path segment into a topic name, or ``None`` when it is not one."""
+    if "%" in segment:
+        if _BAD_PERCENT_RE.search(segment):
+            return None
+        try:
+            segment = unquote_to_bytes(segment).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return segment if is_valid_topic(segment) else None
+
+
+class BadParameter(Exception):
+    """A path parameter is malformed (answer ``400``)."""
+
+
+_CONVERTERS: dict[str, Callable[[str], str | None]] = {"topic": parse_topic}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path pattern and its handlers by method."""
+
+    pattern: str
+    methods: Mapping[str, Handler]
+    segments: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> list[str]:
+        """The methods to list in ``Allow``."""
+        methods = set(self.methods) | {"OPTIONS"}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
+
+class Router:
+    """An ordered list of routes; the first pattern that matches wins."""
+
+    def __init__(self) -> None:
+        self._routes: list[Route] = []
+
+    def add(self, pattern: str, methods: Mapping[str, Handler]) -> None:
+        """Serve *pattern* (e.g. ``/topics/{topic}/poll``) with *methods*."""
+        if not pattern.startswith("/"):
+            raise ValueError("patterns start with '/'")
+        segments = tuple(pattern[1:].split("/"))
+        for segment in segments:
+            if segment.startswith("{"):
+                name = segment.strip("{}")
+                if name not in _CONVERTERS:
+                    raise ValueError(f"unknown path parameter {segment}")
+        self._routes.append(Route(pattern, dict(methods), segments))
+
+    def resolve(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        """The route matching *path* and its decoded parameters, or ``None``.
+
+        Raises :class:`BadParameter` when the shape matches but a parameter is not
+        acceptable (for example a topic name with a slash in it).
+        """
+        if not path.startswith("/"):
+            return None
+        parts = path[1:].split("/")
+        for route in self._routes:
+            segments = route.segments
+            if len(segments) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            bad: str | None = None
+            for segment, part in zip(segments, parts, strict=True):
+                if segment.startswith("{"):
+                    name = segment[1:-1]
+                    value = _CONVERTERS[name](part)
+                    if value is None:
+                        bad = name
+                    else:
+                        params[name] = value
+                elif segment != part:
+                    break
+            else:
+                if bad is not None:
+                    raise BadParameter(f"invalid {bad} name")
+                return route, params
+        return None

@@ -1,0 +1,253 @@
+"""The command line, run as real subprocesses against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+
+from tidings.__main__ import build_parser, main
+from tidings.cursor import new_epoch
+from tidings.history import MemoryHistory
+from tidings.trio import Hub, Server, serve
+from tidings.trio._http_client import open_request
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+ENV = {**os.environ, "PYTHONPATH": str(SRC)}
+TIMEOUT = 30  # real seconds; generous for a loaded machine, never reached when all is well
+
+
+class Lines:
+    """Line-by-line reading of a subprocess pipe."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise EOFError(self.buffer)
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    async def rest(self) -> str:
+        while chunk := await self.stream.receive_some():
+            self.buffer += chunk
+        return self.buffer.decode()
+
+
+async def start_cli(nursery: trio.Nursery, *args: str) -> trio.Process:
+    command = [sys.executable, "-m", "tidings", *args]
+    process: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV,
+            check=False,
+        )
+    )
+    return process
+
+
+async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(TIMEOUT):
+        return await trio.run_process(
+            [sys.executable, "-m", "tidings", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            env=ENV,
+            check=False,
+        )
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(MemoryHistory(new_epoch(random.Random(3)), max_events=100))
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, hub: Hub) -> AsyncIterator[Server]:
+    server: Server = await nursery.start(partial(serve, hub, 0))
+    yield server
+    server.drain()
+
+
+# -- serve ----------------------------------------------------------------------------
+
+
+async def test_serve_prints_its_url_serves_and_exits_0_on_sigint(nursery: trio.Nursery) -> None:
+    process = await start_cli(nursery, "serve", "--port", "0", "--history", "5")
+    assert process.stdout is not None
+    with trio.fail_after(TIMEOUT):
+        url = await Lines(process.stdout).next()
+        assert url.startswith("http://127.0.0.1:")
+        async with open_request("POST", url + "/topics/t", body=b"hi") as response:
+            assert response.status == 201
+            first = json.loads(await response.read())["id"]
+        async with open_request("GET", url + "/healthz", http2=True) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+    assert first.endswith(".1")
+
+
+async def test_serve_with_a_certificate_speaks_tls_and_tail_follows_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    files = ["--certfile", str(tmp_path / "cert.pem"), "--keyfile", str(tmp_path / "key.pem")]
+    server = await start_cli(nursery, "serve", "--port", "0", *files)
+    assert server.stdout is not None
+    with trio.fail_after(TIMEOUT):
+        url = await Lines(server.stdout).next()
+        assert url.startswith("https://127.0.0.1:")
+        tail = await start_cli(
+            nursery, "tail", url + "/topics/t/events", "--cacert", str(tmp_path / "ca.pem")
+        )
+        assert tail.stdout is not None
+        assert tail.stderr is not None
+        stderr = Lines(tail.stderr)
+        assert "(HTTP/2)" in await stderr.next()  # ALPN chose HTTP/2
+        published = await run_cli(
+            "publish", url + "/topics/t", "secret", "--cacert", str(tmp_path / "ca.pem")
+        )
+        assert published.returncode == 0, published.stderr
+        line = json.loads(await Lines(tail.stdout).next())
+        assert line == {
+            "id": published.stdout.decode().strip(),
+            "event": "message",
+            "data": "secret",
+        }
+        tail.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)
+        assert await tail.wait() == 0
+        assert await server.wait() == 0
+
+
+async def test_serve_on_a_busy_port_exits_1_with_a_message(server: Server) -> None:
+    result = await run_cli("serve", "--port", str(server.port))
+    assert result.returncode == 1
+    assert b"cannot listen" in result.stderr
+
+
+# -- publish --------------------------------------------------------------------------
+
+
+async def test_publish_prints_the_event_id(server: Server, hub: Hub) -> None:
+    result = await run_cli("publish", server.url + "/topics/news", "hello", "--event", "tick")
+    assert result.returncode == 0, result.stderr
+    [stored] = hub.history.read("news", f"{hub.history.head('news').epoch}.0").events  # type: ignore[union-attr]
+    assert result.stdout.decode().strip() == stored.position.format()
+    assert (stored.data, stored.event) == ("hello", "tick")
+
+
+async def test_publish_refused_exits_1_with_the_status_on_stderr(server: Server) -> None:
+    result = await run_cli("publish", server.url + "/topics/bad%20name", "x")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"400" in result.stderr
+
+
+async def test_publish_to_nowhere_exits_1_with_a_message() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = await run_cli("publish", f"http://127.0.0.1:{port}/topics/t", "x")
+    assert result.returncode == 1
+    assert b"connection failed" in result.stderr
+
+
+# -- tail -----------------------------------------------------------------------------
+
+
+async def test_tail_prints_replayed_and_live_events_as_json_lines(
+    nursery: trio.Nursery, server: Server, hub: Hub
+) -> None:
+    ids = [(await hub.publish("news", f"n{i}")).position.format() for i in range(3)]
+    process = await start_cli(
+        nursery, "tail", server.url + "/topics/news/events", "--last-event-id", ids[0]
+    )
+    assert process.stdout is not None
+    lines = Lines(process.stdout)
+    with trio.fail_after(TIMEOUT):
+        got = [json.loads(await lines.next()) for _ in range(2)]
+        live = await hub.publish("news", "multi\nline", event="tick")
+        got.append(json.loads(await lines.next()))
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
+    assert got == [
+        {"id": ids[1], "event": "message", "data": "n1"},
+        {"id": ids[2], "event": "message", "data": "n2"},
+        {"id": live.position.format(), "event": "tick", "data": "multi\nline"},
+    ]
+
+
+async def test_tail_prints_a_reset_line_for_an_unusable_id(
+    nursery: trio.Nursery, server: Server, hub: Hub
+) -> None:
+    head = (await hub.publish("news", "old")).position.format()
+    process = await start_cli(
+        nursery, "tail", server.url + "/topics/news/events", "--last-event-id", "no.such", "--http2"
+    )
+    assert process.stdout is not None
+    with trio.fail_after(TIMEOUT):
+        assert json.loads(await Lines(process.stdout).next()) == {"reset": True, "cursor": head}
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+
+
+async def test_tail_of_something_that_is_not_a_stream_exits_1(server: Server) -> None:
+    result = await run_cli("tail", server.url + "/healthz")
+    assert result.returncode == 1
+    assert b"not text/event-stream" in result.stderr
+
+
+@pytest.mark.parametrize("transport", ["poll", "ws", "carrier-pigeon"])
+def test_tail_accepts_only_the_sse_transport_for_now(
+    transport: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["tail", "http://h/", "--transport", transport])
+    assert info.value.code == 2
+    assert "only 'sse'" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_statuses() -> None:
+    text = build_parser().format_help()
+    for status in ("0 success", "1 failure", "2 bad command line"):
+        assert status in " ".join(text.split())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["publish", "ftp://h/x", "data"], "http or https"),
+        (["tail", "ftp://h/x"], "http or https"),
+        (["tail", "http://h/x", "--last-event-id", "a\nb"], "cannot be sent"),
+    ],
+)
+async def test_a_bad_url_or_id_is_a_usage_error(args: list[str], message: str) -> None:
+    result = await run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

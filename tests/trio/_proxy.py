@@ -1,0 +1,86 @@
+"""A TCP proxy for tests that cuts connections at random, reproducibly.
+
+Each accepted connection is relayed to the target; for the first ``max_cuts``
+connections the proxy draws (from a seeded ``random.Random``) how many bytes of the
+server's answer to pass on, from 0 to ``max_bytes``, and then closes both sides
+abruptly -- in the middle of a header, a chunk, an HTTP/2 frame or an event, as luck
+has it.  Later connections are relayed untouched, so a test always finishes.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass, field
+
+import trio
+
+
+@dataclass
+class ChaosProxy:
+    target_port: int
+    rng: random.Random
+    max_cuts: int = 30
+    max_bytes: int = 64 * 1024
+    target_host: str = "127.0.0.1"
+    port: int = 0
+    connections: int = 0
+    cuts: int = 0
+    cut_at: list[int] = field(default_factory=list)
+
+    async def start(self, nursery: trio.Nursery) -> ChaosProxy:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, self._relay, 0, host="127.0.0.1")
+        )
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        budget: int | None = None
+        if self.connections <= self.max_cuts:
+            budget = self.rng.randint(0, self.max_bytes)
+            self.cut_at.append(budget)
+        try:
+            server = await trio.open_tcp_stream(self.target_host, self.target_port)
+        except BaseException:
+            await trio.aclose_forcefully(client)
+            raise
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, client, server, None, nursery.cancel_scope)
+                nursery.start_soon(self._pump, server, client, budget, nursery.cancel_scope)
+        finally:
+            # Shielded: in a cancelled task the first close would raise Cancelled
+            # and skip the second.
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(client)
+                await trio.aclose_forcefully(server)
+
+    async def _pump(
+        self,
+        source: trio.abc.Stream,
+        sink: trio.abc.Stream,
+        budget: int | None,
+        scope: trio.CancelScope,
+    ) -> None:
+        try:
+            while True:
+                if budget is not None and budget <= 0:
+                    self.cuts += 1
+                    return
+                data = await source.receive_some(16384)
+                if not data:
+                    return
+                if budget is not None:
+                    data = data[:budget]
+                    budget -= len(data)
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            # Either side ending (or the cut) ends the whole relay, abruptly.
+            scope.cancel()

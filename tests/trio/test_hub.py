@@ -1,0 +1,477 @@
+"""The hub: fan-out, bounded buffers, subscribe-then-replay without gaps or duplicates."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from tidings.cursor import EARLIEST, Position, new_epoch
+from tidings.errors import LocalProtocolError
+from tidings.history import MemoryHistory, ResetReason, StoredEvent
+from tidings.trio import Batch, CloseReason, Hub, LiveEvent, Subscription, Waiter
+
+
+def make_hub(**kwargs: int) -> Hub:
+    history_kwargs = {k: kwargs.pop(k) for k in ("max_events", "max_topics") if k in kwargs}
+    history = MemoryHistory(new_epoch(random.Random(7)), **history_kwargs)
+    return Hub(history, **kwargs)
+
+
+def data_of(batch: Batch | None) -> list[str]:
+    assert batch is not None
+    return [item.stored.data for item in batch.events]
+
+
+def drain_batches(subscription: Subscription) -> tuple[list[str], list[ResetReason]]:
+    datas: list[str] = []
+    resets: list[ResetReason] = []
+    while (batch := subscription.next_batch()) is not None:
+        if batch.reset is not None:
+            resets.append(batch.reset.reason)
+        datas += [item.stored.data for item in batch.events]
+    return datas, resets
+
+
+async def test_publish_returns_the_stored_event_with_its_position() -> None:
+    hub = make_hub()
+    first = await hub.publish("t", "a")
+    second = await hub.publish("t", "b", event="kind")
+    assert isinstance(first, StoredEvent)
+    assert second.position == first.position.next()
+    assert second.event == "kind"
+
+
+async def test_publish_rejects_event_types_with_line_breaks_and_non_str_data() -> None:
+    hub = make_hub()
+    with pytest.raises(LocalProtocolError):
+        await hub.publish("t", "x", event="a\nb")
+    with pytest.raises(LocalProtocolError):
+        hub.publish_nowait("t", b"bytes")  # type: ignore[arg-type]
+    assert hub.history.head("t").offset == 0
+
+
+async def test_publish_wakes_a_waiting_subscriber_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = make_hub()
+    got: list[str] = []
+    with hub.subscribe("t") as subscription:
+
+        async def consume() -> None:
+            while not got:
+                batch = subscription.next_batch()
+                if batch is None:
+                    await subscription.wait()
+                else:
+                    got.extend(data_of(batch))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            await hub.publish("t", "now")
+        assert got == ["now"]
+        assert trio.current_time() == start  # no polling interval involved
+
+
+async def test_wait_times_out_at_the_deadline(autojump_clock: trio.testing.MockClock) -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        start = trio.current_time()
+        assert await subscription.wait(start + 15) is False
+        assert trio.current_time() == start + 15
+
+
+async def test_one_live_event_object_is_shared_by_all_subscribers() -> None:
+    hub = make_hub()
+    subscriptions = [hub.subscribe("t") for _ in range(3)]
+    await hub.publish("t", "x")
+    items = []
+    for subscription in subscriptions:
+        batch = subscription.next_batch()
+        assert batch is not None
+        items.append(batch.events[0])
+    assert items[0] is items[1] is items[2]
+    calls: list[StoredEvent] = []
+
+    def encoder(stored: StoredEvent) -> bytes:
+        calls.append(stored)
+        return stored.data.encode()
+
+    assert [item.encoded(encoder) for item in items] == [b"x"] * 3
+    assert len(calls) == 1  # encoded once for everybody
+
+
+def test_live_event_caches_several_encoders() -> None:
+    stored = StoredEvent(Position("e", 1), "x")
+    item = LiveEvent(stored)
+
+    def upper(s: StoredEvent) -> bytes:
+        return s.data.upper().encode()
+
+    def plain(s: StoredEvent) -> bytes:
+        return s.data.encode()
+
+    assert item.encoded(plain) == b"x"
+    assert item.encoded(upper) == b"X"
+    assert item.encoded(upper) is item.encoded(upper)
+    assert item.encoded(plain) == b"x"
+
+
+async def test_live_from_now_without_a_cursor() -> None:
+    hub = make_hub()
+    await hub.publish("t", "old")
+    with hub.subscribe("t") as subscription:
+        assert subscription.next_batch() is None
+        await hub.publish("t", "new")
+        assert data_of(subscription.next_batch()) == ["new"]
+
+
+async def test_replay_after_a_position_then_live() -> None:
+    hub = make_hub()
+    stored = [await hub.publish("t", str(n)) for n in range(1, 6)]
+    with hub.subscribe("t", after=stored[1].position.format()) as subscription:
+        assert data_of(subscription.next_batch()) == ["3", "4", "5"]
+        assert subscription.next_batch() is None
+        await hub.publish("t", "6")
+        assert data_of(subscription.next_batch()) == ["6"]
+        assert subscription.last == stored[-1].position.next()
+
+
+async def test_earliest_replays_everything_retained() -> None:
+    hub = make_hub(max_events=3)
+    for n in range(5):
+        await hub.publish("t", str(n))
+    with hub.subscribe("t", after=EARLIEST) as subscription:
+        assert drain_batches(subscription) == (["2", "3", "4"], [])
+
+
+@pytest.mark.parametrize(
+    ("cursor", "reason"),
+    [
+        ("garbage", ResetReason.MALFORMED),
+        (b"\xff\xfe\x00", ResetReason.MALFORMED),
+        ("x" * 10_000, ResetReason.MALFORMED),
+        ("otherepoch.3", ResetReason.UNKNOWN_EPOCH),
+    ],
+)
+async def test_unusable_cursor_gives_a_reset_to_the_head_then_live(
+    cursor: str | bytes, reason: ResetReason
+) -> None:
+    hub = make_hub()
+    last = None
+    for n in range(3):
+        last = await hub.publish("t", str(n))
+    assert last is not None
+    with hub.subscribe("t", after=cursor) as subscription:
+        batch = subscription.next_batch()
+        assert batch is not None
+        assert batch.reset is not None
+        assert batch.reset.reason is reason
+        assert batch.reset.head == last.position
+        assert batch.events == ()
+        await hub.publish("t", "live")
+        assert data_of(subscription.next_batch()) == ["live"]
+
+
+async def test_evicted_cursor_gives_a_reset() -> None:
+    hub = make_hub(max_events=2)
+    first = await hub.publish("t", "0")
+    for n in range(1, 5):
+        await hub.publish("t", str(n))
+    with hub.subscribe("t", after=first.position) as subscription:
+        assert drain_batches(subscription) == ([], [ResetReason.EVICTED])
+
+
+async def test_events_published_during_a_paged_replay_are_neither_lost_nor_repeated() -> None:
+    hub = make_hub(max_events=100, replay_page=4)
+    for n in range(10):
+        await hub.publish("t", str(n))
+    seen: list[str] = []
+    with hub.subscribe("t", after=EARLIEST) as subscription:
+        counter = 10
+        while True:
+            batch = subscription.next_batch()
+            if batch is None:
+                break
+            seen += data_of(batch)
+            # Publishing between pages, as happens while a page is being sent.
+            for _ in range(3):
+                if counter < 25:
+                    await hub.publish("t", str(counter))
+                    counter += 1
+        assert seen == [str(n) for n in range(counter)]
+
+
+async def test_live_events_already_replayed_are_dropped() -> None:
+    hub = make_hub()
+    subscription = hub.subscribe("t", after=EARLIEST)
+    # Events published before the first read are both in the buffer and in the
+    # history: they must come out once.
+    await hub.publish("t", "a")
+    await hub.publish("t", "b")
+    assert subscription.pending == 2
+    assert drain_batches(subscription) == (["a", "b"], [])
+    await hub.publish("t", "c")
+    assert drain_batches(subscription) == (["c"], [])
+    subscription.close()
+
+
+async def test_a_new_epoch_in_the_live_stream_gives_a_reset_not_a_silent_jump() -> None:
+    hub = make_hub(max_topics=1)
+    await hub.publish("t", "a")
+    with hub.subscribe("t") as subscription:
+        # Touching another topic evicts "t" from the history; it comes back with a
+        # new epoch.
+        await hub.publish("other", "x")
+        await hub.publish("t", "b")
+        datas, resets = drain_batches(subscription)
+        assert resets == [ResetReason.UNKNOWN_EPOCH]
+        assert datas == []
+        await hub.publish("t", "c")
+        assert drain_batches(subscription) == (["c"], [])
+
+
+async def test_a_hole_in_the_live_stream_is_filled_from_the_history() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        first = await hub.publish("t", "a")
+        second = await hub.publish("t", "b")
+        third = await hub.publish("t", "c")
+        # Simulate a lost live event: only the first and third reached the buffer.
+        subscription._pending = [LiveEvent(first), LiveEvent(third)]
+        assert second.position.offset == first.position.offset + 1
+        datas, resets = drain_batches(subscription)
+        assert (datas, resets) == (["a", "b", "c"], [])
+
+
+async def test_a_slow_subscriber_is_cut_off_when_its_buffer_overflows() -> None:
+    hub = make_hub(max_pending_events=3)
+    fast = hub.subscribe("t")
+    slow = hub.subscribe("t")
+    for n in range(3):
+        await hub.publish("t", str(n))
+    assert drain_batches(fast) == (["0", "1", "2"], [])
+    await hub.publish("t", "3")  # slow now has 4 > 3 buffered
+    assert slow.closed is CloseReason.OVERFLOW
+    assert slow.pending == 0  # the buffer is dropped, not kept
+    assert slow.next_batch() is None
+    assert fast.closed is None
+    assert drain_batches(fast) == (["3"], [])
+    assert hub.subscriber_count("t") == 1
+
+
+async def test_buffer_byte_limit_also_cuts_off() -> None:
+    hub = make_hub(max_pending_bytes=1000)
+    with hub.subscribe("t") as subscription:
+        await hub.publish("t", "x" * 2000)
+        assert subscription.closed is CloseReason.OVERFLOW
+
+
+async def test_overflow_calls_the_registered_callback() -> None:
+    hub = make_hub(max_pending_events=1)
+    calls: list[str] = []
+    with hub.subscribe("t") as subscription:
+        subscription.on_overflow = lambda: calls.append("overflow")
+        await hub.publish("t", "1")
+        assert calls == []
+        await hub.publish("t", "2")
+        assert calls == ["overflow"]
+
+
+async def test_per_subscription_limits_override_the_hub_defaults() -> None:
+    hub = make_hub(max_pending_events=100)
+    with hub.subscribe("t", max_pending_events=1) as subscription:
+        await hub.publish("t", "1")
+        await hub.publish("t", "2")
+        assert subscription.closed is CloseReason.OVERFLOW
+
+
+async def test_close_wakes_the_waiter_and_keeps_buffered_events() -> None:
+    hub = make_hub()
+    subscription = hub.subscribe("t")
+    await hub.publish("t", "a")
+    subscription.close(CloseReason.DRAIN)
+    assert await subscription.wait() is True
+    assert subscription.closed is CloseReason.DRAIN
+    assert data_of(subscription.next_batch()) == ["a"]
+    await hub.publish("t", "b")
+    assert subscription.next_batch() is None
+
+
+async def test_leaving_the_block_unsubscribes() -> None:
+    hub = make_hub()
+    for _ in range(1000):
+        with hub.subscribe("t"):
+            pass
+    with hub.subscribe("t"), hub.subscribe("u"):
+        assert hub.subscriber_count() == 2
+        assert sorted(hub.topics_with_subscribers()) == ["t", "u"]
+    assert hub.subscriber_count() == 0
+    assert hub.topics_with_subscribers() == []
+
+
+async def test_a_shared_waiter_is_woken_by_any_of_its_subscriptions() -> None:
+    hub = make_hub()
+    waiter = Waiter()
+    first = hub.subscribe("a", waiter=waiter)
+    second = hub.subscribe("b", waiter=waiter)
+    await hub.publish("b", "x")
+    assert waiter.is_set
+    assert await waiter.wait() is True
+    assert first.next_batch() is None
+    assert data_of(second.next_batch()) == ["x"]
+
+
+async def test_only_one_task_may_wait_on_a_waiter() -> None:
+    waiter = Waiter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError):
+            await waiter.wait()
+        waiter.wake()
+
+
+def test_hub_rejects_bad_limits_and_topics() -> None:
+    with pytest.raises(LocalProtocolError):
+        Hub(max_pending_events=0)
+    hub = Hub()
+    with pytest.raises(LocalProtocolError):
+        hub.subscribe("")
+    with pytest.raises(LocalProtocolError):
+        hub.subscribe("t", after=12)  # type: ignore[arg-type]
+
+
+async def test_concurrent_publishers_and_resuming_subscribers_see_every_event_once() -> None:
+    hub = make_hub(max_events=10_000, replay_page=7)
+    total = 500
+    done = trio.Event()
+
+    async def publisher() -> None:
+        for n in range(total):
+            await hub.publish("t", str(n))
+        done.set()
+
+    async def reader(start_after: str | None) -> list[str]:
+        seen: list[str] = []
+        with hub.subscribe("t", after=start_after) as subscription:
+            while len(seen) < total:
+                batch = subscription.next_batch()
+                if batch is None:
+                    await subscription.wait()
+                    continue
+                assert batch.reset is None
+                seen += data_of(batch)
+                await trio.lowlevel.checkpoint()
+        return seen
+
+    results: list[list[str]] = []
+
+    async def run_reader() -> None:
+        results.append(await reader(EARLIEST))
+
+    first = await hub.publish("t", "-1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher)
+        for _ in range(3):
+            nursery.start_soon(run_reader)
+    del first
+    assert done.is_set()
+    for seen in results:
+        assert seen[:total] == ["-1", *map(str, range(total - 1))]
+
+
+class FakeSink:
+    """A DirectSink that records what it is given."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.queued: list[str] = []
+        self.written: list[str] = []
+        self.interrupted = False
+
+    def deliver(self, item: LiveEvent) -> bool:
+        if not self.accept or self.interrupted:
+            return False
+        self.queued.append(item.stored.data)
+        return True
+
+    def flush(self) -> None:
+        self.written += self.queued
+        self.queued = []
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+
+async def test_an_idle_sink_takes_events_without_buffering_and_publish_flushes() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        sink = FakeSink()
+        subscription.sink = sink
+        await hub.publish("t", "a")
+        assert sink.written == ["a"]
+        assert subscription.pending == 0
+        assert subscription.delivered == 1
+        assert subscription.next_batch() is None
+        await hub.publish("t", "b")
+        assert subscription.last == hub.history.head("t")
+
+
+async def test_publish_nowait_bursts_are_flushed_once_the_publisher_yields() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        sink = FakeSink()
+        subscription.sink = sink
+        for n in range(5):
+            hub.publish_nowait("t", str(n))
+        assert sink.queued == ["0", "1", "2", "3", "4"]
+        assert sink.written == []
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.written == ["0", "1", "2", "3", "4"]
+
+
+async def test_a_refusing_sink_is_detached_and_the_event_buffered_in_order() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        sink = FakeSink()
+        subscription.sink = sink
+        await hub.publish("t", "a")
+        sink.accept = False
+        await hub.publish("t", "b")
+        await hub.publish("t", "c")
+        assert sink.interrupted
+        assert subscription.sink is not sink
+        assert sink.written == ["a"]
+        assert drain_batches(subscription) == (["b", "c"], [])
+
+
+async def test_a_sink_is_not_used_while_events_wait_in_the_buffer() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        await hub.publish("t", "a")
+        sink = FakeSink()
+        subscription.sink = sink
+        await hub.publish("t", "b")
+        assert sink.written == []
+        assert sink.interrupted
+        assert drain_batches(subscription) == (["a", "b"], [])
+
+
+async def test_closing_or_waking_interrupts_the_sink() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        sink = FakeSink()
+        subscription.sink = sink
+        subscription.wake()
+        assert sink.interrupted
+        assert subscription.sink is not sink
+        sink = FakeSink()
+        subscription.sink = sink
+        subscription.close(CloseReason.DRAIN)
+        assert sink.interrupted

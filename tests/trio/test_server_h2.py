@@ -1,0 +1,394 @@
+"""The server over HTTP/2 (prior knowledge and TLS ALPN) and TLS for HTTP/1.1."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+import trio
+import trio.testing
+import trustme
+from h2.errors import ErrorCodes
+
+from tidings.sse.parser import EventStreamParser, MessageEvent
+from tidings.trio import Hub, Server, ServerConfig
+
+if TYPE_CHECKING:
+    from conftest import StartServer
+
+pytestmark = pytest.mark.timeout(30)
+
+HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade", b"proxy-connection"}
+
+
+@dataclass
+class StreamState:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    events: list[MessageEvent] = field(default_factory=list)
+    parser: EventStreamParser = field(default_factory=EventStreamParser)
+    ended: bool = False
+    reset: int | None = None
+
+
+class H2Client:
+    """A one-task HTTP/2 test client; ``pump`` reads and dispatches frames."""
+
+    def __init__(self, stream: trio.abc.Stream, initial_window: int | None = None) -> None:
+        self.stream = stream
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.initial_window = initial_window
+        self.streams: dict[int, StreamState] = {}
+        self.stalled: set[int] = set()
+        self.terminated: h2.events.ConnectionTerminated | None = None
+        self.closed = False
+
+    async def start(self) -> None:
+        self.conn.initiate_connection()
+        if self.initial_window is not None:
+            self.conn.update_settings(
+                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window}
+            )
+        await self.flush()
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            await self.stream.send_all(data)
+
+    def open(self, method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> int:
+        stream_id = self.conn.get_next_available_stream_id()
+        all_headers = [
+            (b":method", method.encode()),
+            (b":path", path.encode()),
+            (b":scheme", b"http"),
+            (b":authority", b"test"),
+            *((k.encode(), v.encode()) for k, v in headers),
+        ]
+        self.conn.send_headers(stream_id, all_headers, end_stream=method != "POST")
+        self.streams[stream_id] = StreamState()
+        return stream_id
+
+    async def pump(self) -> None:
+        data = await self.stream.receive_some()
+        if not data:
+            self.closed = True
+            return
+        for event in self.conn.receive_data(bytes(data)):
+            self.dispatch(event)
+        await self.flush()
+
+    def dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ResponseReceived):
+            state = self.streams[event.stream_id]
+            state.raw_headers = list(event.headers or [])
+            state.headers = dict(state.raw_headers)
+        elif isinstance(event, h2.events.DataReceived):
+            state = self.streams[event.stream_id]
+            state.body += event.data
+            state.events += state.parser.receive_data(event.data)
+            if event.stream_id in self.stalled:
+                # Give the connection window back, but not the stream's.
+                if event.flow_controlled_length:
+                    self.conn.increment_flow_control_window(event.flow_controlled_length)
+            else:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            self.streams[event.stream_id].ended = True
+        elif isinstance(event, h2.events.StreamReset):
+            self.streams[event.stream_id].reset = event.error_code
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.terminated = event
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            assert not self.closed, "connection closed"
+            await self.pump()
+
+    async def request(
+        self, method: str, path: str, headers: Sequence[tuple[str, str]] = (), body: bytes = b""
+    ) -> StreamState:
+        stream_id = self.open(method, path, headers)
+        if method == "POST":
+            self.conn.send_data(stream_id, body, end_stream=True)
+        await self.flush()
+        state = self.streams[stream_id]
+        await self.until(lambda: state.ended or state.reset is not None)
+        return state
+
+    async def events(self, stream_id: int, count: int) -> list[MessageEvent]:
+        state = self.streams[stream_id]
+        await self.until(lambda: len(state.events) >= count)
+        taken, state.events = state.events[:count], state.events[count:]
+        return taken
+
+
+async def h2_connect(server: Server, **kwargs: int) -> H2Client:
+    client = H2Client(await trio.open_tcp_stream("127.0.0.1", server.port), **kwargs)
+    await client.start()
+    return client
+
+
+@pytest.fixture
+async def h2_clients() -> object:
+    clients: list[H2Client] = []
+    yield clients
+    for client in clients:
+        await trio.aclose_forcefully(client.stream)
+
+
+async def test_prior_knowledge_is_detected_on_the_same_port(
+    server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    state = await client.request("GET", "/healthz")
+    assert state.headers[b":status"] == b"200"
+    assert bytes(state.body) == b"ok\n"
+
+
+async def test_no_hop_by_hop_headers_on_http2(server: Server, h2_clients: list[H2Client]) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    for method, path in (("GET", "/healthz"), ("POST", "/topics/t"), ("GET", "/nope")):
+        state = await client.request(method, path)
+        assert not HOP_BY_HOP & {name for name, _ in state.raw_headers}
+    sid = client.open("GET", "/topics/t/events")
+    await client.flush()
+    await client.until(lambda: bool(client.streams[sid].headers))
+    headers = client.streams[sid].headers
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert not HOP_BY_HOP & set(headers)
+
+
+async def test_publish_over_http2(hub: Hub, server: Server, h2_clients: list[H2Client]) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    state = await client.request("POST", "/topics/t?event=e", body=b"hello")
+    assert state.headers[b":status"] == b"201"
+    position = json.loads(bytes(state.body))["id"]
+    assert hub.history.head("t").format() == position
+
+
+async def test_publish_body_over_the_limit_gets_413_on_http2(
+    start_server: StartServer, h2_clients: list[H2Client]
+) -> None:
+    server = await start_server(config=ServerConfig(max_body_size=100))
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    state = await client.request("POST", "/topics/t", body=b"x" * 101)
+    assert state.headers[b":status"] == b"413"
+    state = await client.request("POST", "/topics/t", body=b"x" * 100)
+    assert state.headers[b":status"] == b"201"
+
+
+async def test_many_event_streams_share_one_connection(
+    hub: Hub, server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    await hub.publish("b", "old-b")
+    first_b = hub.history.head("b")
+    streams = {
+        topic: client.open("GET", f"/topics/{topic}/events", headers)
+        for topic, headers in (
+            ("a", []),
+            ("b", [("last-event-id", first_b.format().replace(".1", ".0"))]),
+            ("c", []),
+        )
+    }
+    await client.flush()
+    [old] = await client.events(streams["b"], 1)
+    assert old.data == "old-b"
+    await client.until(lambda: all(client.streams[s].headers for s in streams.values()))
+    for round_ in range(3):
+        for topic in streams:
+            await hub.publish(topic, f"{topic}{round_}")
+    for topic, stream_id in streams.items():
+        got = await client.events(stream_id, 3)
+        assert [e.data for e in got] == [f"{topic}{n}" for n in range(3)]
+    assert hub.subscriber_count() == 3
+
+
+async def test_a_stalled_stream_stalls_alone_and_is_cut_off(
+    start_server: StartServer, hub: Hub, h2_clients: list[H2Client]
+) -> None:
+    server = await start_server(config=ServerConfig(subscriber_max_events=20))
+    client = await h2_connect(server, initial_window=4096)
+    h2_clients.append(client)
+    stalled = client.open("GET", "/topics/slow/events")
+    healthy = client.open("GET", "/topics/fast/events")
+    client.stalled.add(stalled)
+    await client.flush()
+    await client.until(lambda: bool(client.streams[stalled].headers))
+    payload = "x" * 1000
+    for n in range(200):
+        await hub.publish("slow", payload)
+        await hub.publish("fast", str(n))
+        if n % 10 == 0:
+            # The healthy stream keeps flowing while the other is stuck.
+            await client.events(healthy, 10 if n else 1)
+    state = client.streams[stalled]
+    await client.until(lambda: state.reset is not None)
+    assert state.reset == ErrorCodes.CANCEL
+    assert len(state.body) <= 4096
+    assert hub.subscriber_count("slow") == 0
+    assert hub.subscriber_count("fast") == 1
+    await hub.publish("fast", "after")
+    got = await client.events(healthy, 10)
+    assert got[-1].data == "after"
+
+
+async def test_streams_beyond_the_concurrency_limit_are_refused(
+    start_server: StartServer, h2_clients: list[H2Client]
+) -> None:
+    server = await start_server(config=ServerConfig(max_concurrent_streams=2))
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    # Open three streams before the server's SETTINGS could be seen.
+    ids = [client.open("GET", f"/topics/t{n}/events") for n in range(3)]
+    await client.flush()
+    await client.until(lambda: client.streams[ids[2]].reset is not None)
+    assert client.streams[ids[2]].reset == ErrorCodes.REFUSED_STREAM
+    await client.until(lambda: all(client.streams[i].headers for i in ids[:2]))
+
+
+async def test_a_protocol_error_gets_goaway_and_others_are_unaffected(
+    server: Server, h2_clients: list[H2Client]
+) -> None:
+    bystander = await h2_connect(server)
+    h2_clients.append(bystander)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    try:
+        # The preface, then a DATA frame on stream 0 (a connection error).
+        await stream.send_all(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # empty SETTINGS
+            + b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x"  # DATA on stream 0
+        )
+        received = b""
+        while True:
+            data = await stream.receive_some()
+            if not data:
+                break
+            received += data
+        goaway_frames = [i for i in range(len(received) - 3) if received[i + 3] == 0x07]
+        assert goaway_frames, received
+    finally:
+        await trio.aclose_forcefully(stream)
+    state = await bystander.request("GET", "/healthz")
+    assert state.headers[b":status"] == b"200"
+
+
+async def test_http2_can_be_disabled(start_server: StartServer) -> None:
+    server = await start_server(config=ServerConfig(http2=False))
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    try:
+        await stream.send_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        data = await stream.receive_some()
+        assert data.startswith(b"HTTP/1.1 4")
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+# -- TLS ----------------------------------------------------------------------------
+
+
+def tls_contexts(ca: trustme.CA, alpn: list[str]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client_context.set_alpn_protocols(alpn)
+    return server_context, client_context
+
+
+async def tls_connect(server: Server, context: ssl.SSLContext) -> trio.SSLStream[trio.SocketStream]:
+    tcp = await trio.open_tcp_stream("127.0.0.1", server.port)
+    tls = trio.SSLStream(tcp, context, server_hostname="localhost")
+    await tls.do_handshake()
+    return tls
+
+
+async def test_tls_with_alpn_h2(
+    hub: Hub, start_server: StartServer, ca: trustme.CA, h2_clients: list[H2Client]
+) -> None:
+    server_context, client_context = tls_contexts(ca, ["h2", "http/1.1"])
+    server = await start_server(ssl_context=server_context)
+    assert server.url.startswith("https://")
+    tls = await tls_connect(server, client_context)
+    assert tls.selected_alpn_protocol() == "h2"
+    client = H2Client(tls)
+    h2_clients.append(client)
+    await client.start()
+    await hub.publish("t", "one")
+    sid = client.open("GET", "/topics/t/events?last-event-id=earliest")
+    await client.flush()
+    [event] = await client.events(sid, 1)
+    assert event.data == "one"
+    await hub.publish("t", "two")
+    assert [e.data for e in await client.events(sid, 1)] == ["two"]
+
+
+async def test_tls_with_alpn_http11(hub: Hub, start_server: StartServer, ca: trustme.CA) -> None:
+    server_context, client_context = tls_contexts(ca, ["http/1.1"])
+    server = await start_server(ssl_context=server_context)
+    tls = await tls_connect(server, client_context)
+    try:
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        await tls.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"ok\n"):
+            answer += await tls.receive_some()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    finally:
+        await trio.aclose_forcefully(tls)
+
+
+async def test_tls_handshake_garbage_does_not_disturb_the_server(
+    start_server: StartServer, ca: trustme.CA
+) -> None:
+    server_context, client_context = tls_contexts(ca, ["http/1.1"])
+    server = await start_server(ssl_context=server_context)
+    plain = await trio.open_tcp_stream("127.0.0.1", server.port)
+    try:
+        await plain.send_all(b"GET / HTTP/1.1\r\n\r\n")
+        while await plain.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await trio.aclose_forcefully(plain)
+    tls = await tls_connect(server, client_context)
+    await trio.aclose_forcefully(tls)
+
+
+async def test_http2_over_memory_streams_with_the_autojump_clock(
+    hub: Hub, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(hub, ServerConfig(heartbeat_interval=10, idle_timeout=5))
+    left, right = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, right)
+    client = H2Client(left)
+    await client.start()
+    sid = client.open("GET", "/topics/t/events")
+    await client.flush()
+    start = trio.current_time()
+    await client.until(lambda: b":\n" in client.streams[sid].body)
+    assert trio.current_time() - start == pytest.approx(10)
+    # An idle connection (no streams) closes after the idle timeout.
+    client.conn.reset_stream(sid)
+    await client.flush()
+    await client.until(lambda: client.terminated is not None)
+    assert trio.current_time() - start == pytest.approx(15)

@@ -1,0 +1,660 @@
+"""The server over HTTP/1.1: endpoints, SSE replay and resets, limits, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import h11
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+
+from tidings.cursor import Position
+from tidings.history import Replay
+from tidings.trio import Hub, Server, ServerConfig
+
+if TYPE_CHECKING:
+    from conftest import HTTP1, Connect, MemoryClient, StartServer
+
+pytestmark = pytest.mark.timeout(30)
+
+SSE = "/topics/t/events"
+
+
+async def publish_numbers(hub: Hub, count: int, topic: str = "t") -> list[Position]:
+    return [(await hub.publish(topic, str(n))).position for n in range(1, count + 1)]
+
+
+# -- plain endpoints --------------------------------------------------------------
+
+
+async def test_healthz_and_readyz_answer_200(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    assert (await client.request("GET", "/healthz"))[::2] == (200, b"ok\n")
+    assert (await client.request("GET", "/readyz"))[::2] == (200, b"ready\n")
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection(
+    server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    for _ in range(5):
+        status, headers, _ = await client.request("GET", "/healthz")
+        assert status == 200
+        assert b"connection" not in headers
+
+
+async def test_head_sends_headers_without_body(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    status, headers, body = await client.request("HEAD", "/healthz")
+    assert (status, body, headers[b"content-length"]) == (200, b"", b"3")
+
+
+async def test_head_on_an_event_stream_sends_its_headers_only(
+    server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    status, headers, body = await client.request("HEAD", SSE)
+    assert status == 200
+    assert body == b""
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+
+
+async def test_options_lists_the_allowed_methods(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    status, headers, _ = await client.request("OPTIONS", "/topics/t")
+    assert status == 204
+    assert headers[b"allow"] == b"OPTIONS, POST"
+    status, headers, _ = await client.request("OPTIONS", "*")
+    assert status == 204
+
+
+async def test_wrong_method_gets_405_with_allow(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    status, headers, _ = await client.request("DELETE", SSE)
+    assert status == 405
+    assert headers[b"allow"] == b"GET, HEAD, OPTIONS"
+    status, headers, _ = await client.request("GET", "/topics/t")
+    assert (status, headers[b"allow"]) == (405, b"OPTIONS, POST")
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/nope", "/topics", "/topics/t/events/x", "/topics/a/b/events", "/healthz/"]
+)
+async def test_unknown_paths_get_404(server: Server, connect: Connect, path: str) -> None:
+    client = await connect(server)
+    assert (await client.request("GET", path))[0] == 404
+
+
+@pytest.mark.parametrize(
+    "topic", ["a%2Fb", "a%20b", "..", ".", "x" * 129, "%zz", "%4", "caf%C3%A9", "a+b", "a%00"]
+)
+async def test_invalid_topic_names_get_400(server: Server, connect: Connect, topic: str) -> None:
+    client = await connect(server)
+    assert (await client.request("GET", f"/topics/{topic}/events"))[0] == 400
+    assert (await client.request("POST", f"/topics/{topic}", body=b"x"))[0] == 400
+
+
+async def test_percent_encoded_unreserved_characters_name_the_same_topic(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    status, _, body = await client.request("POST", "/topics/%41b.c~_-9", body=b"x")
+    assert status == 201
+    assert hub.history.head("Ab.c~_-9").format() == json.loads(body)["id"]
+    assert (await client.request("POST", "/topics/" + "x" * 128, body=b"x"))[0] == 201
+
+
+# -- publishing -------------------------------------------------------------------
+
+
+async def test_publish_stores_the_body_and_answers_201_with_the_id(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    status, headers, body = await client.request(
+        "POST", "/topics/news?event=greeting", body="héllo\nworld".encode()
+    )
+    assert status == 201
+    assert headers[b"content-type"] == b"application/json"
+    position = Position.parse(json.loads(body)["id"])
+    replay = hub.history.read("news", Position(position.epoch, 0))
+    assert isinstance(replay, Replay)
+    stored = replay.events[0]
+    assert (stored.position, stored.data, stored.event) == (position, "héllo\nworld", "greeting")
+
+
+async def test_publish_of_an_empty_body_is_an_empty_event(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    assert (await client.request("POST", "/topics/t"))[0] == 201
+    assert hub.history.head("t").offset == 1
+
+
+async def test_publish_rejects_invalid_utf8(hub: Hub, server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    assert (await client.request("POST", "/topics/t", body=b"\xff\xfe"))[0] == 400
+    assert hub.history.head("t").offset == 0
+
+
+@pytest.mark.parametrize("event", ["a%0Db", "a%0Ab", "%00", "%FF", "x" * 257])
+async def test_publish_rejects_bad_event_types(
+    server: Server, connect: Connect, event: str
+) -> None:
+    client = await connect(server)
+    assert (await client.request("POST", f"/topics/t?event={event}", body=b"x"))[0] == 400
+
+
+async def test_publish_body_over_the_limit_gets_413(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(config=ServerConfig(max_body_size=10))
+    client = await connect(server)
+    status, headers, _ = await client.request("POST", "/topics/t", body=b"x" * 11)
+    assert status == 413
+    assert headers[b"connection"] == b"close"
+    client = await connect(server)
+    assert (await client.request("POST", "/topics/t", body=b"x" * 10))[0] == 201
+
+
+async def test_chunked_publish_body_over_the_limit_gets_413(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(config=ServerConfig(max_body_size=10))
+    client = await connect(server)
+    head = b"POST /topics/t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    await client.stream.send_all(head + b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+    response = await client.response()
+    assert response.status_code == 413
+
+
+async def test_expect_100_continue_is_honoured(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    headers = [("host", "x"), ("content-length", "2"), ("expect", "100-continue")]
+    await client.stream.send_all(
+        client.conn.send(h11.Request(method="POST", target="/topics/t", headers=headers))
+    )
+    event = await client.next_event()
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 100
+    await client.stream.send_all(
+        client.conn.send(h11.Data(data=b"ok")) + client.conn.send(h11.EndOfMessage())
+    )
+    assert (await client.response()).status_code == 201
+
+
+# -- the event stream ---------------------------------------------------------------
+
+
+async def test_event_stream_headers_and_initial_retry(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    await client.send("GET", SSE, [("accept-encoding", "gzip")])
+    response = await client.response()
+    headers = dict(response.headers)
+    assert response.status_code == 200
+    assert headers[b"content-type"] == b"text/event-stream; charset=utf-8"
+    assert headers[b"cache-control"] == b"no-store"
+    assert headers[b"x-accel-buffering"] == b"no"
+    assert b"content-encoding" not in headers
+    assert b"content-length" not in headers
+    data = await client.next_event()
+    assert isinstance(data, h11.Data)
+    assert bytes(data.data) == b"retry: 3000\n\n"
+
+
+async def test_no_last_event_id_means_live_from_now(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    await publish_numbers(hub, 3)
+    client = await connect(server)
+    await client.send("GET", SSE)
+    await client.response()
+    await client.next_event()  # retry
+    await hub.publish("t", "live")
+    [event] = await client.events(1)
+    assert event.data == "live"
+
+
+async def test_replay_from_last_event_id_then_live(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    positions = await publish_numbers(hub, 5)
+    client = await connect(server)
+    await client.send("GET", SSE, [("last-event-id", positions[1].format())])
+    assert (await client.response()).status_code == 200
+    events = await client.events(3)
+    assert [(e.data, e.last_event_id) for e in events] == [
+        (str(n), positions[n - 1].format()) for n in (3, 4, 5)
+    ]
+    await hub.publish("t", "6")
+    [live] = await client.events(1)
+    assert live.data == "6"
+    assert Position.parse(live.last_event_id) == positions[-1].next()
+
+
+async def test_replay_from_the_query_parameter(hub: Hub, server: Server, connect: Connect) -> None:
+    positions = await publish_numbers(hub, 5)
+    client = await connect(server)
+    await client.send("GET", f"{SSE}?last-event-id={positions[2].format()}")
+    await client.response()
+    assert [e.data for e in await client.events(2)] == ["4", "5"]
+
+
+async def test_the_header_wins_over_the_query_parameter(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    positions = await publish_numbers(hub, 5)
+    client = await connect(server)
+    target = f"{SSE}?last-event-id={positions[0].format()}"
+    await client.send("GET", target, [("last-event-id", positions[3].format())])
+    await client.response()
+    assert [e.data for e in await client.events(1)] == ["5"]
+
+
+async def test_earliest_replays_all_retained(hub: Hub, server: Server, connect: Connect) -> None:
+    await publish_numbers(hub, 4)
+    client = await connect(server)
+    await client.send("GET", f"{SSE}?last-event-id=earliest")
+    await client.response()
+    assert [e.data for e in await client.events(4)] == ["1", "2", "3", "4"]
+
+
+async def expect_reset_then_live(hub: Hub, client: HTTP1, head: Position, reason: str) -> None:
+    assert (await client.response()).status_code == 200
+    [reset] = await client.events(1)
+    assert reset.type == "tidings.reset"
+    assert json.loads(reset.data) == {"cursor": head.format(), "reason": reason}
+    assert reset.last_event_id == head.format()
+    await hub.publish("t", "live")
+    [live] = await client.events(1)
+    assert live.data == "live"
+    assert Position.parse(live.last_event_id) == head.next()
+
+
+@pytest.mark.parametrize(
+    ("last_event_id", "reason"),
+    [
+        ("not-a-cursor", "malformed"),
+        ("someotherepoch.2", "unknown-epoch"),
+        ("x" * 5000, "malformed"),
+        ("\u00e9t\u00e9.1", "malformed"),
+    ],
+)
+async def test_unusable_last_event_id_gives_a_reset_then_live(
+    hub: Hub, server: Server, connect: Connect, last_event_id: str, reason: str
+) -> None:
+    positions = await publish_numbers(hub, 3)
+    client = await connect(server)
+    raw = last_event_id.encode("utf-8")
+    head = b"GET " + SSE.encode() + b" HTTP/1.1\r\nhost: x\r\nlast-event-id: " + raw + b"\r\n\r\n"
+    await client.stream.send_all(head)
+    client.conn.send(h11.Request(method="GET", target=SSE, headers=[("host", "x")]))
+    client.conn.send(h11.EndOfMessage())
+    await expect_reset_then_live(hub, client, positions[-1], reason)
+
+
+async def test_non_utf8_last_event_id_gives_a_reset(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    positions = await publish_numbers(hub, 2)
+    client = await connect(server)
+    await client.send("GET", f"{SSE}?last-event-id=%FF%00%FE")
+    await expect_reset_then_live(hub, client, positions[-1], "malformed")
+
+
+async def test_last_event_id_with_nul_in_the_header_is_refused(
+    server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    await client.stream.send_all(b"GET /topics/t/events HTTP/1.1\r\nlast-event-id: a\x00b\r\n\r\n")
+    assert b" 400 " in (await client.raw_until_closed()).split(b"\r\n")[0]
+
+
+async def test_evicted_last_event_id_gives_a_reset(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    positions = await publish_numbers(hub, 150)  # the fixture's history keeps 100
+    client = await connect(server)
+    await client.send("GET", SSE, [("last-event-id", positions[10].format())])
+    await expect_reset_then_live(hub, client, positions[-1], "evicted")
+
+
+async def test_events_with_types_and_multiline_data_round_trip(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    await client.send("GET", SSE)
+    await client.response()
+    await hub.publish("t", "line1\r\nline2\rline3", event="kind")
+    await hub.publish("t", "")
+    events = await client.events(2)
+    assert [(e.type, e.data) for e in events] == [
+        ("kind", "line1\nline2\nline3"),
+        ("message", ""),
+    ]
+
+
+async def test_several_queued_events_go_out_in_one_write(
+    hub: Hub, memory_client: MemoryClient
+) -> None:
+    server = Server(hub)
+    client = await memory_client(server)
+    await client.send("GET", SSE)
+    await client.response()
+    await client.next_event()  # retry
+    for n in range(20):
+        hub.publish_nowait("t", str(n))
+    chunk = await client.next_event()
+    assert isinstance(chunk, h11.Data)
+    assert bytes(chunk.data).count(b"data: ") == 20
+
+
+async def test_heartbeat_comments_keep_a_quiet_stream_alive(
+    hub: Hub, memory_client: MemoryClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server(hub, ServerConfig(heartbeat_interval=15, idle_timeout=5))
+    client = await memory_client(server)
+    await client.send("GET", SSE)
+    await client.response()
+    start = trio.current_time()
+    await client.next_event()  # retry
+    for beat in range(1, 4):
+        chunk = await client.next_event()
+        assert isinstance(chunk, h11.Data)
+        assert bytes(chunk.data) == b":\n"
+        assert trio.current_time() == pytest.approx(start + 15 * beat)
+    # An event restarts the interval; the ticker looks four times per interval, so
+    # the next comment comes between 1 and 1.25 intervals later.
+    await trio.sleep(5)
+    await hub.publish("t", "x")
+    chunk = await client.next_event()
+    assert isinstance(chunk, h11.Data)
+    assert b"data: x" in bytes(chunk.data)
+    await client.next_event()
+    assert start + 50 + 15 <= trio.current_time() <= start + 50 + 15 * 1.25
+
+
+async def test_retry_on_connect_is_configurable(hub: Hub, memory_client: MemoryClient) -> None:
+    server = Server(hub, ServerConfig(sse_retry=None))
+    client = await memory_client(server)
+    await client.send("GET", SSE)
+    await client.response()
+    chunk = await client.next_event()
+    assert isinstance(chunk, h11.Data)
+    assert bytes(chunk.data) == b":\n"
+
+
+async def test_a_slow_reader_is_cut_off_and_leaves_nothing_behind(
+    hub: Hub, start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(config=ServerConfig(subscriber_max_events=8))
+    client = await connect(server)
+    await client.send("GET", SSE)
+    await client.response()
+    assert hub.subscriber_count("t") == 1
+    payload = "x" * 50_000
+    published = 0
+    # The client does not read: socket buffers fill, then the subscriber overflows.
+    while hub.subscriber_count("t") and published < 5000:
+        await hub.publish("t", payload)
+        published += 1
+    assert hub.subscriber_count("t") == 0
+    raw = await client.raw_until_closed()
+    assert not raw.endswith(b"0\r\n\r\n")  # cut, not a clean end of the body
+    assert len(raw) < published * len(payload)
+    # Everyone else is fine.
+    other = await connect(server)
+    assert (await other.request("GET", "/healthz"))[0] == 200
+
+
+# -- bad input and limits ------------------------------------------------------------
+
+
+async def test_malformed_request_gets_400_and_others_are_unaffected(
+    server: Server, connect: Connect
+) -> None:
+    bystander = await connect(server)
+    await bystander.send("GET", SSE)
+    await bystander.response()
+    for garbage in (
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\r\n\r\n",
+    ):
+        client = await connect(server)
+        await client.stream.send_all(garbage)
+        answer = await client.raw_until_closed()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert (await (await connect(server)).request("GET", "/healthz"))[0] == 200
+
+
+async def test_oversized_headers_get_431(start_server: StartServer, connect: Connect) -> None:
+    server = await start_server(config=ServerConfig(max_header_size=4096))
+    client = await connect(server)
+    await client.stream.send_all(
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 5000 + b"\r\n\r\n"
+    )
+    assert (await client.raw_until_closed()).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_slowloris_gets_408_after_the_header_timeout(
+    hub: Hub, memory_client: MemoryClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server(hub, ServerConfig(header_timeout=10, idle_timeout=60))
+    client = await memory_client(server)
+    start = trio.current_time()
+    await client.stream.send_all(b"GET /healthz HTTP/1.1\r\n")
+    for _ in range(5):
+        await trio.sleep(1)
+        await client.stream.send_all(b"x-slow: 1\r\n")
+    answer = await client.stream.receive_some()
+    assert trio.current_time() - start == pytest.approx(10)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"connection: close" in answer
+    await client.raw_until_closed()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
+    hub: Hub, memory_client: MemoryClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server(hub, ServerConfig(idle_timeout=30))
+    client = await memory_client(server)
+    assert (await client.request("GET", "/healthz"))[0] == 200
+    start = trio.current_time()
+    assert await client.raw_until_closed() == b""
+    assert trio.current_time() - start == pytest.approx(30)
+
+
+async def test_a_silent_connection_is_closed_after_the_header_timeout(
+    hub: Hub, memory_client: MemoryClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server(hub, ServerConfig(header_timeout=7))
+    client = await memory_client(server)
+    start = trio.current_time()
+    assert await client.raw_until_closed() == b""
+    assert trio.current_time() - start == pytest.approx(7)
+
+
+async def test_connections_beyond_the_limit_get_503_with_retry_after(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(config=ServerConfig(max_connections=2, retry_after=7))
+    first = await connect(server)
+    second = await connect(server)
+    assert (await first.request("GET", "/healthz"))[0] == 200
+    assert (await second.request("GET", "/healthz"))[0] == 200
+    third = await connect(server)
+    status, headers, _ = await third.request("GET", "/healthz")
+    assert (status, headers[b"retry-after"], headers[b"connection"]) == (503, b"7", b"close")
+    assert await third.raw_until_closed() == b""
+    await first.stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    fourth = await connect(server)
+    assert (await fourth.request("GET", "/healthz"))[0] == 200
+
+
+async def test_connections_beyond_the_rejection_allowance_are_closed_at_once(
+    start_server: StartServer, connect: Connect
+) -> None:
+    config = ServerConfig(max_connections=1, max_rejected_connections=0)
+    server = await start_server(config=config)
+    first = await connect(server)
+    assert (await first.request("GET", "/healthz"))[0] == 200
+    second = await connect(server)
+    await second.stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert await second.raw_until_closed() == b""
+
+
+async def test_cors_header_when_configured(start_server: StartServer, connect: Connect) -> None:
+    server = await start_server(config=ServerConfig(allow_origin="*"))
+    client = await connect(server)
+    status, headers, _ = await client.request("GET", "/healthz")
+    assert headers[b"access-control-allow-origin"] == b"*"
+    status, headers, _ = await client.request("OPTIONS", SSE)
+    assert status == 204
+    assert b"last-event-id" in headers[b"access-control-allow-headers"]
+
+
+async def test_no_event_is_lost_or_repeated_while_publishing_during_replays(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    total = 400
+    positions: list[Position] = []
+    results: dict[int, list[str]] = {}
+
+    async def reader(resume_index: int) -> None:
+        client = await connect(server)
+        await client.send("GET", SSE, [("last-event-id", positions[resume_index].format())])
+        await client.response()
+        seen: list[str] = []
+        while not seen or seen[-1] != str(total - 1):
+            seen += [event.data for event in await client.some_events()]
+        results[resume_index] = seen
+
+    async with trio.open_nursery() as nursery:
+        for n in range(total):
+            positions.append((await hub.publish("t", str(n))).position)
+            if n % 40 == 39:
+                # Resume from 30 events back: a replay runs while publishing goes on.
+                nursery.start_soon(reader, n - 30)
+    assert len(results) == total // 40
+    for resume_index, seen in results.items():
+        assert seen == [str(n) for n in range(resume_index + 1, total)]
+
+
+async def test_a_burst_reaches_an_idle_stream_in_one_write(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    await client.send("GET", SSE)
+    await client.response()
+    await client.next_event()  # retry
+    await trio.testing.wait_all_tasks_blocked()
+    for n in range(20):
+        hub.publish_nowait("t", str(n))
+    await trio.testing.wait_all_tasks_blocked()
+    data = await client.stream.receive_some()
+    assert data.count(b"data: ") == 20
+
+
+async def test_large_bursts_through_a_full_socket_arrive_complete_and_in_order(
+    hub: Hub, start_server: StartServer, connect: Connect
+) -> None:
+    big_hub_server = await start_server(
+        config=ServerConfig(subscriber_max_events=100_000, subscriber_max_bytes=10**9)
+    )
+    client = await connect(big_hub_server)
+    await client.send("GET", SSE)
+    await client.response()
+    total = 600
+    payload = "y" * 20_000
+
+    async def publisher() -> None:
+        for n in range(total):
+            hub.publish_nowait("t", f"{n} {payload}")
+            if n % 50 == 49:
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(publisher)
+        seen: list[int] = []
+        while len(seen) < total:
+            seen += [int(e.data.split()[0]) for e in await client.some_events()]
+    assert seen == list(range(total))
+    assert hub.subscriber_count("t") == 1
+
+
+async def test_http10_clients_get_a_close_delimited_stream(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    client = await connect(server)
+    await client.stream.send_all(b"GET /topics/t/events HTTP/1.0\r\n\r\n")
+    received = b""
+    while b"retry: 3000\n\n" not in received:
+        received += await client.stream.receive_some()
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in received.lower()
+    await hub.publish("t", "plain")
+    while b"data: plain\n\n" not in received:
+        received += await client.stream.receive_some()
+    assert not received.endswith(b"\r\n")  # no chunk framing
+
+
+async def test_pipelined_requests_are_answered_in_order(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    await client.stream.send_all(
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /readyz HTTP/1.1\r\nhost: x\r\n\r\n"
+        b"GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    answer = await client.raw_until_closed()
+    statuses = [part[:3] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [b"200", b"200", b"404"]
+
+
+async def test_a_handler_can_take_over_the_connection_with_an_upgrade(
+    hub: Hub, nursery: trio.Nursery, connect: Connect
+) -> None:
+    from tidings.trio._app import App, default_router
+    from tidings.trio._http import Request, Responder
+
+    async def echo_upgrade(app: App, request: Request, responder: Responder) -> None:
+        if not responder.can_upgrade:
+            await app.error(responder, 426, "Upgrade required")
+            return
+        stream, leftover = await responder.upgrade(
+            [(b"upgrade", b"echo"), (b"connection", b"upgrade")]
+        )
+        data = leftover or await stream.receive_some()
+        await stream.send_all(b"echo:" + data)
+
+    router = default_router()
+    router.add("/ws", {"GET": echo_upgrade})
+    server = Server(hub, router=router)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    started: Server = await nursery.start(server.serve_listeners, listeners)
+    client = await connect(started)
+    assert (await client.request("GET", "/ws"))[0] == 426
+    await client.stream.send_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhello"
+    )
+    answer = await client.raw_until_closed()
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert answer.endswith(b"\r\n\r\necho:hello")
+    server.drain()
+
+
+async def test_serve_stream_serves_one_connection_on_any_stream(
+    hub: Hub, nursery: trio.Nursery
+) -> None:
+    from tidings.trio import serve_stream
+
+    left, right = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_stream, right, hub)
+    await left.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    answer = b""
+    while chunk := await left.receive_some():
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")

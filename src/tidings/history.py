@@ -16,7 +16,7 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from tidings.cursor import EARLIEST, MAX_EPOCH_LENGTH, Position
+from tidings.cursor import EARLIEST, MAX_EPOCH_LENGTH, Position, _trusted_position
 from tidings.errors import InvalidCursor, LocalProtocolError
 
 __all__ = [
@@ -181,7 +181,7 @@ class MemoryHistory:
             )
         state = self._topic(topic)
         state.last += 1
-        stored = StoredEvent(Position(state.epoch, state.last), data, event)
+        stored = StoredEvent(_trusted_position(state.epoch, state.last), data, event)
         state.events.append((stored, size))
         state.nbytes += size
         while state.last - state.first + 1 > self.max_events or state.nbytes > self.max_bytes:

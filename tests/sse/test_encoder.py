@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import pickle
 
 import pytest
 
@@ -186,3 +187,46 @@ def test_str_subclass_written_by_content() -> None:
     assert event.encode() == b"id: 1\nevent: e\ndata: x\n\n"
     assert encode_event(Sneaky("x"), event=Sneaky("e"), id=Sneaky("1")) == event.encode()
     assert encode_comment(Sneaky("c")) == b": c\n"
+
+
+@pytest.mark.parametrize("field", ["data", "event", "id", "retry", "comment"])
+def test_server_sent_event_refuses_changes_to_every_field(field: str) -> None:
+    event = ServerSentEvent(data="x", id="1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(event, field, None)
+    assert event.encode() == b"id: 1\ndata: x\n\n"
+
+
+def test_server_sent_event_behaves_like_a_frozen_dataclass() -> None:
+    event = ServerSentEvent(data="x", event="e", id="1", retry=5, comment="c")
+    same = ServerSentEvent("x", "e", "1", 5, "c")
+    assert event == same
+    assert hash(event) == hash(same)
+    assert event != ServerSentEvent(data="x", event="e", id="2", retry=5, comment="c")
+    assert event != ("x", "e", "1", 5, "c")
+    assert repr(event) == ("ServerSentEvent(data='x', event='e', id='1', retry=5, comment='c')")
+    assert (event.data, event.event, event.id, event.retry, event.comment) == (
+        "x",
+        "e",
+        "1",
+        5,
+        "c",
+    )
+    assert pickle.loads(pickle.dumps(event)) == event
+    match event:
+        case ServerSentEvent("x", "e", id=event_id):
+            assert event_id == "1"
+        case _:
+            raise AssertionError("positional match on the fields failed")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"data": "x"}, {"data": "x", "id": "7"}, {"id": "7"}, {"data": "a\nb", "id": "7"}],
+)
+def test_plain_data_and_id_encode_like_the_general_way(kwargs: dict[str, str]) -> None:
+    # encode() writes an event with only data (and an id) in one piece; the result
+    # is what the field-by-field way gives with an empty comment list around it.
+    event = ServerSentEvent(**kwargs)  # type: ignore[arg-type]
+    with_comment = ServerSentEvent(**kwargs, comment="c")  # type: ignore[arg-type]
+    assert b": c\n" + event.encode() == with_comment.encode()

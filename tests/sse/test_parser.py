@@ -525,3 +525,44 @@ def test_common_shapes_take_the_fast_path(body: bytes, monkeypatch: pytest.Monke
     parser = EventStreamParser()
     monkeypatch.setattr(EventStreamParser, "_lines", no_line_by_line)
     assert parser.receive_data(body) + parser.receive_data(body) == expected + expected
+
+
+def test_message_event_is_a_named_tuple_that_refuses_changes() -> None:
+    event = MessageEvent(type="t", data="d", last_event_id="i")
+    assert event == ("t", "d", "i")
+    kind, data, last_event_id = event
+    assert (kind, data, last_event_id) == (event.type, event.data, event.last_event_id)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del event.type  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.other = 1  # type: ignore[attr-defined]
+
+
+A_AND_B = [MessageEvent("message", "a", ""), MessageEvent("message", "b", "")]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"data: a\r\ndata: b\r\n\r\n", [MessageEvent("message", "a\nb", "")]),
+        (b"data: a\r\n\rdata: b\r\n\n", A_AND_B),
+        (b"data: a\r\rdata: b\n\r\n", A_AND_B),
+    ],
+    ids=["only CRLF", "CRLF and a lone CR", "lone CRs"],
+)
+def test_crlf_only_chunks_and_lone_crs_mean_the_same(
+    body: bytes, expected: list[MessageEvent]
+) -> None:
+    # A chunk with only CRLF line ends has its CRs dropped in one pass; one with a
+    # lone CR anywhere (even at its end, as when split) is normalised CR by CR.
+    assert parse(body) == expected
+
+
+def test_further_data_lines_without_space_leave_the_fast_shape() -> None:
+    # Only "data: " (with the space) continues an event in the fast shape; "data:"
+    # without it is read line by line, to the same result.
+    body = b"id: 1\ndata: a\ndata:b\ndata: c\n\n" * 20
+    expected = [MessageEvent("message", "a\nb\nc", "1")] * 20
+    parser = EventStreamParser()
+    assert parser.receive_data(body) == expected
+    assert parse(b"id: 1\ndata: a\ndata:b\ndata: c\n\n") == expected[:1]

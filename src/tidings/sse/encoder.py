@@ -13,9 +13,8 @@ the blank line that dispatches the event.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import FrozenInstanceError
+from typing import NoReturn
 
 from tidings.errors import LocalProtocolError
 
@@ -74,7 +73,6 @@ def _to_bytes(text: str) -> bytes:
         raise LocalProtocolError(f"event text is not encodable as UTF-8: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True, init=False)
 class ServerSentEvent:
     """One event to send; :meth:`encode` gives its bytes.
 
@@ -85,17 +83,18 @@ class ServerSentEvent:
     else raises :class:`~tidings.errors.LocalProtocolError` at construction.
     ``comment`` becomes one comment line per line of text, which clients ignore
     (useful as a keep-alive).
+
+    Immutable (assigning to a field raises
+    :class:`dataclasses.FrozenInstanceError`), compared and hashed by its fields,
+    like a frozen dataclass.  It is written out rather than generated because
+    servers build one per event sent: the values live in private slots that
+    ``__init__`` fills with plain attribute stores, where a frozen dataclass has to
+    go through a descriptor call per field.
     """
 
-    data: str | None = None
-    event: str | None = None
-    id: str | None = None
-    retry: int | None = None
-    comment: str | None = None
+    __slots__ = ("_comment", "_data", "_event", "_id", "_retry")
+    __match_args__ = ("data", "event", "id", "retry", "comment")
 
-    # Written out rather than generated: a frozen dataclass's own __init__ sets each
-    # field through object.__setattr__ and then calls __post_init__, which costs more
-    # than encoding the event; servers build one per event sent.
     def __init__(
         self,
         data: str | None = None,
@@ -116,44 +115,110 @@ class ServerSentEvent:
             retry = _checked_retry(retry)
         if comment is not None and type(comment) is not str:
             comment = _exact_str("comment", comment)
-        _set_data(self, data)
-        _set_event(self, event)
-        _set_id(self, id)
-        _set_retry(self, retry)
-        _set_comment(self, comment)
+        self._data = data
+        self._event = event
+        self._id = id
+        self._retry = retry
+        self._comment = comment
+
+    @property
+    def data(self) -> str | None:
+        """The data, or ``None`` for no ``data:`` line at all."""
+        return self._data
+
+    @data.setter
+    def data(self, value: NoReturn) -> NoReturn:
+        _refuse("data")
+
+    @property
+    def event(self) -> str | None:
+        """The event type, or ``None`` for no ``event:`` line."""
+        return self._event
+
+    @event.setter
+    def event(self, value: NoReturn) -> NoReturn:
+        _refuse("event")
+
+    @property
+    def id(self) -> str | None:
+        """The event ID, or ``None`` for no ``id:`` line."""
+        return self._id
+
+    @id.setter
+    def id(self, value: NoReturn) -> NoReturn:
+        _refuse("id")
+
+    @property
+    def retry(self) -> int | None:
+        """The reconnection time in milliseconds, or ``None`` for no ``retry:`` line."""
+        return self._retry
+
+    @retry.setter
+    def retry(self, value: NoReturn) -> NoReturn:
+        _refuse("retry")
+
+    @property
+    def comment(self) -> str | None:
+        """The comment text, or ``None`` for no comment lines."""
+        return self._comment
+
+    @comment.setter
+    def comment(self, value: NoReturn) -> NoReturn:
+        _refuse("comment")
+
+    def _fields(self) -> tuple[str | None, str | None, str | None, int | None, str | None]:
+        return (self._data, self._event, self._id, self._retry, self._comment)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServerSentEvent) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(data={self._data!r}, event={self._event!r},"
+            f" id={self._id!r}, retry={self._retry!r}, comment={self._comment!r})"
+        )
+
+    def __reduce__(self) -> tuple[type[ServerSentEvent], tuple[object, ...]]:
+        return (self.__class__, self._fields())
 
     def encode(self) -> bytes:
         """Return the event as UTF-8 bytes, ending with the blank line that dispatches it."""
-        data = self.data
+        data = self._data
         if data is None:
             text = "\n"
         elif "\n" in data or "\r" in data:
             text = _data_lines(data) + "\n"
+        elif self._event is None and self._retry is None and self._comment is None:
+            # The usual event -- data, maybe an id -- in one piece.
+            id = self._id
+            text = f"data: {data}\n\n" if id is None else f"id: {id}\ndata: {data}\n\n"
+            try:
+                return text.encode()
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError(f"event text is not encodable as UTF-8: {exc}") from None
         else:
             text = f"data: {data}\n\n"
-        if self.event is not None:
-            text = f"event: {self.event}\n{text}"
-        if self.id is not None:
-            text = f"id: {self.id}\n{text}"
-        if self.retry is not None:
-            text = f"retry: {self.retry}\n{text}"
-        if self.comment is not None:
-            text = _comment_lines(self.comment) + text
+        if self._event is not None:
+            text = f"event: {self._event}\n{text}"
+        if self._id is not None:
+            text = f"id: {self._id}\n{text}"
+        if self._retry is not None:
+            text = f"retry: {self._retry}\n{text}"
+        if self._comment is not None:
+            text = _comment_lines(self._comment) + text
         try:
             return text.encode()
         except UnicodeEncodeError as exc:  # lone surrogates cannot be sent as UTF-8
             raise LocalProtocolError(f"event text is not encodable as UTF-8: {exc}") from None
 
 
-def _slot_setter(name: str) -> Callable[[ServerSentEvent, object], None]:
-    return cast(Callable[[ServerSentEvent, object], None], vars(ServerSentEvent)[name].__set__)
-
-
-_set_data = _slot_setter("data")
-_set_event = _slot_setter("event")
-_set_id = _slot_setter("id")
-_set_retry = _slot_setter("retry")
-_set_comment = _slot_setter("comment")
+def _refuse(name: str) -> NoReturn:
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:

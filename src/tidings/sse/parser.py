@@ -25,9 +25,9 @@ from __future__ import annotations
 import re
 from codecs import utf_8_decode as _utf_8_decode
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from itertools import islice, repeat
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 from tidings.errors import LocalProtocolError, RemoteProtocolError
 
@@ -48,28 +48,36 @@ DEFAULT_MAX_EVENT_SIZE: Final = 16 << 20
 _MAX_RETRY_DIGITS: Final = 4300
 
 
-@dataclass(frozen=True, slots=True)
-class MessageEvent:
+class MessageEvent(NamedTuple):
     """One dispatched event, as an ``EventSource`` would fire it.
 
     ``type`` is the event type (``"message"`` unless an ``event`` field said
     otherwise), ``data`` the data buffer without its final line feed, and
     ``last_event_id`` the last event ID string at the moment of dispatch.
+
+    Immutable: assigning to a field raises
+    :class:`dataclasses.FrozenInstanceError`.  It is a named tuple rather than a
+    dataclass because a parser builds hundreds of them per chunk and a tuple is
+    built in one C call (a slotted dataclass takes an allocation and a call per
+    field); so it also compares equal to, and unpacks like, the tuple
+    ``(type, data, last_event_id)``.
     """
 
     type: str
     data: str
     last_event_id: str
 
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
-# The fast path builds events without the dataclass ``__init__`` (which, the class
-# being frozen, calls ``object.__setattr__`` once per field): it allocates all the
-# events of a chunk at once and fills each slot column with a C-level ``map``.  The
-# results are ordinary, fully initialised MessageEvent instances.
-_new_event = cast(Callable[[type[MessageEvent]], MessageEvent], object.__new__)
-_set_type = cast(Callable[[MessageEvent, str], None], vars(MessageEvent)["type"].__set__)
-_set_data = cast(Callable[[MessageEvent, str], None], vars(MessageEvent)["data"].__set__)
-_set_id = cast(Callable[[MessageEvent, str], None], vars(MessageEvent)["last_event_id"].__set__)
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+# The fast paths build events without the named tuple's ``__new__`` (a Python
+# function): ``tuple.__new__(MessageEvent, (type, data, last_event_id))`` is the same
+# object, and mapped over ``zip`` columns it builds a chunk's events at C speed.
+_new_event = cast(Callable[[type[MessageEvent], tuple[str, str, str]], MessageEvent], tuple.__new__)
 
 # Event shapes the fast path recognises.  A match starts with the LF that ends the
 # line before the event (so the event starts at a line start, and the search skips
@@ -86,14 +94,19 @@ _ID: Final = r"id: ?+([^\n\x00]*+)\n"
 _TYPE: Final = r"event: ?+(.*+)\n"
 _FIRST_DATA: Final = r"data: ?+(.*+)"
 _END: Final = r"\n(?=\n)"
-#: id?, event?, data, more data lines (the last group, raw): [gap, id, type, data, rest]
-_ANY_SHAPE: Final = re.compile(rf"\n(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: ?+.*+)*+){_END}")
+#: id?, event?, data, more data lines (the last group, raw): [gap, id, type, data, rest].
+#: The further data lines must have the space after the colon (as encoders
+#: write them), so that a plain str.replace of "\ndata: " strips their names.
+_ANY_SHAPE: Final = re.compile(rf"\n(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: .*+)*+){_END}")
 #: id and one data line: [gap, id, data]
 _ID_DATA_SHAPE: Final = re.compile(rf"\n{_ID}{_FIRST_DATA}{_END}")
 #: one data line: [gap, data]
 _DATA_SHAPE: Final = re.compile(rf"\n{_FIRST_DATA}{_END}")
-# Where a further data line starts in the raw "rest" group of _ANY_SHAPE.
-_MORE_DATA: Final = re.compile(r"\ndata: ?")
+# Where a further data line starts in the raw "rest" group of _ANY_SHAPE: there,
+# and only there, the text holds this (a value holds no LF).
+_MORE_DATA: Final = "\ndata: "
+# A CR that is not the first half of a CRLF (or ends the text).
+_LONE_CR: Final = re.compile(r"\r(?!\n)")
 
 # Lines longer than this go line by line: an expression would crawl through them a
 # character at a time, while str.split finds line ends at memchr speed.
@@ -109,7 +122,7 @@ _BROKEN: Final = 2
 def _merge_rest(datas: list[str], rests: list[str]) -> list[str]:
     """Append each event's further data lines (raw, as matched) to its first one."""
     # "\r" cannot occur in normalised text, so it safely separates the rests.
-    joined = _MORE_DATA.sub("\n", "\r".join(rests)).split("\r")
+    joined = "\r".join(rests).replace(_MORE_DATA, "\n").split("\r")
     return list(map(str.__add__, datas, joined))
 
 
@@ -245,7 +258,12 @@ class EventStreamParser:
             # CR CR dispatches now), and an LF at the start of the next chunk is
             # then dropped as the second half of a CRLF.
             self._after_cr = text[-1] == "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if _LONE_CR.search(text) is None:
+                # Only CRLF line ends (the usual case): dropping every CR is one
+                # quick pass, where replacing a two-character string is a slow one.
+                text = text.replace("\r", "")
+            else:
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
         partial = self._partial
         tail_len = len(text) - text.rfind("\n") - 1
         if tail_len == len(text):  # still no line end
@@ -331,17 +349,13 @@ class EventStreamParser:
     def _single(self, id_: str | None, type_: str | None, data: str, rest: str) -> MessageEvent:
         """Build the one event a chunk holds (its buffers start empty)."""
         if rest:
-            data += _MORE_DATA.sub("\n", rest)
+            data += rest.replace(_MORE_DATA, "\n")
         if len(data) >= self._max_event_size:
             self._fail("event larger than max_event_size")
         if id_ is not None:
             self._id_buffer = id_
         self._last_event_id = last_event_id = self._id_buffer
-        event = _new_event(MessageEvent)
-        _set_type(event, type_ or "message")
-        _set_data(event, data)
-        _set_id(event, last_event_id)
-        return event
+        return _new_event(MessageEvent, (type_ or "message", data, last_event_id))
 
     def _interpret(self, text: str, events: list[MessageEvent]) -> str:
         """Interpret the whole lines of ``text`` (LF, lines, unfinished line, no CR).
@@ -465,11 +479,9 @@ class EventStreamParser:
             type_column = repeat("message", count)
         else:
             type_column = [value or "message" for value in types]
-        built = list(map(_new_event, repeat(MessageEvent, count)))
-        any(map(_set_type, built, type_column))  # any() just drives the map in C
-        any(map(_set_data, built, datas))
-        any(map(_set_id, built, id_column))
-        events += built
+        events += map(
+            _new_event, repeat(MessageEvent, count), zip(type_column, datas, id_column, strict=True)
+        )
 
     def _apply(
         self, id_: str | None, type_: str | None, data: str, events: list[MessageEvent]
@@ -484,7 +496,11 @@ class EventStreamParser:
             self._fail("event larger than max_event_size")
         self._data.append(data)
         self._last_event_id = self._id_buffer
-        events.append(MessageEvent(self._type or "message", "\n".join(self._data), self._id_buffer))
+        events.append(
+            _new_event(
+                MessageEvent, (self._type or "message", "\n".join(self._data), self._id_buffer)
+            )
+        )
         self._data = []
         self._data_size = 0
         self._type = ""
@@ -501,7 +517,9 @@ class EventStreamParser:
             if not line:  # a blank line: dispatch the event
                 committed = id_buffer
                 if data:
-                    events.append(MessageEvent(type_ or "message", "\n".join(data), id_buffer))
+                    events.append(
+                        _new_event(MessageEvent, (type_ or "message", "\n".join(data), id_buffer))
+                    )
                     data = []
                     size = 0
                 type_ = ""

@@ -24,12 +24,14 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import trio
 
 from tidings.cursor import new_epoch
-from tidings.errors import LocalProtocolError
+from tidings.errors import LocalProtocolError, RemoteProtocolError
 from tidings.history import MemoryHistory
+from tidings.longpoll.client import PollEvent
 from tidings.sse.parser import MessageEvent
 from tidings.trio import Hub, ServerConfig, serve, server_ssl_context
 from tidings.trio._http_client import HTTPTransportError, open_request
 from tidings.trio.client import EventStreamClosed, EventStreamFailed, open_event_stream
+from tidings.trio.longpoll_client import open_long_poll
 
 __all__ = ["main"]
 
@@ -125,6 +127,14 @@ def _emit(line: dict[str, object]) -> None:
 
 
 async def _tail(args: argparse.Namespace) -> int:
+    if args.transport == "poll":
+        return await _tail_poll(args)
+    if args.transport == "ws":
+        from tidings.trio._ws_tail import tail_ws
+
+        return await tail_ws(
+            args.url, args.topic or [], args.last_event_id, _client_tls(args.cacert)
+        )
     code = EXIT_OK
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -162,6 +172,46 @@ async def _tail(args: argparse.Namespace) -> int:
                 code = EXIT_USAGE
             except BrokenPipeError:
                 # stdout went away (``tidings tail ... | head``): not an error of ours.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            nursery.cancel_scope.cancel()
+    return code
+
+
+async def _tail_poll(args: argparse.Namespace) -> int:
+    """``tail --transport poll``: the same JSON lines as the SSE tail, by long polling."""
+    code = EXIT_OK
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("stopping (%s)", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            try:
+                async with open_long_poll(
+                    args.url,
+                    cursor=args.last_event_id,
+                    http2=_http2_choice(args),
+                    ssl_context=_client_tls(args.cacert),
+                ) as poll:
+                    async for item in poll:
+                        if isinstance(item, PollEvent):
+                            kind = "message" if item.event is None else item.event
+                            _emit({"id": item.id, "event": kind, "data": item.data})
+                        else:
+                            log.warning("reset: continuing from %s", item.cursor)
+                            _emit({"reset": True, "cursor": item.cursor})
+                log.info("%s: the server answered 204: stopping", args.url)
+            except RemoteProtocolError as exc:  # PollRejected, or not a poll endpoint
+                print(f"tidings tail: {args.url}: {exc}", file=sys.stderr)
+                code = EXIT_FAILURE
+            except LocalProtocolError as exc:  # a bad URL or cursor
+                print(f"tidings tail: {exc}", file=sys.stderr)
+                code = EXIT_USAGE
+            except BrokenPipeError:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
             nursery.cancel_scope.cancel()
@@ -328,8 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_tail.add_argument(
         "--transport",
         default="sse",
-        metavar="sse",
-        help="how to follow URL; only 'sse' is available so far [sse]",
+        metavar="sse|poll|ws",
+        help="how to follow URL: 'sse' (an event stream), 'poll' (a long-poll endpoint, "
+        "--last-event-id is the start cursor) or 'ws' [sse]",
+    )
+    p_tail.add_argument(
+        "--topic",
+        action="append",
+        metavar="T",
+        help="with --transport ws: a topic to follow (repeat for several)",
     )
     p_tail.add_argument(
         "--idle-timeout",
@@ -368,10 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tidings`` command with *argv* (default: ``sys.argv[1:]``); the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "tail" and args.transport != "sse":
-        known = args.transport in ("poll", "ws")
-        why = "is not available yet" if known else "is unknown"
-        parser.error(f"--transport {args.transport} {why}; only 'sse' is supported")
+    if args.command == "tail" and args.transport not in ("sse", "poll", "ws"):
+        parser.error(f"--transport {args.transport} is unknown; use sse, poll or ws")
+    if args.command == "tail" and args.transport == "ws" and not args.topic:
+        parser.error("--transport ws needs at least one --topic")
+    if args.command == "tail" and args.transport != "ws" and args.topic:
+        parser.error("--topic is for --transport ws (the URL names the topic otherwise)")
     if args.command == "serve" and args.keyfile is not None and args.certfile is None:
         parser.error("--keyfile needs --certfile")
     logging.basicConfig(

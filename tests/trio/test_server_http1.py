@@ -631,14 +631,14 @@ async def test_a_handler_can_take_over_the_connection_with_an_upgrade(
         await stream.send_all(b"echo:" + data)
 
     router = default_router()
-    router.add("/ws", {"GET": echo_upgrade})
+    router.add("/echo", {"GET": echo_upgrade})
     server = Server(hub, router=router)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     started: Server = await nursery.start(server.serve_listeners, listeners)
     client = await connect(started)
-    assert (await client.request("GET", "/ws"))[0] == 426
+    assert (await client.request("GET", "/echo"))[0] == 426
     await client.stream.send_all(
-        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhello"
+        b"GET /echo HTTP/1.1\r\nhost: x\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhello"
     )
     answer = await client.raw_until_closed()
     assert answer.startswith(b"HTTP/1.1 101 ")

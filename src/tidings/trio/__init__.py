@@ -7,6 +7,7 @@ side is :func:`open_event_stream`.
 
 from tidings.trio._config import ServerConfig
 from tidings.trio._sync import Waiter
+from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
 from tidings.trio.client import (
     EventStream,
     EventStreamClosed,
@@ -15,7 +16,14 @@ from tidings.trio.client import (
     open_event_stream,
 )
 from tidings.trio.hub import Batch, CloseReason, Hub, LiveEvent, Subscription
+from tidings.trio.longpoll_client import LongPoll, open_long_poll
 from tidings.trio.server import Server, serve, serve_stream, server_ssl_context
+from tidings.trio.session_client import (
+    PublishRejected,
+    SessionClosed,
+    WebSocketSession,
+    open_session,
+)
 
 __all__ = [
     "Batch",
@@ -26,11 +34,19 @@ __all__ = [
     "EventStreamFailed",
     "Hub",
     "LiveEvent",
+    "LongPoll",
+    "PublishRejected",
     "Server",
     "ServerConfig",
+    "SessionClosed",
     "Subscription",
     "Waiter",
+    "WebSocketConfig",
+    "WebSocketRefusal",
+    "WebSocketSession",
     "open_event_stream",
+    "open_long_poll",
+    "open_session",
     "serve",
     "serve_stream",
     "server_ssl_context",

@@ -37,13 +37,18 @@ class _Drainable(Protocol):
 def default_router() -> Router:
     """The routes of the tidings server (DESIGN §7)."""
     from tidings.trio._endpoints import healthz, publish, readyz
+    from tidings.trio._poll_endpoint import long_poll
     from tidings.trio._sse_endpoint import sse_events
 
     router = Router()
     router.add("/healthz", {"GET": healthz})
     router.add("/readyz", {"GET": readyz})
     router.add("/topics/{topic}/events", {"GET": sse_events})
+    router.add("/topics/{topic}/poll", {"GET": long_poll})
     router.add("/topics/{topic}", {"POST": publish})
+    from tidings.trio._ws_endpoint import ws_session
+
+    router.add("/ws", {"GET": ws_session})
     return router
 
 
@@ -140,7 +145,7 @@ class App:
             return []
         return [
             (b"access-control-allow-methods", b"GET, HEAD, POST, OPTIONS"),
-            (b"access-control-allow-headers", b"last-event-id, content-type"),
+            (b"access-control-allow-headers", b"last-event-id, if-none-match, content-type"),
             (b"access-control-max-age", b"600"),
         ]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tidings.errors import LocalProtocolError
+from tidings.trio._ws_config import WebSocketConfig
 
 __all__ = ["ServerConfig"]
 
@@ -62,6 +63,8 @@ class ServerConfig:
     allow_origin: str | None = None
     #: Bytes asked from the network per read.
     receive_size: int = 64 * 1024
+    #: ``GET /ws`` (WebSocket sessions): limits, heartbeats, Origin and auth hooks.
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
 
     def __post_init__(self) -> None:
         for name in (

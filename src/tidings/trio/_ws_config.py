@@ -1,0 +1,88 @@
+"""The knobs of ``GET /ws``: limits, heartbeats and the hooks that guard the upgrade."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+from tidings.errors import LocalProtocolError
+from tidings.session import DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT
+from tidings.trio._http import Headers, Request
+from tidings.ws.dedup import DEFAULT_DEDUP_MAX_AGE, DEFAULT_DEDUP_MAX_ENTRIES
+from tidings.ws.protocol import DEFAULT_MAX_MESSAGE_SIZE
+from tidings.ws.server import DEFAULT_MAX_ERRORS, DEFAULT_MAX_TOPICS
+
+__all__ = ["OriginCheck", "WebSocketAuth", "WebSocketConfig", "WebSocketRefusal"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketRefusal:
+    """An answer that refuses a WebSocket upgrade: *status* (401, 403, 429, ...) with a
+    one-line *message* and extra *headers* (for example ``WWW-Authenticate``)."""
+
+    status: int = 403
+    message: str = "Forbidden"
+    headers: Headers = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if type(self.status) is not int or not 400 <= self.status <= 599:
+            raise LocalProtocolError("a refusal status must be an int in 400..599")
+
+
+#: ``await auth(request)``: ``None`` admits the session, a refusal answers instead.
+#: The request carries headers (``cookie``, ``authorization``), query and client.
+WebSocketAuth = Callable[[Request], Awaitable[WebSocketRefusal | None]]
+#: ``check(origin, request)``: whether a browser page from *origin* may connect.
+OriginCheck = Callable[[str, Request], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """How ``GET /ws`` serves ``tidings.v1`` sessions.
+
+    **Origin** (cross-site WebSocket hijacking): browsers send ``Origin`` with every
+    WebSocket handshake and attach the user's cookies whatever the page.  With
+    *allowed_origins* ``None`` (the default) only requests without ``Origin``
+    (non-browser clients) and same-origin pages (``Origin`` host equals ``Host``)
+    are admitted; a collection lists the admitted origins exactly (``"*"``: any);
+    a callable decides.  Others get ``403`` before the upgrade.
+
+    **Auth**: *auth* runs after the origin check, before the upgrade, and can refuse
+    with any 4xx/5xx.
+    """
+
+    #: Largest message accepted from a client, in bytes (larger: close 1009).
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Topics one connection may follow at once.
+    max_topics: int = DEFAULT_MAX_TOPICS
+    #: ``error`` answers after which the connection is closed with 1008.
+    max_errors: int = DEFAULT_MAX_ERRORS
+    #: Seconds between pings; a pong missing for :attr:`pong_timeout` closes with 1011.
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    pong_timeout: float = DEFAULT_PONG_TIMEOUT
+    #: Admitted ``Origin`` values (see above).
+    allowed_origins: Collection[str] | OriginCheck | None = None
+    #: The authorisation hook (see above), or ``None`` to admit everyone.
+    auth: WebSocketAuth | None = None
+    #: Whether a handshake must offer ``tidings.v1`` (otherwise ``400``); when false a
+    #: client offering no subprotocol is served ``tidings.v1`` all the same.
+    require_subprotocol: bool = True
+    #: Close code sent to every session when the server drains (1001 going away:
+    #: clients reconnect at once, elsewhere; 1012 makes them wait a few seconds).
+    drain_close_code: int = 1001
+    #: Seconds the closing handshake may take before the connection is cut.
+    close_timeout: float = 5.0
+    #: The server-wide window of publish ``msg_id`` values (exactly-once publishing).
+    dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
+    dedup_max_age: float = DEFAULT_DEDUP_MAX_AGE
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_size", "max_topics", "max_errors"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise LocalProtocolError(f"{name} must be an int >= 1")
+        for name in ("ping_interval", "pong_timeout", "close_timeout", "dedup_max_age"):
+            if not getattr(self, name) > 0:
+                raise LocalProtocolError(f"{name} must be > 0")
+        if self.drain_close_code not in (1001, 1012, 1013):
+            raise LocalProtocolError("drain_close_code must be 1001, 1012 or 1013")

@@ -1,0 +1,697 @@
+"""``GET /ws``: ``tidings.v1`` WebSocket sessions on the HTTP/1.1 server.
+
+The handler checks the handshake (``Origin`` allow-list, auth hook, version, key,
+subprotocol), answers ``101`` through the responder's upgrade and then pumps bytes
+between the socket, :mod:`wsproto` (frames, pings, closing handshake) and one
+:class:`~tidings.ws.SessionServer` (the protocol decisions).
+
+One task per connection (idle sessions are the common case, and each task costs
+memory).  It feeds what the client sent to wsproto and the session machine, which
+queues the answers; then it sends, in order, the queued answers, what the hub's
+subscriptions (one per topic, sharing one :class:`~tidings.trio.Waiter`) have
+ready, pings and the close frame; then it waits for the client or a wake-up.
+Registering with the hub happens in the same step as the replay is read, and
+queued answers go out before live events, so no event is missed or reordered.
+While the task waits on a plain socket, the publisher writes live events straight
+to it (:class:`_SharedSink`): a burst of publishes costs one system call per
+session and no task switch.
+
+Live events are encoded once per event for all sessions: the WebSocket frame a
+server sends is not masked, so the very bytes are shared (:meth:`LiveEvent.encoded`).
+A session whose subscription overflows (the client reads too slowly) catches up from
+the history instead of being dropped; one whose socket stays blocked for
+``write_timeout`` is cut.  Publishes go through :meth:`Hub.publish_nowait`, so they
+reach SSE and long-poll subscribers too; one
+:class:`~tidings.ws.PublishDeduplicator` per hub makes them exactly-once, also across
+a server restart that keeps the hub.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+import os
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+from wsproto import ConnectionType
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import FrameProtocol
+from wsproto.utilities import generate_accept_token
+
+from tidings.cursor import Position
+from tidings.errors import LocalProtocolError
+from tidings.history import Replay, Reset, StoredEvent
+from tidings.session import ClosePeer, HeartbeatPolicy
+from tidings.trio._http import Request, Responder
+from tidings.trio._routes import is_valid_topic
+from tidings.trio._sync import Waiter
+from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
+from tidings.trio.hub import CloseReason, Hub, LiveEvent, Subscription
+from tidings.ws import (
+    SUBPROTOCOL,
+    Appended,
+    EventMessage,
+    PublishDeduplicator,
+    ResetMessage,
+    ServerOutput,
+    SessionServer,
+    StartLive,
+    StopLive,
+    SubscribedMessage,
+)
+from tidings.ws import CloseConnection as CloseInstruction
+
+if TYPE_CHECKING:
+    from tidings.trio._app import App
+
+__all__ = ["deduplicator", "ws_session"]
+
+log = logging.getLogger("tidings.server")
+
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+# Per-topic frame encoders, shared so that LiveEvent.encoded() caches one frame per
+# event for every session; bounded (a miss only costs one more encoding).
+_MAX_ENCODERS = 4096
+_FRAMER = FrameProtocol(client=False, extensions=[])
+
+
+def _frame(text: str) -> bytes:
+    """One unmasked, unfragmented text frame (the same bytes for every client)."""
+    return bytes(_FRAMER.send_data(text, fin=True))
+
+
+class _AppState:
+    """What every WebSocket session on one hub shares."""
+
+    def __init__(self, config: WebSocketConfig) -> None:
+        self.dedup = PublishDeduplicator(
+            max_entries=config.dedup_max_entries, max_age=config.dedup_max_age
+        )
+        self.encoders: dict[str, Callable[[StoredEvent], bytes]] = {}
+        self.history: _HubHistory | None = None
+
+    def encoder(self, topic: str) -> Callable[[StoredEvent], bytes]:
+        encoder = self.encoders.get(topic)
+        if encoder is None:
+            if len(self.encoders) >= _MAX_ENCODERS:
+                self.encoders.clear()
+
+            def encoder(stored: StoredEvent) -> bytes:
+                return _frame(EventMessage.from_stored(topic, stored).encode())
+
+            self.encoders[topic] = encoder
+        return encoder
+
+
+# Keyed by hub, not by server: the hub outlives a server restart in the same process
+# (and stands for the history), so the de-duplication window must too.
+_STATES: weakref.WeakKeyDictionary[Hub, _AppState] = weakref.WeakKeyDictionary()
+
+
+def _config(app: App) -> WebSocketConfig:
+    config = getattr(app.config, "websocket", None)
+    return config if isinstance(config, WebSocketConfig) else WebSocketConfig()
+
+
+def _state(app: App) -> _AppState:
+    state = _STATES.get(app.hub)
+    if state is None:
+        state = _STATES[app.hub] = _AppState(_config(app))
+    return state
+
+
+def deduplicator(hub: Hub) -> PublishDeduplicator | None:
+    """The publish de-duplicator shared by every WebSocket session on *hub* (one per
+    hub, so that it survives a server restart that keeps the hub), if created yet."""
+    state = _STATES.get(hub)
+    return None if state is None else state.dedup
+
+
+class _HubHistory:
+    """The history as :class:`~tidings.ws.SessionServer` sees it: appends go through
+    the hub, so that every subscriber (SSE, long poll, WebSocket) gets them."""
+
+    __slots__ = ("hub",)
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def head(self, topic: str) -> Position:
+        return self.hub.history.head(topic)
+
+    def read(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+        return self.hub.history.read(topic, after, limit)
+
+    def append(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
+        # The same names as in URLs (``POST /topics/{topic}``), so that every event
+        # stored can be followed by every transport.
+        if not is_valid_topic(topic):
+            raise LocalProtocolError("topic names are 1-128 characters from A-Z a-z 0-9 . _ ~ -")
+        return self.hub.publish_nowait(topic, data, event)
+
+
+# ------------------------------------------------------------------------- handshake
+
+
+def _tokens(request: Request, name: bytes) -> list[str]:
+    values: list[str] = []
+    for key, value in request.headers:
+        if key == name:
+            values += [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
+    return values
+
+
+def _origin_allowed(config: WebSocketConfig, request: Request) -> bool:
+    raw = request.header(b"origin")
+    if raw is None:
+        return True  # not a browser: hijacking needs a browser's ambient credentials
+    origin = raw.decode("latin-1")
+    allowed = config.allowed_origins
+    if allowed is None:
+        host = request.header(b"host")
+        if host is None:
+            return False
+        _, sep, rest = origin.partition("://")
+        return bool(sep) and rest.lower() == host.decode("latin-1").lower()
+    if callable(allowed):
+        return bool(allowed(origin, request))
+    return "*" in allowed or origin in allowed
+
+
+async def _refuse(app: App, responder: Responder, refusal: WebSocketRefusal) -> None:
+    body = (refusal.message + "\n").encode("utf-8", "replace")
+    headers = app.headers(_TEXT, (b"cache-control", b"no-store"), *refusal.headers)
+    await responder.respond(refusal.status, headers, body)
+
+
+async def ws_session(app: App, request: Request, responder: Responder) -> None:
+    """Check the handshake, upgrade, and serve one ``tidings.v1`` session."""
+    config = _config(app)
+    if "websocket" not in [t.lower() for t in _tokens(request, b"upgrade")]:
+        await _refuse(
+            app,
+            responder,
+            WebSocketRefusal(
+                426,
+                "This endpoint speaks WebSocket (tidings.v1) only",
+                [(b"upgrade", b"websocket"), (b"connection", b"upgrade")],
+            ),
+        )
+        return
+    if not _origin_allowed(config, request):
+        await _refuse(app, responder, WebSocketRefusal(403, "Origin not allowed"))
+        return
+    if config.auth is not None:
+        refusal = await config.auth(request)
+        if refusal is not None:
+            await _refuse(app, responder, refusal)
+            return
+    if request.header(b"sec-websocket-version") != b"13":
+        await _refuse(
+            app,
+            responder,
+            WebSocketRefusal(426, "WebSocket version 13 only", [(b"sec-websocket-version", b"13")]),
+        )
+        return
+    key = request.header(b"sec-websocket-key")
+    try:
+        valid_key = key is not None and len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid_key = False
+    if key is None or not valid_key:
+        await _refuse(app, responder, WebSocketRefusal(400, "Bad Sec-WebSocket-Key"))
+        return
+    offered = _tokens(request, b"sec-websocket-protocol")
+    if SUBPROTOCOL not in offered and (offered or config.require_subprotocol):
+        await _refuse(app, responder, WebSocketRefusal(400, f"Subprotocol {SUBPROTOCOL} required"))
+        return
+    if not responder.can_upgrade:
+        # HTTP/2 (RFC 8441 is not offered) or an h11 quirk: ask for HTTP/1.1.
+        await _refuse(app, responder, WebSocketRefusal(426, "Use HTTP/1.1 for WebSocket"))
+        return
+    if app.draining:
+        retry = (b"retry-after", str(app.config.retry_after).encode())
+        await _refuse(app, responder, WebSocketRefusal(503, "Server draining", [retry]))
+        return
+    headers = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", generate_accept_token(key)),
+    ]
+    if SUBPROTOCOL in offered:
+        headers.append((b"sec-websocket-protocol", SUBPROTOCOL.encode()))
+    stream, leftover = await responder.upgrade(headers)
+    session = _Session(app, config, stream)
+    app.connections.add(session)
+    try:
+        await session.run(leftover)
+    finally:
+        app.connections.discard(session)
+        session.cleanup()
+
+
+# --------------------------------------------------------------------------- session
+
+
+# Bytes a sink gathers before it writes them, within one burst of publishes.
+_SINK_FLUSH_SIZE = 64 * 1024
+
+
+class _SharedSink:
+    """Lets the publisher write live events straight to an idle session's socket.
+
+    While the writer task has nothing to do it hangs one :class:`_TopicSink` per
+    topic on the subscriptions; the hub then queues each next event here and
+    :meth:`flush` writes a burst in one system call, without waking any task.
+    Whatever cannot be written at once (a full socket buffer), and anything
+    unusual, interrupts: the writer wakes, takes the unsent bytes and owns the
+    socket again.
+    """
+
+    __slots__ = ("_fd", "_queued", "_size", "_waiter", "broken", "interrupted")
+
+    def __init__(self, fd: int, waiter: Waiter) -> None:
+        self._fd = fd
+        self._waiter = waiter
+        self._queued: list[bytes] = []
+        self._size = 0
+        self.interrupted = False
+        self.broken = False
+
+    def queue(self, data: bytes) -> bool:
+        if self.interrupted:
+            return False
+        self._queued.append(data)
+        self._size += len(data)
+        if self._size >= _SINK_FLUSH_SIZE:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        queued = self._queued
+        if self.interrupted or not queued:
+            return
+        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            sent = len(data)
+        if sent < len(data):
+            self._queued = [data[sent:]]
+            self._size = len(data) - sent
+            self.interrupt()
+        else:
+            self._queued = []
+            self._size = 0
+            if self.broken:
+                self.interrupt()
+
+    def take(self) -> bytes:
+        """Stop; the bytes not written yet."""
+        self.interrupted = True
+        data = b"".join(self._queued)
+        self._queued = []
+        self._size = 0
+        return data
+
+    def interrupt(self) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            self._waiter.wake()
+
+
+class _TopicSink:
+    """One topic's view of a :class:`_SharedSink` (a hub ``DirectSink``)."""
+
+    __slots__ = ("encoder", "shared")
+
+    def __init__(self, shared: _SharedSink, encoder: Callable[[StoredEvent], bytes]) -> None:
+        self.shared = shared
+        self.encoder = encoder
+
+    def deliver(self, item: LiveEvent) -> bool:
+        shared = self.shared
+        return not shared.interrupted and shared.queue(item.encoded(self.encoder))
+
+    def flush(self) -> None:
+        self.shared.flush()
+
+    def interrupt(self) -> None:
+        self.shared.interrupt()
+
+
+class _Waker(Waiter):
+    """The session's waiter (shared by its subscriptions): a wake-up also cuts the
+    idle wait short, whatever the session is waiting for."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope: trio.CancelScope | None = None
+
+    def wake(self) -> None:
+        super().wake()
+        scope = self.scope
+        if scope is not None:
+            self.scope = None
+            scope.cancel()
+
+
+class _Session:
+    """One upgraded connection, served by one task.
+
+    The task sends what there is to send (answers, live events, pings, the close
+    frame), then waits for the client *or* a wake-up (hub, drain, heartbeat
+    deadline), and starts over.  While it waits on a plain socket, the publisher
+    writes live events straight to it (:class:`_SharedSink`).  One task and no
+    nursery per session keeps idle sessions small; reading only between writes is
+    the backpressure on a client that sends without reading.
+    """
+
+    __slots__ = (
+        "app",
+        "close_deadline",
+        "close_sent",
+        "closing",
+        "config",
+        "eof",
+        "fd",
+        "heartbeat",
+        "part_chars",
+        "parts",
+        "peer_closed",
+        "queued",
+        "server",
+        "state",
+        "stream",
+        "subscriptions",
+        "waiter",
+        "ws",
+    )
+
+    def __init__(self, app: App, config: WebSocketConfig, stream: trio.abc.Stream) -> None:
+        self.app = app
+        self.config = config
+        self.stream = stream
+        # A plain TCP socket can be written without waiting (see _SharedSink).
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.state = _state(app)
+        self.ws = Connection(ConnectionType.SERVER)
+        if self.state.history is None:
+            self.state.history = _HubHistory(app.hub)
+        self.server = SessionServer(
+            self.state.history,
+            self.state.dedup,
+            max_topics=config.max_topics,
+            max_message_size=config.max_message_size,
+            max_errors=config.max_errors,
+        )
+        self.heartbeat = HeartbeatPolicy(interval=config.ping_interval, timeout=config.pong_timeout)
+        self.waiter = _Waker()
+        self.subscriptions: dict[str, Subscription] = {}
+        self.queued: list[bytes] = []
+        self.closing: tuple[int, str] | None = None
+        self.close_sent = False
+        self.close_deadline = math.inf
+        self.peer_closed = False
+        self.eof = False
+        self.parts: list[str] | None = None
+        self.part_chars = 0
+
+    # -- lifecycle
+
+    def drain(self) -> None:
+        """The server drains: close with the configured code (called by the app)."""
+        self.close(self.config.drain_close_code, "server draining")
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake (the close frame goes out next)."""
+        if self.closing is None:
+            self.closing = (code, reason)
+        self.waiter.wake()
+
+    def cleanup(self) -> None:
+        self.server.connection_closed()
+        for subscription in self.subscriptions.values():
+            self._unsubscribe(subscription)
+        self.subscriptions.clear()
+
+    async def run(self, leftover: bytes) -> None:
+        """Serve the session until it ends.
+
+        Written as one coroutine (no helper awaited while idle): an idle session is
+        mostly this frame, and every frame less is memory saved per session.
+        """
+        self.heartbeat.start(trio.current_time())
+        write_timeout = self.app.config.write_timeout
+        receive_size = self.app.config.receive_size
+        waiter = self.waiter
+        try:
+            if leftover:
+                self._received(leftover)
+            while True:
+                chunks = self._collect()
+                if chunks:
+                    with trio.move_on_after(write_timeout) as scope:
+                        await self._send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                    if scope.cancelled_caught:
+                        log.debug("websocket client stopped reading; cutting it off")
+                        return
+                    continue
+                if self.eof or self.peer_closed or self.ws.state is ConnectionState.CLOSED:
+                    return  # (an answer to the peer's close frame went out above)
+                if self.close_sent:
+                    if trio.current_time() >= self.close_deadline:
+                        return  # the peer never answered our close frame
+                    deadline = self.close_deadline
+                else:
+                    next_ping = self.heartbeat.next_deadline()
+                    deadline = math.inf if next_ping is None else next_ping
+                if waiter.is_set:
+                    waiter.clear()
+                    await trio.lowlevel.checkpoint()
+                    continue
+                # Wait for the client's bytes (b"": it left) or a wake-up (None).
+                sink = self._attach_sink()
+                data: bytes | None = None
+                try:
+                    with trio.CancelScope(deadline=deadline) as scope:
+                        waiter.scope = scope
+                        if self.fd >= 0:
+                            await trio.lowlevel.wait_readable(self.fd)
+                            data = self._read(receive_size)
+                        else:
+                            data = bytes(await self.stream.receive_some(receive_size))
+                finally:
+                    waiter.scope = None
+                    waiter.clear()
+                    if sink is not None:
+                        self._detach_sink(sink)
+                if data is not None:
+                    self._received(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(self.stream)
+
+    def _attach_sink(self) -> _SharedSink | None:
+        """Idle on a plain socket: let the publisher write live events to it."""
+        if self.fd < 0 or self.close_sent:
+            return None
+        sink = _SharedSink(self.fd, self.waiter)
+        for topic, subscription in self.subscriptions.items():
+            subscription.sink = _TopicSink(sink, self.state.encoder(topic))
+        return sink
+
+    def _detach_sink(self, sink: _SharedSink) -> None:
+        """The session's task owns the socket again; unsent bytes go out first."""
+        for subscription in self.subscriptions.values():
+            if isinstance(subscription.sink, _TopicSink):
+                subscription.sink = None
+        unsent = sink.take()
+        if unsent:
+            self.queued.insert(0, unsent)
+        if sink.broken:
+            self.eof = True
+
+    def _read(self, size: int) -> bytes | None:
+        try:
+            return os.read(self.fd, size)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    async def _send(self, data: bytes) -> None:
+        """Write *data*: straight to the socket when it has room, else by the stream."""
+        view: bytes | memoryview = data
+        if self.fd >= 0:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+            if sent == len(data):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            view = memoryview(data)[sent:]
+        await self.stream.send_all(view)
+
+    # -- reading
+
+    def _received(self, data: bytes) -> None:
+        if not data:
+            self.eof = True
+            self.ws.receive_data(None)
+        else:
+            self.ws.receive_data(data)
+        self._events()
+
+    def _events(self) -> None:
+        now = trio.current_time()
+        for event in self.ws.events():
+            if self.closing is not None and not isinstance(event, CloseConnection):
+                continue  # closing: only the peer's close frame matters now
+            if isinstance(event, TextMessage):
+                self._text(event.data, event.message_finished, now)
+            elif isinstance(event, BytesMessage):
+                if event.message_finished:
+                    self._apply(self.server.receive_binary())
+            elif isinstance(event, Ping):
+                self._queue(self.ws.send(event.response()))
+            elif isinstance(event, Pong):
+                self.heartbeat.pong_received(bytes(event.payload), now)
+            elif isinstance(event, CloseConnection):
+                self.peer_closed = True
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                    self._queue(self.ws.send(event.response()))
+                    self.close_sent = True
+                return
+
+    def _text(self, data: str, finished: bool, now: float) -> None:
+        if self.server.closed:
+            return
+        self.part_chars += len(data)
+        if self.part_chars > self.config.max_message_size:
+            # Characters never outnumber UTF-8 bytes: surely too big; stop buffering.
+            self.parts = None
+            self._apply(self.server.message_too_big())
+            return
+        if not finished:
+            if self.parts is None:
+                self.parts = []
+            self.parts.append(data)
+            return
+        if self.parts is not None:
+            self.parts.append(data)
+            data = "".join(self.parts)
+            self.parts = None
+        self.part_chars = 0
+        self._apply(self.server.receive_text(data, now))
+
+    def _apply(self, outputs: list[ServerOutput]) -> None:
+        """Act on the machine's outputs, synchronously (no checkpoint in here)."""
+        for output in outputs:
+            if isinstance(output, StartLive):
+                pass  # registered at its ``subscribed`` (same step, see below)
+            elif isinstance(output, StopLive):
+                subscription = self.subscriptions.pop(output.topic, None)
+                if subscription is not None:
+                    self._unsubscribe(subscription)
+            elif isinstance(output, Appended):
+                pass  # the hub already fanned it out (publish_nowait)
+            elif isinstance(output, CloseInstruction):
+                self.close(output.code, output.reason)
+            else:
+                if isinstance(output, SubscribedMessage):
+                    # The replay (if any) is read: follow live from exactly the head,
+                    # in the same step, so that nothing can be published in between.
+                    self._subscribe(output.topic)
+                self._queue(_frame(output.encode()))
+
+    def _subscribe(self, topic: str) -> None:
+        old = self.subscriptions.get(topic)
+        if old is not None:
+            self._unsubscribe(old)
+        config = self.app.config
+        subscription = self.app.hub.subscribe(
+            topic,
+            None,
+            waiter=self.waiter,
+            max_pending_events=config.subscriber_max_events,
+            max_pending_bytes=config.subscriber_max_bytes,
+        )
+        self.subscriptions[topic] = subscription
+        self.app.subscriptions.add(subscription)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        subscription.close()
+        self.app.subscriptions.discard(subscription)
+
+    def _queue(self, data: bytes) -> None:
+        self.queued.append(data)
+
+    # -- writing
+
+    def _collect(self) -> list[bytes]:
+        """Everything to send now, in order: answers, live events, pings, close."""
+        chunks = self.queued
+        self.queued = []
+        if self.close_sent:
+            return chunks
+        if self.closing is None:
+            for topic, subscription in list(self.subscriptions.items()):
+                self._live(topic, subscription, chunks)
+            for action in self.heartbeat.handle_timer(trio.current_time()):
+                if isinstance(action, ClosePeer):
+                    self.close(action.code, action.reason)
+                else:
+                    chunks.append(self.ws.send(Ping(action.payload)))
+        if self.closing is not None and self.ws.state is ConnectionState.OPEN:
+            code, reason = self.closing
+            chunks.append(self.ws.send(CloseConnection(code, reason)))
+            self.close_sent = True
+            self.close_deadline = trio.current_time() + self.config.close_timeout
+        return chunks
+
+    def _live(self, topic: str, subscription: Subscription, chunks: list[bytes]) -> None:
+        encoder = self.state.encoder(topic)
+        while True:
+            batch = subscription.next_batch()
+            if batch is None:
+                break
+            if batch.reset is not None:
+                chunks.append(_frame(ResetMessage(topic, batch.reset.head.format()).encode()))
+            chunks += [item.encoded(encoder) for item in batch.events]
+        reason = subscription.closed
+        if reason is CloseReason.DRAIN:
+            self.close(self.config.drain_close_code, "server draining")
+        elif reason is CloseReason.OVERFLOW:
+            # Too slow for live delivery: catch up from the history instead.
+            last = subscription.last
+            self.app.subscriptions.discard(subscription)
+            config = self.app.config
+            replacement = self.app.hub.subscribe(
+                topic,
+                last,
+                waiter=self.waiter,
+                max_pending_events=config.subscriber_max_events,
+                max_pending_bytes=config.subscriber_max_bytes,
+            )
+            self.subscriptions[topic] = replacement
+            self.app.subscriptions.add(replacement)
+            self.waiter.wake()
+        elif reason is not None:
+            raise LocalProtocolError(f"subscription to {topic!r} closed unexpectedly")

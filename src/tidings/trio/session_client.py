@@ -1,0 +1,549 @@
+"""Follow and publish to topics over a ``tidings.v1`` WebSocket, across reconnects.
+
+:func:`open_session` is the pump around :class:`~tidings.ws.SessionClient` (cursors,
+outbox) and its :class:`~tidings.session.ReconnectingSession` (when to reconnect,
+when to stop), on :mod:`trio_websocket`.  Every decision is the machines': which
+``subscribe`` and which resent publishes follow a reconnect, whether a close code or
+an HTTP refusal is worth another attempt, how long to wait.  Heartbeats follow
+:class:`~tidings.session.HeartbeatPolicy`: a pong missing for ``pong_timeout``
+closes the connection with 1011 and the session reconnects.
+
+Events are *pulled*: a consumer that stops iterating stops the reading, and the
+server catches the session up from its history later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from tidings.backoff import Backoff, Random
+from tidings.errors import LocalProtocolError
+from tidings.retry_after import parse_retry_after
+from tidings.session import (
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PONG_TIMEOUT,
+    ClosePeer,
+    Connect,
+    GiveUp,
+    HeartbeatPolicy,
+    ReconnectingSession,
+    SessionAction,
+    Wait,
+)
+from tidings.ws import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_OUTBOX,
+    SUBPROTOCOL,
+    ClientMessage,
+    CloseConnection,
+    ErrorMessage,
+    EventMessage,
+    PublishAcknowledged,
+    PublishFailed,
+    ResetMessage,
+    SessionClient,
+    SubscribedMessage,
+)
+
+__all__ = [
+    "DEFAULT_SESSION_CONNECT_TIMEOUT",
+    "PublishRejected",
+    "SessionClosed",
+    "WebSocketSession",
+    "open_session",
+]
+
+logger = logging.getLogger("tidings.trio.session")
+
+#: Seconds allowed for TCP, TLS and the WebSocket handshake of one attempt.
+DEFAULT_SESSION_CONNECT_TIMEOUT = 30.0
+#: Events buffered between the connection and a consumer that is busy.
+DEFAULT_SESSION_BUFFER = 256
+
+
+class SessionClosed(Exception):
+    """The session ended for good (the classifier said stop, or it was closed).
+
+    ``code`` / ``status`` are the close code or HTTP status that decided, if any.
+    """
+
+    def __init__(self, reason: str, *, code: int | None = None, status: int | None = None):
+        super().__init__(reason)
+        #: The WebSocket close code that ended the session, if one did.
+        self.code = code
+        #: The HTTP status that refused the handshake, if one did.
+        self.status = status
+
+
+class PublishRejected(Exception):
+    """The server refused a publish (``error`` with its ``code``); it is not resent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        #: The ``error`` code (for example ``publish_rejected``).
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Pending:
+    done: trio.Event
+    result: str | BaseException | None = None
+
+
+class WebSocketSession:
+    """A live ``tidings.v1`` session: iterate for events and resets, publish, close.
+
+    Made by :func:`open_session`.  Iterating yields
+    :class:`~tidings.ws.EventMessage` (``topic``, ``id``, ``event``, ``data``) and
+    :class:`~tidings.ws.ResetMessage` (``topic``, ``cursor``: events up to it were
+    skipped), in order per topic, each event once; iteration ends when the session
+    gives up, raising :class:`SessionClosed` unless it was closed by :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client: SessionClient,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        headers: Iterable[tuple[bytes, bytes]],
+        connect_timeout: float,
+        ping_interval: float,
+        pong_timeout: float,
+        buffer: int,
+        receive_buffer_size: int,
+    ) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise LocalProtocolError(f"a session URL is ws://host/path or wss://, not {url!r}")
+        self._secure = parts.scheme == "wss"
+        self._host = parts.hostname
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise LocalProtocolError(f"bad port in {url!r}") from exc
+        self._port = port if port is not None else (443 if self._secure else 80)
+        default_port = 443 if self._secure else 80
+        self._host_header = parts.netloc if self._port != default_port else self._host
+        self._resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        #: The sans-IO machine (cursors, outbox, reconnect decisions).
+        self.client = client
+        self._ssl = ssl_context
+        self._headers = list(headers)
+        self._connect_timeout = connect_timeout
+        self._ping_interval = ping_interval
+        self._pong_timeout = pong_timeout
+        self._receive_buffer_size = receive_buffer_size
+        self._send, self._receive = trio.open_memory_channel[EventMessage | ResetMessage](buffer)
+        self._ws: WebSocketConnection | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._ended: SessionClosed | None = None
+        self._closed_by_us = False
+        self._close_timeout = 1.0
+        self._run_scope = trio.CancelScope()
+        self._conn_scope: trio.CancelScope | None = None
+        self._ended_event = trio.Event()
+        #: Connections opened so far.
+        self.connections = 0
+        #: Connection attempts so far (successful or not).
+        self.attempts = 0
+
+    # -- application API
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up right now."""
+        return self._ws is not None
+
+    @property
+    def positions(self) -> Mapping[str, str | None]:
+        """Each topic's resume cursor (the last id seen, or ``None``)."""
+        return self.client.session.positions
+
+    def __aiter__(self) -> WebSocketSession:
+        return self
+
+    async def __anext__(self) -> EventMessage | ResetMessage:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            if self._ended is not None and not self._closed_by_us:
+                raise self._ended from None
+            raise StopAsyncIteration from None
+
+    async def subscribe(self, topic: str, cursor: str | None = None) -> None:
+        """Follow *topic* from after *cursor* (``None``: live; ``"earliest"``: all)."""
+        await self._send_all(self.client.subscribe(topic, cursor))
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop following *topic*."""
+        await self._send_all(self.client.unsubscribe(topic))
+
+    async def publish(self, topic: str, data: str, event: str | None = None) -> str:
+        """Publish and return the event's id once the server stored it.
+
+        Survives reconnects (the outbox resends; the server de-duplicates), so it is
+        stored exactly once.  Raises :class:`PublishRejected` if the server refuses
+        it, :class:`SessionClosed` if the session ends first, and
+        :class:`~tidings.errors.LocalProtocolError` when ``max_outbox`` publishes are
+        already waiting.  Acknowledgements arrive in order with the events: a session
+        that follows topics must be iterated meanwhile (events are pulled).
+        """
+        if self._ended is not None:
+            raise self._ended
+        msg_id, messages = self.client.publish(topic, data, event)
+        pending = self._pending[msg_id] = _Pending(trio.Event())
+        try:
+            await self._send_all(messages)
+            await pending.done.wait()
+        finally:
+            self._pending.pop(msg_id, None)
+        if isinstance(pending.result, str):
+            return pending.result
+        assert isinstance(pending.result, BaseException)
+        raise pending.result
+
+    async def aclose(self) -> None:
+        """End the session (close 1000; unacknowledged publishes fail)."""
+        self._closed_by_us = True
+        scope = self._conn_scope
+        if scope is not None and self._ended is None:
+            # The connection's task closes (1000) while trio-websocket's reader still
+            # runs to complete the closing handshake.
+            scope.cancel()
+            with trio.move_on_after(self._close_timeout + 1):
+                await self._ended_event.wait()
+        self._end(SessionClosed("closed by the application"))
+        self._run_scope.cancel()
+
+    # -- internals
+
+    async def _send_all(self, messages: Iterable[ClientMessage]) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # sent by connection_made() after the reconnect
+        for message in messages:
+            try:
+                await ws.send_message(message.encode())
+            except ConnectionClosed:
+                return  # the run loop sees it too; the outbox resends
+
+    def _finished(self) -> bool:
+        return self._ended is not None
+
+    def _end(self, error: SessionClosed) -> None:
+        if self._ended is None:
+            self._ended = error
+        self.client.session.stop()
+        for pending in self._pending.values():
+            if not pending.done.is_set():
+                pending.result = self._ended
+                pending.done.set()
+        self._send.close()
+        self._ended_event.set()
+
+    async def _run(self) -> None:
+        session = self.client.session
+        action: SessionAction | None = session.start(trio.current_time())
+        while self._ended is None:
+            if isinstance(action, GiveUp):
+                self._end(SessionClosed(action.reason, code=action.code, status=action.status))
+                return
+            if isinstance(action, Wait) or action is None:
+                if action is not None:
+                    logger.info("reconnecting in %.1f s (%s)", action.delay, action.reason)
+                deadline = session.next_deadline()
+                assert deadline is not None
+                await trio.sleep_until(deadline)
+                action = session.timer(trio.current_time())  # None: not quite due yet
+                continue
+            assert isinstance(action, Connect)
+            action = await self._connection()
+
+    async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        stream = await trio.open_tcp_stream(self._host, self._port)
+        if not self._secure:
+            return stream
+        context = self._ssl if self._ssl is not None else ssl.create_default_context()
+        tls = trio.SSLStream(stream, context, server_hostname=self._host, https_compatible=True)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        return tls
+
+    async def _connection(self) -> SessionAction:
+        self.attempts += 1
+        holder: list[trio.abc.Stream] = []
+        try:
+            return await self._attempt(holder)
+        finally:
+            # trio-websocket leaves a client's socket open after a close handshake
+            # the server ended; the stream is ours, so close it ourselves.
+            for stream in holder:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+
+    async def _attempt(self, holder: list[trio.abc.Stream]) -> SessionAction:
+        # trio-websocket raises a refused handshake (and some failures) from its
+        # reader task, so they arrive wrapped by the connection's nursery.
+        rejected: list[ConnectionRejected] = []
+        failed: list[BaseException] = []
+        try:
+            return await self._connect_and_follow(holder)
+        except* ConnectionRejected as group:
+            rejected += [e for e in group.exceptions if isinstance(e, ConnectionRejected)]
+        except* (OSError, HandshakeError, trio.BrokenResourceError, ConnectionClosed) as group:
+            failed += group.exceptions
+        if self._finished():
+            return GiveUp("closed")
+        if rejected:
+            return self._rejected(rejected[0])
+        logger.info("connection failed: %s", failed[0] if failed else "?")
+        return self.client.session.network_error(trio.current_time(), type(failed[0]).__name__)
+
+    def _rejected(self, exc: ConnectionRejected) -> SessionAction:
+        retry_after = None
+        for name, value in exc.headers:
+            if name.lower() == b"retry-after":
+                retry_after = parse_retry_after(value, wall_time=time.time())
+        logger.warning("handshake refused: HTTP %s", exc.status_code)
+        if self._finished():
+            return GiveUp("closed")
+        return self.client.session.http_failure(exc.status_code, retry_after, trio.current_time())
+
+    async def _connect_and_follow(self, holder: list[trio.abc.Stream]) -> SessionAction:
+        session = self.client.session
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    stream = await self._open_stream()
+                    holder.append(stream)
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,
+                        self._host_header,
+                        self._resource,
+                        subprotocols=[SUBPROTOCOL],
+                        extra_headers=self._headers,
+                        message_queue_size=1,
+                        max_message_size=self.client.max_message_size,
+                        receive_buffer_size=self._receive_buffer_size,
+                    )
+            except ConnectionRejected as exc:
+                nursery.cancel_scope.cancel()
+                return self._rejected(exc)
+            except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
+                nursery.cancel_scope.cancel()
+                logger.info("connection failed: %s", exc or type(exc).__name__)
+                if self._finished():
+                    return GiveUp("closed")
+                return session.network_error(trio.current_time(), type(exc).__name__)
+            now = trio.current_time()
+            if self._finished():
+                nursery.cancel_scope.cancel()
+                return GiveUp("closed")
+            session.connected(now)
+            self.connections += 1
+            if ws.subprotocol != SUBPROTOCOL:
+                nursery.cancel_scope.cancel()
+                self.client.connection_lost()
+                return session.closed(
+                    1002, "server did not select tidings.v1", by_peer=False, now=now
+                )
+            self._ws = ws
+            local: list[tuple[int, str]] = []
+            code: int | None = 1000
+            reason = ""
+            try:
+                with trio.CancelScope() as scope:
+                    self._conn_scope = scope
+                    if self._closed_by_us:
+                        scope.cancel()
+                    for message in self.client.connection_made():
+                        await ws.send_message(message.encode())
+                    heartbeat = HeartbeatPolicy(
+                        interval=self._ping_interval, timeout=self._pong_timeout
+                    )
+                    heartbeat.start(now)
+                    nursery.start_soon(self._heartbeat, ws, heartbeat, local, scope)
+                    await self._receive_loop(ws, local)
+            except ConnectionClosed as exc:
+                if exc.reason is not None:
+                    code, reason = int(exc.reason.code), exc.reason.reason or ""
+                else:
+                    code, reason = None, "connection lost"
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                code, reason = None, "connection lost"
+            finally:
+                self._ws = None
+                self._conn_scope = None
+                if self._closed_by_us and not local:
+                    with trio.move_on_after(self._close_timeout):
+                        await ws.aclose(1000, "bye")
+                self.client.connection_lost()
+                nursery.cancel_scope.cancel()
+            if local:
+                code, reason = local[0]
+            elif code == 1006:
+                code = None  # no close frame: a network error
+            if self._finished() or self._closed_by_us:
+                return GiveUp("closed by the application", code=1000)
+            return session.closed(code, reason, by_peer=not local, now=trio.current_time())
+
+    async def _receive_loop(self, ws: WebSocketConnection, local: list[tuple[int, str]]) -> None:
+        while True:
+            text = await ws.get_message()
+            if isinstance(text, bytes):
+                outputs = self.client.receive_binary()
+            else:
+                outputs = self.client.receive_text(text)
+            for output in outputs:
+                if isinstance(output, EventMessage | ResetMessage):
+                    try:
+                        await self._send.send(output)
+                    except trio.ClosedResourceError:
+                        return
+                elif isinstance(output, PublishAcknowledged):
+                    self._settle(output.msg_id, output.id)
+                elif isinstance(output, PublishFailed):
+                    self._settle(output.msg_id, PublishRejected(output.code, output.message))
+                elif isinstance(output, CloseConnection):
+                    local.append((output.code, output.reason))
+                    with trio.move_on_after(1):
+                        await ws.aclose(output.code, output.reason)
+                    return
+                elif isinstance(output, ErrorMessage):
+                    logger.warning("server error %s: %s", output.code, output.message)
+                else:
+                    assert isinstance(output, SubscribedMessage)
+
+    def _settle(self, msg_id: str, result: str | BaseException) -> None:
+        pending = self._pending.get(msg_id)
+        if pending is not None and not pending.done.is_set():
+            pending.result = result
+            pending.done.set()
+
+    async def _heartbeat(
+        self,
+        ws: WebSocketConnection,
+        heartbeat: HeartbeatPolicy,
+        local: list[tuple[int, str]],
+        scope: trio.CancelScope,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                deadline = heartbeat.next_deadline()
+                await trio.sleep_until(deadline if deadline is not None else math.inf)
+                for action in heartbeat.handle_timer(trio.current_time()):
+                    if isinstance(action, ClosePeer):
+                        logger.warning("no pong for %.0f s: reconnecting", self._pong_timeout)
+                        local.append((action.code, action.reason))
+                        with trio.move_on_after(1):
+                            await ws.aclose(action.code, action.reason)
+                        scope.cancel()  # the peer is dead: do not wait for its answer
+                        return
+                    nursery.start_soon(self._ping, ws, heartbeat, action.payload)
+
+    async def _ping(
+        self, ws: WebSocketConnection, heartbeat: HeartbeatPolicy, payload: bytes
+    ) -> None:
+        try:
+            await ws.ping(payload)
+        except (ConnectionClosed, ValueError):
+            return
+        heartbeat.pong_received(payload, trio.current_time())
+
+
+@asynccontextmanager
+async def open_session(
+    url: str,
+    topics: Iterable[str] | Mapping[str, str | None] = (),
+    *,
+    rng: Random | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    backoff: Backoff | None = None,
+    max_retries: int | None = None,
+    connect_timeout: float = DEFAULT_SESSION_CONNECT_TIMEOUT,
+    ping_interval: float = DEFAULT_PING_INTERVAL,
+    pong_timeout: float = DEFAULT_PONG_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_outbox: int = DEFAULT_MAX_OUTBOX,
+    buffer: int = DEFAULT_SESSION_BUFFER,
+    receive_buffer_size: int = 64 * 1024,
+) -> AsyncIterator[WebSocketSession]:
+    """Open a ``tidings.v1`` session at *url* (``ws://host/ws`` or ``wss://``).
+
+    *topics* are followed from the start: names (live from now) or a mapping of
+    name to cursor (``"earliest"``, or a saved id to resume after).  The session
+    reconnects with jittered backoff (*backoff*, default
+    :func:`~tidings.session.default_backoff`) until the classifier says stop or
+    *max_retries* consecutive retries failed, resuming every topic from its last id
+    and resending unacknowledged publishes.  *headers* go with every handshake (for
+    example ``Authorization``).  *rng* draws jitter and message ids
+    (default ``random.SystemRandom()``).
+    """
+    if not url.startswith(("ws://", "wss://")):
+        raise LocalProtocolError(f"a session URL starts with ws:// or wss://, not {url!r}")
+    if buffer < 0 or not connect_timeout > 0:
+        raise LocalProtocolError("buffer must be >= 0 and connect_timeout > 0")
+    rng = random.SystemRandom() if rng is None else rng
+    reconnecting = ReconnectingSession(rng, backoff=backoff, max_retries=max_retries)
+    client = SessionClient(
+        rng, session=reconnecting, max_outbox=max_outbox, max_message_size=max_message_size
+    )
+    if isinstance(topics, str):
+        topics = [topics]
+    if isinstance(topics, Mapping):
+        for topic, cursor in topics.items():
+            client.subscribe(topic, cursor)
+    else:
+        for topic in topics:
+            client.subscribe(topic)
+    session = WebSocketSession(
+        url,
+        client,
+        ssl_context=ssl_context,
+        headers=headers,
+        connect_timeout=connect_timeout,
+        ping_interval=ping_interval,
+        pong_timeout=pong_timeout,
+        buffer=buffer,
+        receive_buffer_size=receive_buffer_size,
+    )
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            try:
+                with session._run_scope:
+                    await session._run()
+            finally:
+                session._end(SessionClosed("session ended"))
+
+        nursery.start_soon(run)
+        try:
+            yield session
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,448 @@
+"""``GET /topics/{topic}/poll`` on the real server, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import ssl
+from typing import TYPE_CHECKING
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from tidings.cursor import Position, new_epoch
+from tidings.history import MemoryHistory
+from tidings.trio import Hub, Server, ServerConfig
+from tidings.trio._http_client import open_request
+
+if TYPE_CHECKING:
+    from conftest import HTTP1, Connect, StartServer
+
+POLL = "/topics/t/poll"
+
+
+def answer(body: bytes) -> dict[str, object]:
+    document = json.loads(body)
+    assert isinstance(document, dict)
+    return document
+
+
+async def blocked() -> None:
+    """Let every task (server included) run until it waits for something."""
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def held(hub: Hub, topic: str, count: int) -> None:
+    """Return once *count* polls of *topic* are held (subscribed) by the server."""
+    while hub.subscriber_count(topic) < count:
+        await blocked()
+
+
+# -- answering ------------------------------------------------------------------------
+
+
+async def test_waiting_events_are_answered_at_once(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    first = await hub.publish("t", "a")
+    second = await hub.publish("t", "b", event="tick")
+    client = await connect(server)
+    with trio.fail_after(5):
+        status, headers, body = await client.request(
+            "GET", f"{POLL}?cursor={Position(first.position.epoch, 0)}"
+        )
+    assert status == 200
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"cache-control"] == b"no-store"
+    assert headers[b"etag"] == f'"{second.position.format()}"'.encode()
+    assert answer(body) == {
+        "events": [
+            {"id": first.position.format(), "event": None, "data": "a"},
+            {"id": second.position.format(), "event": "tick", "data": "b"},
+        ],
+        "cursor": second.position.format(),
+        "reset": False,
+    }
+    assert hub.subscriber_count() == 0  # an immediate answer never subscribes
+
+
+async def test_earliest_returns_everything_retained_and_limit_caps_an_answer(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    stored = [await hub.publish("t", str(i)) for i in range(5)]
+    client = await connect(server)
+    with trio.fail_after(5):
+        _, _, body = await client.request("GET", f"{POLL}?cursor=earliest&limit=2")
+        page = answer(body)
+        _, _, body = await client.request("GET", f"{POLL}?cursor={page['cursor']}&limit=10")
+    assert [e["data"] for e in page["events"]] == ["0", "1"]  # type: ignore[attr-defined]
+    assert [e["data"] for e in answer(body)["events"]] == ["2", "3", "4"]  # type: ignore[index]
+    assert answer(body)["cursor"] == stored[-1].position.format()
+
+
+async def test_a_held_request_is_answered_as_soon_as_an_event_is_published(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    cursor = hub.history.head("t").format()
+    client = await connect(server)
+    got: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+    async def poll() -> None:
+        got.append(await client.request("GET", f"{POLL}?cursor={cursor}&timeout=30"))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await held(hub, "t", 1)
+            await blocked()
+            assert got == []  # held: nothing to answer yet
+            published_at = trio.current_time()
+            stored = await hub.publish("t", "now")
+        answered_after = trio.current_time() - published_at
+    status, _, body = got[0]
+    assert status == 200
+    assert answer(body)["events"] == [
+        {"id": stored.position.format(), "event": None, "data": "now"}
+    ]
+    assert answered_after < 1.0  # milliseconds in practice; generous for a loaded machine
+    assert hub.subscriber_count() == 0
+    assert server.app.subscriptions == set()
+
+
+async def test_a_held_request_without_cursor_follows_live_from_its_arrival(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    await hub.publish("t", "before")
+    client = await connect(server)
+    got: list[bytes] = []
+
+    async def poll() -> None:
+        got.append((await client.request("GET", POLL))[2])
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await held(hub, "t", 1)
+            await hub.publish("t", "after")
+    assert [e["data"] for e in answer(got[0])["events"]] == ["after"]  # type: ignore[attr-defined]
+
+
+async def test_the_timeout_answer_is_an_empty_200_with_the_same_cursor(
+    autojump_clock: trio.testing.MockClock, server: Server, hub: Hub, connect: Connect
+) -> None:
+    cursor = (await hub.publish("t", "x")).position.format()
+    client = await connect(server)
+    start = trio.current_time()
+    status, headers, body = await client.request("GET", f"{POLL}?cursor={cursor}&timeout=7")
+    assert trio.current_time() - start == pytest.approx(7, abs=0.5)
+    assert status == 200
+    assert headers[b"etag"] == f'"{cursor}"'.encode()
+    assert answer(body) == {"events": [], "cursor": cursor, "reset": False}
+    assert hub.subscriber_count() == 0
+
+
+async def test_the_timeout_answer_to_if_none_match_is_304(
+    autojump_clock: trio.testing.MockClock, server: Server, hub: Hub, connect: Connect
+) -> None:
+    cursor = (await hub.publish("t", "x")).position.format()
+    client = await connect(server)
+    status, headers, body = await client.request(
+        "GET", f"{POLL}?timeout=3", [("if-none-match", f'"{cursor}"')]
+    )
+    assert status == 304
+    assert body == b""
+    assert headers[b"etag"] == f'"{cursor}"'.encode()
+    # The connection stays usable (keep-alive).
+    status, _, _ = await client.request("GET", f"{POLL}?timeout=0&cursor={cursor}")
+    assert status == 200
+
+
+async def test_the_maximum_hold_is_clamped(
+    autojump_clock: trio.testing.MockClock, server: Server, hub: Hub, connect: Connect
+) -> None:
+    client = await connect(server)
+    start = trio.current_time()
+    status, _, _ = await client.request("GET", f"{POLL}?timeout=3600")
+    assert status == 200
+    assert trio.current_time() - start == pytest.approx(30, abs=0.5)
+
+
+async def test_a_request_pipelined_behind_a_held_poll_is_answered_after_it(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    cursor = hub.history.head("t").format()
+    client = await connect(server)
+    raw = b""
+    with trio.fail_after(5):
+        await client.stream.send_all(
+            f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n\r\n".encode()
+        )
+        await held(hub, "t", 1)
+        await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        await blocked()
+        assert hub.subscriber_count("t") == 1  # still held: more bytes are not a leave
+        stored = await hub.publish("t", "first")
+        while not raw.endswith(b"ok\n"):
+            raw += await client.stream.receive_some()
+    split = raw.index(b"HTTP/1.1 ", 1)
+    first, second = raw[:split], raw[split:]
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert stored.position.format().encode() in first
+    assert second.startswith(b"HTTP/1.1 200 ")
+    assert second.endswith(b"ok\n")
+
+
+async def test_a_client_leaving_a_held_poll_is_noticed_at_once(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    client = await connect(server)
+    with trio.fail_after(5):
+        await client.send("GET", f"{POLL}?timeout=30")
+        await held(hub, "t", 1)
+        await client.stream.aclose()
+        while hub.subscriber_count() or server.app.subscriptions or server.app.connections:
+            await blocked()
+
+
+# -- errors and resets ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("cursor=not%20a%20cursor", []),
+        ("cursor=abc.-1", []),
+        ("timeout=-1", []),
+        ("limit=0", []),
+        ("cursor=earliest&cursor=earliest", []),
+        ("", [("if-none-match", "*")]),
+    ],
+    ids=["cursor-space", "cursor-negative", "timeout", "limit", "repeated", "inm-star"],
+)
+async def test_a_malformed_request_is_a_400_with_a_json_error(
+    server: Server, hub: Hub, connect: Connect, query: str, headers: list[tuple[str, str]]
+) -> None:
+    client = await connect(server)
+    with trio.fail_after(5):
+        status, response_headers, body = await client.request("GET", f"{POLL}?{query}", headers)
+    assert status == 400
+    assert response_headers[b"content-type"] == b"application/json"
+    assert isinstance(answer(body)["error"], str)
+    assert hub.subscriber_count() == 0
+
+
+async def test_an_evicted_cursor_gets_a_reset_with_the_head(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    first = await hub.publish("t", "0")
+    for i in range(1, 150):  # the fixture's history keeps 100
+        last = await hub.publish("t", str(i))
+    client = await connect(server)
+    with trio.fail_after(5):
+        status, headers, body = await client.request("GET", f"{POLL}?cursor={first.position}")
+    assert status == 200
+    assert answer(body) == {"events": [], "cursor": last.position.format(), "reset": True}
+    assert headers[b"etag"] == f'"{last.position}"'.encode()
+
+
+async def test_an_unknown_epoch_gets_a_reset_with_the_head(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    head = hub.history.head("t")
+    other = Position("otherepoch", 3).format()
+    client = await connect(server)
+    with trio.fail_after(5):
+        status, _, body = await client.request("GET", f"{POLL}?cursor={other}")
+    assert status == 200
+    assert answer(body) == {"events": [], "cursor": head.format(), "reset": True}
+
+
+# -- HTTP/2 ---------------------------------------------------------------------------
+
+
+async def test_http2_answers_at_once_and_after_a_hold(server: Server, hub: Hub) -> None:
+    cursor = hub.history.head("t").format()
+    stored = await hub.publish("t", "one")
+    url = f"{server.url}{POLL}?cursor={cursor}"
+    with trio.fail_after(5):
+        async with open_request("GET", url, http2=True) as response:
+            assert response.http_version == "2"
+            body = await response.read()
+        assert answer(body)["events"] == [
+            {"id": stored.position.format(), "event": None, "data": "one"}
+        ]
+        bodies: list[bytes] = []
+
+        async def poll() -> None:
+            async with open_request(
+                "GET", f"{server.url}{POLL}?cursor={stored.position}", http2=True
+            ) as response:
+                bodies.append(await response.read())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await held(hub, "t", 1)
+            second = await hub.publish("t", "two")
+    assert answer(bodies[0])["cursor"] == second.position.format()
+    assert hub.subscriber_count() == 0
+
+
+async def test_http2_client_leaving_releases_a_held_request(server: Server, hub: Hub) -> None:
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def poll() -> None:
+                async with open_request("GET", f"{server.url}{POLL}", http2=True) as response:
+                    await response.read()
+
+            nursery.start_soon(poll)
+            await held(hub, "t", 1)
+            nursery.cancel_scope.cancel()  # the client goes away
+        while hub.subscriber_count() or server.app.subscriptions:
+            await blocked()
+
+
+# -- many held requests, disconnects, drain, limits -----------------------------------
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def test_one_publish_answers_a_thousand_held_requests_and_leavers_leave_nothing(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    count, leavers = 1000, 200
+    _raise_fd_limit(2 * (count + leavers) + 256)
+    cursor = hub.history.head("t").format()
+    clients = [await connect(server) for _ in range(count + leavers)]
+    stayers, goers = clients[:count], clients[count:]
+    bodies: list[bytes] = []
+
+    async def poll(client: HTTP1) -> None:
+        bodies.append((await client.request("GET", f"{POLL}?cursor={cursor}"))[2])
+
+    with trio.fail_after(30):
+        for client in goers:
+            await client.send("GET", f"{POLL}?cursor={cursor}")
+        await held(hub, "t", leavers)
+        for client in goers:
+            await client.stream.aclose()
+        while hub.subscriber_count("t") or server.app.subscriptions or server.app.connections:
+            await blocked()  # the leavers' requests and connections are gone
+
+        async with trio.open_nursery() as nursery:
+            for client in stayers:
+                nursery.start_soon(poll, client)
+            await held(hub, "t", count)
+            assert len(server.app.subscriptions) == count
+            assert bodies == []
+            stored = await hub.publish("t", "all")
+    expected = {"events": [{"id": stored.position.format(), "event": None, "data": "all"}]}
+    assert len(bodies) == count
+    assert all(answer(body)["events"] == expected["events"] for body in bodies)
+    assert hub.subscriber_count() == 0
+    assert server.app.subscriptions == set()
+    assert len(server.app.connections) == count  # keep-alive: the stayers' are open
+
+
+async def test_a_drain_answers_held_requests_at_once(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    cursor = hub.history.head("t").format()
+    plain, conditional = await connect(server), await connect(server)
+    got: dict[str, tuple[int, dict[bytes, bytes], bytes]] = {}
+
+    async def poll(name: str, client: HTTP1, headers: list[tuple[str, str]]) -> None:
+        target = f"{POLL}?timeout=30" + ("" if headers else f"&cursor={cursor}")
+        got[name] = await client.request("GET", target, headers)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll, "plain", plain, [])
+            nursery.start_soon(poll, "conditional", conditional, [("if-none-match", f'"{cursor}"')])
+            await held(hub, "t", 2)
+            server.drain()
+    assert got["plain"][0] == 200
+    assert answer(got["plain"][2]) == {"events": [], "cursor": cursor, "reset": False}
+    assert got["plain"][1][b"connection"] == b"close"
+    assert got["conditional"][0] == 304
+    assert hub.subscriber_count() == 0
+
+
+async def test_held_requests_count_toward_the_connection_limit(
+    start_server: StartServer, hub: Hub, connect: Connect
+) -> None:
+    server = await start_server(config=ServerConfig(max_connections=2, retry_after=7))
+    first, second, third = [await connect(server) for _ in range(3)]
+    with trio.fail_after(5):
+        await first.send("GET", POLL)
+        await second.send("GET", POLL)
+        await held(hub, "t", 2)
+        status, headers, _ = await third.request("GET", POLL)
+    assert status == 503
+    assert headers[b"retry-after"] == b"7"
+
+
+async def test_a_custom_router_can_grant_other_limits(nursery: trio.Nursery) -> None:
+    from tidings.longpoll import PollLimits
+    from tidings.trio._app import default_router
+    from tidings.trio._poll_endpoint import make_long_poll_handler
+    from tidings.trio._routes import Router
+
+    hub = Hub(MemoryHistory(new_epoch(random.Random(3))))
+    router = Router()
+    router.add(
+        "/p/{topic}", {"GET": make_long_poll_handler(PollLimits(default_limit=2, max_limit=2))}
+    )
+    for route in default_router()._routes:
+        router.add(route.pattern, route.methods)
+    server = Server(hub, router=router)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(server.serve_listeners, listeners)
+    for i in range(5):
+        await hub.publish("t", str(i))
+    with trio.fail_after(5):
+        async with open_request("GET", f"{server.url}/p/t?cursor=earliest&limit=50") as response:
+            body = await response.read()
+    assert len(answer(body)["events"]) == 2  # type: ignore[arg-type]
+    server.drain()
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "h2"])
+async def test_over_tls_a_held_poll_is_woken_and_a_leaver_is_released(
+    start_server: StartServer, hub: Hub, ca: trustme.CA, http2: bool
+) -> None:
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    server = await start_server(ssl_context=server_context)
+    bodies: list[bytes] = []
+
+    async def poll() -> None:
+        url = f"{server.url}{POLL}?cursor={hub.history.head('t')}"
+        async with open_request("GET", url, http2=http2, ssl_context=client_context) as response:
+            assert response.http_version == ("2" if http2 else "1.1")
+            bodies.append(await response.read())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await held(hub, "t", 1)
+            stored = await hub.publish("t", "secret")
+        assert answer(bodies[0])["cursor"] == stored.position.format()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await held(hub, "t", 1)
+            nursery.cancel_scope.cancel()
+        while hub.subscriber_count() or server.app.subscriptions:
+            await blocked()

@@ -1,0 +1,369 @@
+"""``GET /ws``: the tidings.v1 WebSocket endpoint of the Trio server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import h11
+import pytest
+import trio
+import trio.testing
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from tidings.trio import Hub, Server, ServerConfig, WebSocketConfig, WebSocketRefusal
+from tidings.trio._http import Request as HTTPRequest
+
+from .conftest import HTTP1, Connect, MemoryClient, StartServer
+from .test_server_h2 import H2Client, h2_clients, h2_connect
+
+__all__ = ["h2_clients"]  # the fixture, shared with test_server_h2
+
+
+@asynccontextmanager
+async def open_ws(server: Server, path: str = "/ws") -> AsyncIterator[WebSocketConnection]:
+    """A trio-websocket client; the socket is ours to close (trio-websocket leaves a
+    client socket open after a close the server started)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery, stream, "test", path, subprotocols=["tidings.v1"]
+            )
+            yield ws
+            await ws.aclose()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def recv(ws: Any) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await ws.get_message())
+    return message
+
+
+async def send(ws: Any, **message: Any) -> None:
+    await ws.send_message(json.dumps(message))
+
+
+async def test_subscribe_replays_then_goes_live(server: Server, hub: Hub) -> None:
+    first = await hub.publish("news", "one")
+    async with open_ws(server) as ws:
+        assert ws.subprotocol == "tidings.v1"
+        await send(ws, type="subscribe", topic="news", cursor="earliest")
+        assert await recv(ws) == {
+            "type": "event",
+            "topic": "news",
+            "id": first.position.format(),
+            "event": None,
+            "data": "one",
+        }
+        assert await recv(ws) == {
+            "type": "subscribed",
+            "topic": "news",
+            "cursor": first.position.format(),
+        }
+        second = await hub.publish("news", "two", "update")
+        event = await recv(ws)
+        assert (event["id"], event["event"], event["data"]) == (
+            second.position.format(),
+            "update",
+            "two",
+        )
+
+
+async def test_many_topics_share_one_connection(server: Server, hub: Hub) -> None:
+    async with open_ws(server) as ws:
+        for topic in ("a", "b", "c"):
+            await send(ws, type="subscribe", topic=topic)
+            assert (await recv(ws))["type"] == "subscribed"
+        for topic in ("c", "a", "b"):
+            await hub.publish(topic, f"to {topic}")
+        got = [await recv(ws) for _ in range(3)]
+        # Order holds per topic; topics are independent streams.
+        assert sorted((m["topic"], m["data"]) for m in got) == [
+            ("a", "to a"),
+            ("b", "to b"),
+            ("c", "to c"),
+        ]
+        await send(ws, type="unsubscribe", topic="a")
+        # A round trip: messages are handled in order, so the unsubscribe is done.
+        await send(ws, type="subscribe", topic="d")
+        assert (await recv(ws))["type"] == "subscribed"
+        await hub.publish("a", "gone")
+        await hub.publish("b", "still")
+        assert (await recv(ws))["data"] == "still"
+
+
+async def test_unknown_cursor_gives_an_explicit_reset(server: Server, hub: Hub) -> None:
+    head = await hub.publish("t", "x")
+    async with open_ws(server) as ws:
+        await send(ws, type="subscribe", topic="t", cursor="otherepoch.5")
+        assert await recv(ws) == {"type": "reset", "topic": "t", "cursor": head.position.format()}
+        assert (await recv(ws))["type"] == "subscribed"
+
+
+async def test_publish_is_acknowledged_and_a_repeat_is_stored_once(
+    server: Server, hub: Hub
+) -> None:
+    async with open_ws(server) as ws:
+        await send(ws, type="publish", topic="t", msg_id="m-1", data="hello")
+        ack = await recv(ws)
+        assert ack["type"] == "published"
+        assert ack["msg_id"] == "m-1"
+    # The client lost the ack (say) and resends on a new connection.
+    async with open_ws(server) as ws:
+        await send(ws, type="publish", topic="t", msg_id="m-1", data="hello")
+        assert await recv(ws) == ack
+    assert hub.history.head("t").offset == 1
+
+
+async def test_ws_publishes_reach_sse_and_http_publishes_reach_ws(
+    server: Server, connect: Connect
+) -> None:
+    sse = await connect(server)
+    await sse.send("GET", "/topics/mixed/events")
+    assert (await sse.response()).status_code == 200
+    await sse.some_events(0)
+    async with open_ws(server) as ws:
+        await send(ws, type="subscribe", topic="mixed")
+        assert (await recv(ws))["type"] == "subscribed"
+        await send(ws, type="publish", topic="mixed", msg_id="w1", data="from ws")
+        messages = [await recv(ws), await recv(ws)]
+        assert {m["type"] for m in messages} == {"published", "event"}
+        (event,) = await sse.events(1)
+        assert event.data == "from ws"
+        poster = await connect(server)
+        status, _, _ = await poster.request("POST", "/topics/mixed", body=b"from http")
+        assert status == 201
+        assert (await recv(ws))["data"] == "from http"
+
+
+async def test_malformed_message_gets_an_error_and_the_session_continues(
+    server: Server, hub: Hub
+) -> None:
+    async with open_ws(server) as ws:
+        await ws.send_message('{"type": "subscribe"}')
+        assert (await recv(ws))["type"] == "error"
+        await send(ws, type="subscribe", topic="ok")
+        assert (await recv(ws))["type"] == "subscribed"
+
+
+async def test_oversized_message_closes_with_1009(start_server: StartServer) -> None:
+    config = ServerConfig(websocket=WebSocketConfig(max_message_size=1000))
+    server = await start_server(config=config)
+    async with open_ws(server) as ws:
+        await send(ws, type="publish", topic="t", msg_id="big", data="x" * 5000)
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+        assert info.value.reason is not None
+        assert info.value.reason.code == 1009
+
+
+async def test_binary_message_closes_with_1003(server: Server) -> None:
+    async with open_ws(server) as ws:
+        await ws.send_message(b"\x00\x01")
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+        assert info.value.reason is not None
+        assert info.value.reason.code == 1003
+
+
+async def handshake_status(server: Server, connect: Connect, **headers: str) -> int:
+    client: HTTP1 = await connect(server)
+    base = {
+        "upgrade": "websocket",
+        "connection": "Upgrade",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "sec-websocket-protocol": "tidings.v1",
+    }
+    base.update({k.replace("_", "-"): v for k, v in headers.items()})
+    await client.send("GET", "/ws", [(k, v) for k, v in base.items() if v])
+    head = await client.next_event()  # 101 (InformationalResponse) or a refusal
+    assert isinstance(head, h11.InformationalResponse | h11.Response)
+    await trio.aclose_forcefully(client.stream)
+    return head.status_code
+
+
+async def test_cross_site_origin_is_refused_before_the_upgrade(
+    server: Server, connect: Connect
+) -> None:
+    assert await handshake_status(server, connect, origin="https://evil.example") == 403
+    # Same origin (Origin host equals Host) and non-browser clients are admitted.
+    assert await handshake_status(server, connect, origin="http://test") == 101
+    assert await handshake_status(server, connect) == 101
+
+
+async def test_origin_allow_list(start_server: StartServer, connect: Connect) -> None:
+    config = ServerConfig(
+        websocket=WebSocketConfig(allowed_origins=frozenset({"https://app.example"}))
+    )
+    server = await start_server(config=config)
+    assert await handshake_status(server, connect, origin="https://app.example") == 101
+    assert await handshake_status(server, connect, origin="http://test") == 403
+
+
+async def test_auth_hook_sees_the_request_and_refuses_before_the_upgrade(
+    start_server: StartServer, connect: Connect
+) -> None:
+    seen: list[tuple[bytes | None, bytes | None]] = []
+
+    async def auth(request: HTTPRequest) -> WebSocketRefusal | None:
+        seen.append((request.header(b"cookie"), request.query_param("token")))
+        if request.header(b"cookie") == b"session=good":
+            return None
+        if request.query_param("token") == b"expired":
+            return WebSocketRefusal(403, "Forbidden")
+        return WebSocketRefusal(401, "Log in", [(b"www-authenticate", b"Bearer")])
+
+    server = await start_server(config=ServerConfig(websocket=WebSocketConfig(auth=auth)))
+    assert await handshake_status(server, connect) == 401
+    assert await handshake_status(server, connect, cookie="session=good") == 101
+    client = await connect(server)
+    await client.send("GET", "/ws?token=expired", [("upgrade", "websocket")])
+    assert (await client.response()).status_code == 403
+    assert (b"session=good", None) in seen
+    assert (None, b"expired") in seen
+
+
+async def test_handshake_without_the_subprotocol_or_upgrade_is_refused(
+    server: Server, connect: Connect
+) -> None:
+    assert await handshake_status(server, connect, sec_websocket_protocol="chat") == 400
+    assert await handshake_status(server, connect, sec_websocket_protocol="") == 400
+    assert await handshake_status(server, connect, sec_websocket_version="8") == 426
+    assert await handshake_status(server, connect, sec_websocket_key="short") == 400
+    client = await connect(server)
+    status, _, _ = await client.request("GET", "/ws")
+    assert status == 426
+
+
+class RawClient:
+    """A wsproto client over any stream, for tests that misbehave on purpose."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    async def handshake(self) -> None:
+        await self.stream.send_all(
+            self.ws.send(Request(host="test", target="/ws", subprotocols=["tidings.v1"]))
+        )
+        event = await self.next_event()
+        assert isinstance(event, AcceptConnection), event
+
+    async def next_event(self) -> object:
+        while True:
+            for event in self.ws.events():
+                return event
+            data = await self.stream.receive_some()
+            self.ws.receive_data(bytes(data) if data else None)
+
+    async def send(self, **message: Any) -> None:
+        await self.stream.send_all(self.ws.send(TextMessage(json.dumps(message))))
+
+
+async def open_raw(server: Server, memory_client: MemoryClient) -> RawClient:
+    http = await memory_client(server)
+    raw = RawClient(http.stream)
+    await raw.handshake()
+    return raw
+
+
+@pytest.mark.parametrize("autojump_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_missed_pong_closes_with_1011(
+    start_server: StartServer, memory_client: MemoryClient, autojump_clock: object
+) -> None:
+    config = ServerConfig(websocket=WebSocketConfig(ping_interval=20, pong_timeout=20))
+    server = await start_server(config=config)
+    raw = await open_raw(server, memory_client)
+    start = trio.current_time()
+    event = await raw.next_event()
+    assert isinstance(event, Ping)  # ...and this client never answers it
+    assert trio.current_time() - start == pytest.approx(20)
+    event = await raw.next_event()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1011
+    assert trio.current_time() - start == pytest.approx(40)
+
+
+@pytest.mark.parametrize("autojump_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_answered_pings_keep_the_session_open(
+    start_server: StartServer, memory_client: MemoryClient, hub: Hub, autojump_clock: object
+) -> None:
+    server = await start_server(config=ServerConfig())
+    raw = await open_raw(server, memory_client)
+    await raw.send(type="subscribe", topic="t")
+    assert isinstance(await raw.next_event(), TextMessage)
+    for _ in range(5):
+        ping = await raw.next_event()
+        assert isinstance(ping, Ping)
+        await raw.stream.send_all(raw.ws.send(ping.response()))
+    await hub.publish("t", "alive")
+    event = await raw.next_event()
+    assert isinstance(event, TextMessage)
+    assert json.loads(event.data)["data"] == "alive"
+
+
+async def test_drain_closes_sessions_with_going_away(
+    start_server: StartServer, memory_client: MemoryClient
+) -> None:
+    server = await start_server(config=ServerConfig())
+    raw = await open_raw(server, memory_client)
+    await raw.send(type="subscribe", topic="t")
+    assert isinstance(await raw.next_event(), TextMessage)
+    quiet = await open_raw(server, memory_client)  # follows no topic at all
+    server.drain()
+    for client in (raw, quiet):
+        event = await client.next_event()
+        assert isinstance(event, CloseConnection)
+        assert event.code == 1001
+
+
+async def test_draining_server_refuses_new_sessions(
+    start_server: StartServer, memory_client: MemoryClient
+) -> None:
+    server = await start_server(config=ServerConfig(drain_timeout=1))
+    keep = await open_raw(server, memory_client)  # keeps the server draining
+    server.drain()
+    http = await memory_client(server)
+    raw = RawClient(http.stream)
+    await raw.stream.send_all(
+        raw.ws.send(Request(host="test", target="/ws", subprotocols=["tidings.v1"]))
+    )
+    event = await raw.next_event()
+    assert isinstance(event, RejectConnection)
+    assert event.status_code == 503
+    del keep
+
+
+async def test_http2_request_gets_426(server: Server, h2_clients: list[H2Client]) -> None:
+    # RFC 8441 (WebSocket over HTTP/2) is not offered: the client must use HTTP/1.1.
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    state = await client.request("GET", "/ws", [("sec-websocket-version", "13")])
+    assert state.headers[b":status"] == b"426"
+
+
+async def test_publish_to_a_topic_no_url_can_name_is_rejected(server: Server, hub: Hub) -> None:
+    async with open_ws(server) as ws:
+        await send(ws, type="publish", topic="a b/c", msg_id="m", data="x")
+        error = await recv(ws)
+        assert error["type"] == "error"
+        assert error["msg_id"] == "m"
+    assert hub.subscriber_count() == 0

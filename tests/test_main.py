@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -22,57 +19,10 @@ from tidings.history import MemoryHistory
 from tidings.trio import Hub, Server, serve
 from tidings.trio._http_client import open_request
 
-SRC = Path(__file__).resolve().parent.parent / "src"
-ENV = {**os.environ, "PYTHONPATH": str(SRC)}
-TIMEOUT = 30  # real seconds; generous for a loaded machine, never reached when all is well
-
-
-class Lines:
-    """Line-by-line reading of a subprocess pipe."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def next(self) -> str:
-        while b"\n" not in self.buffer:
-            chunk = await self.stream.receive_some()
-            if not chunk:
-                raise EOFError(self.buffer)
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode()
-
-    async def rest(self) -> str:
-        while chunk := await self.stream.receive_some():
-            self.buffer += chunk
-        return self.buffer.decode()
-
-
-async def start_cli(nursery: trio.Nursery, *args: str) -> trio.Process:
-    command = [sys.executable, "-m", "tidings", *args]
-    process: trio.Process = await nursery.start(
-        partial(
-            trio.run_process,
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=ENV,
-            check=False,
-        )
-    )
-    return process
-
-
-async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(TIMEOUT):
-        return await trio.run_process(
-            [sys.executable, "-m", "tidings", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            env=ENV,
-            check=False,
-        )
+try:
+    from tests.trio._cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli
+except ImportError:  # tests/ is not a package: pytest put tests/trio on sys.path
+    from _cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli  # type: ignore[no-redef]
 
 
 @pytest.fixture
@@ -188,14 +138,8 @@ async def test_tail_prints_replayed_and_live_events_as_json_lines(
     process = await start_cli(
         nursery, "tail", server.url + "/topics/news/events", "--last-event-id", ids[0]
     )
-    assert process.stdout is not None
-    lines = Lines(process.stdout)
-    with trio.fail_after(TIMEOUT):
-        got = [json.loads(await lines.next()) for _ in range(2)]
-        live = await hub.publish("news", "multi\nline", event="tick")
-        got.append(json.loads(await lines.next()))
-        process.send_signal(signal.SIGTERM)
-        assert await process.wait() == 0
+    got, live, status = await replay_then_live(process, hub, "news")
+    assert status == 0
     assert got == [
         {"id": ids[1], "event": "message", "data": "n1"},
         {"id": ids[2], "event": "message", "data": "n2"},

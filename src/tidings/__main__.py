@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import signal
 import ssl
@@ -30,6 +29,7 @@ from tidings.longpoll.client import PollEvent
 from tidings.sse.parser import MessageEvent
 from tidings.trio import Hub, ServerConfig, serve, server_ssl_context
 from tidings.trio._http_client import HTTPTransportError, open_request
+from tidings.trio._tail import emit, event_line, reset_line, run_tail
 from tidings.trio.client import EventStreamClosed, EventStreamFailed, open_event_stream
 from tidings.trio.longpoll_client import open_long_poll
 
@@ -121,11 +121,6 @@ async def _serve(args: argparse.Namespace) -> int:
 # -- tail ----------------------------------------------------------------------------
 
 
-def _emit(line: dict[str, object]) -> None:
-    sys.stdout.write(json.dumps(line) + "\n")
-    sys.stdout.flush()
-
-
 async def _tail(args: argparse.Namespace) -> int:
     if args.transport == "poll":
         return await _tail_poll(args)
@@ -135,87 +130,63 @@ async def _tail(args: argparse.Namespace) -> int:
         return await tail_ws(
             args.url, args.topic or [], args.last_event_id, _client_tls(args.cacert)
         )
-    code = EXIT_OK
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
 
-            async def stop_on_signal() -> None:
-                async for signum in signals:
-                    log.info("stopping (%s)", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
+    async def follow() -> int:
+        try:
+            async with open_event_stream(
+                args.url,
+                last_event_id=args.last_event_id,
+                http2=_http2_choice(args),
+                ssl_context=_client_tls(args.cacert),
+                idle_timeout=args.idle_timeout,
+            ) as events:
+                async for item in events:
+                    if isinstance(item, MessageEvent):
+                        emit(event_line(item.last_event_id, item.type, item.data))
+                    else:
+                        if item.reason:
+                            log.warning("reset (%s): continuing from %s", item.reason, item.cursor)
+                        emit(reset_line(item.cursor))
+        except EventStreamClosed as exc:
+            log.info("%s", exc)
+        except EventStreamFailed as exc:
+            print(f"tidings tail: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except LocalProtocolError as exc:  # a bad URL or Last-Event-ID
+            print(f"tidings tail: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
 
-            nursery.start_soon(stop_on_signal)
-            try:
-                async with open_event_stream(
-                    args.url,
-                    last_event_id=args.last_event_id,
-                    http2=_http2_choice(args),
-                    ssl_context=_client_tls(args.cacert),
-                    idle_timeout=args.idle_timeout,
-                ) as events:
-                    async for item in events:
-                        if isinstance(item, MessageEvent):
-                            _emit({"id": item.last_event_id, "event": item.type, "data": item.data})
-                        else:
-                            if item.reason:
-                                log.warning(
-                                    "reset (%s): continuing from %s", item.reason, item.cursor
-                                )
-                            _emit({"reset": True, "cursor": item.cursor})
-            except EventStreamClosed as exc:
-                log.info("%s", exc)
-            except EventStreamFailed as exc:
-                print(f"tidings tail: {exc}", file=sys.stderr)
-                code = EXIT_FAILURE
-            except LocalProtocolError as exc:  # a bad URL or Last-Event-ID
-                print(f"tidings tail: {exc}", file=sys.stderr)
-                code = EXIT_USAGE
-            except BrokenPipeError:
-                # stdout went away (``tidings tail ... | head``): not an error of ours.
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            nursery.cancel_scope.cancel()
-    return code
+    return await run_tail(follow)
 
 
 async def _tail_poll(args: argparse.Namespace) -> int:
     """``tail --transport poll``: the same JSON lines as the SSE tail, by long polling."""
-    code = EXIT_OK
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
 
-            async def stop_on_signal() -> None:
-                async for signum in signals:
-                    log.info("stopping (%s)", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
+    async def follow() -> int:
+        try:
+            async with open_long_poll(
+                args.url,
+                cursor=args.last_event_id,
+                http2=_http2_choice(args),
+                ssl_context=_client_tls(args.cacert),
+            ) as poll:
+                async for item in poll:
+                    if isinstance(item, PollEvent):
+                        emit(event_line(item.id, item.event, item.data))
+                    else:
+                        log.warning("reset: continuing from %s", item.cursor)
+                        emit(reset_line(item.cursor))
+            log.info("%s: the server answered 204: stopping", args.url)
+        except RemoteProtocolError as exc:  # PollRejected, or not a poll endpoint
+            print(f"tidings tail: {args.url}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except LocalProtocolError as exc:  # a bad URL or cursor
+            print(f"tidings tail: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
 
-            nursery.start_soon(stop_on_signal)
-            try:
-                async with open_long_poll(
-                    args.url,
-                    cursor=args.last_event_id,
-                    http2=_http2_choice(args),
-                    ssl_context=_client_tls(args.cacert),
-                ) as poll:
-                    async for item in poll:
-                        if isinstance(item, PollEvent):
-                            kind = "message" if item.event is None else item.event
-                            _emit({"id": item.id, "event": kind, "data": item.data})
-                        else:
-                            log.warning("reset: continuing from %s", item.cursor)
-                            _emit({"reset": True, "cursor": item.cursor})
-                log.info("%s: the server answered 204: stopping", args.url)
-            except RemoteProtocolError as exc:  # PollRejected, or not a poll endpoint
-                print(f"tidings tail: {args.url}: {exc}", file=sys.stderr)
-                code = EXIT_FAILURE
-            except LocalProtocolError as exc:  # a bad URL or cursor
-                print(f"tidings tail: {exc}", file=sys.stderr)
-                code = EXIT_USAGE
-            except BrokenPipeError:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            nursery.cancel_scope.cancel()
-    return code
+    return await run_tail(follow)
 
 
 # -- publish -------------------------------------------------------------------------

@@ -35,6 +35,19 @@ async def take(poll: LongPoll, count: int) -> list[PollEvent | PollReset]:
     return out
 
 
+async def take_live(poll: LongPoll, hub: Hub, data: str) -> list[PollEvent | PollReset]:
+    """Publish *data* on topic t once *poll*'s request is held; take what it brings."""
+
+    async def later() -> None:
+        while hub.subscriber_count("t") < 1:
+            await trio.testing.wait_all_tasks_blocked()
+        await hub.publish("t", data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(later)
+        return await take(poll, 1)
+
+
 async def test_replays_from_earliest_then_follows_live_events(server: Server, hub: Hub) -> None:
     a = await hub.publish("t", "a")
     b = await hub.publish("t", "b", event="tick")
@@ -42,15 +55,7 @@ async def test_replays_from_earliest_then_follows_live_events(server: Server, hu
         async with open_long_poll(server.url + POLL, cursor="earliest") as poll:
             first = await take(poll, 2)
             assert poll.cursor == b.position.format()
-
-            async def later() -> None:
-                while hub.subscriber_count("t") < 1:
-                    await trio.testing.wait_all_tasks_blocked()
-                await hub.publish("t", "c")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(later)
-                third = await take(poll, 1)
+            third = await take_live(poll, hub, "c")
             assert poll.http_version == "1.1"
     assert first == [
         PollEvent(a.position.format(), None, "a"),
@@ -71,15 +76,7 @@ async def test_a_start_cursor_that_was_evicted_yields_a_reset_then_live_events(
         ) as poll:
             reset = await take(poll, 1)
             assert poll.cursor == head.position.format()
-
-            async def later() -> None:
-                while hub.subscriber_count("t") < 1:
-                    await trio.testing.wait_all_tasks_blocked()
-                await hub.publish("t", "fresh")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(later)
-                fresh = await take(poll, 1)
+            fresh = await take_live(poll, hub, "fresh")
             assert poll.http_version == "2"
     assert reset == [PollReset(head.position.format())]
     assert isinstance(fresh[0], PollEvent)

@@ -4,53 +4,21 @@ server on 127.0.0.1: the same JSON lines as the SSE and long-poll tails."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from functools import partial
-from pathlib import Path
 
+import pytest
 import trio
-import trio.testing
 
 from tidings.trio import Hub, Server
 
-SRC = Path(__file__).resolve().parents[2] / "src"
-ENV = {**os.environ, "PYTHONPATH": str(SRC)}
-TIMEOUT = 30  # real seconds; generous for a loaded machine, never reached when all is well
-
-
-class Lines:
-    """Line-by-line reading of a subprocess pipe."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def next(self) -> str:
-        while b"\n" not in self.buffer:
-            chunk = await self.stream.receive_some()
-            if not chunk:
-                raise EOFError(self.buffer)
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode()
+try:
+    from tests.trio._cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli
+except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
+    from _cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli  # type: ignore[no-redef]
 
 
 async def start_tail(nursery: trio.Nursery, *args: str) -> trio.Process:
-    command = [sys.executable, "-m", "tidings", "tail", "--transport", "ws", *args]
-    process: trio.Process = await nursery.start(
-        partial(
-            trio.run_process,
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=ENV,
-            check=False,
-        )
-    )
-    return process
+    return await start_cli(nursery, "tail", "--transport", "ws", *args)
 
 
 def ws_url(server: Server) -> str:
@@ -64,16 +32,8 @@ async def test_tail_over_ws_prints_replayed_and_live_events_as_json_lines(
     process = await start_tail(
         nursery, ws_url(server), "--topic", "news", "--last-event-id", ids[0]
     )
-    assert process.stdout is not None
-    lines = Lines(process.stdout)
-    with trio.fail_after(TIMEOUT):
-        got = [json.loads(await lines.next()) for _ in range(2)]
-        while hub.subscriber_count("news") < 1:  # the session follows live now
-            await trio.testing.wait_all_tasks_blocked(0.01)
-        live = await hub.publish("news", "multi\nline", event="tick")
-        got.append(json.loads(await lines.next()))
-        process.send_signal(signal.SIGTERM)
-        assert await process.wait() == 0
+    got, live, status = await replay_then_live(process, hub, "news")
+    assert status == 0
     assert got == [
         {"id": ids[1], "event": "message", "data": "n1"},
         {"id": ids[2], "event": "message", "data": "n2"},
@@ -117,13 +77,7 @@ async def test_tail_over_ws_with_several_topics_labels_each_line(
 
 
 async def test_tail_over_ws_without_a_topic_is_a_usage_error() -> None:
-    result = await trio.run_process(
-        [sys.executable, "-m", "tidings", "tail", "--transport", "ws", "ws://127.0.0.1:9/ws"],
-        capture_stdout=True,
-        capture_stderr=True,
-        env=ENV,
-        check=False,
-    )
+    result = await run_cli("tail", "--transport", "ws", "ws://127.0.0.1:9/ws")
     assert result.returncode == 2
     assert b"--topic" in result.stderr
 
@@ -131,12 +85,30 @@ async def test_tail_over_ws_without_a_topic_is_a_usage_error() -> None:
 async def test_tail_over_ws_refused_by_the_server_exits_1(server: Server) -> None:
     # /healthz answers 200 to the handshake instead of 101: a refused session.
     url = f"ws://127.0.0.1:{server.port}/healthz"
-    result = await trio.run_process(
-        [sys.executable, "-m", "tidings", "tail", "--transport", "ws", url, "--topic", "t"],
-        capture_stdout=True,
-        capture_stderr=True,
-        env=ENV,
-        check=False,
-    )
+    result = await run_cli("tail", "--transport", "ws", url, "--topic", "t")
     assert result.returncode == 1, result.stderr
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll", "ws"])
+async def test_tail_ends_quietly_when_its_reader_goes_away(
+    nursery: trio.Nursery, server: Server, hub: Hub, transport: str
+) -> None:
+    """``tidings tail ... | head -1``: a closed stdout ends the tail with status 0."""
+    first = (await hub.publish("news", "one")).position.format()
+    base = f"http://127.0.0.1:{server.port}/topics/news"
+    url = {"sse": f"{base}/events", "poll": f"{base}/poll", "ws": ws_url(server)}[transport]
+    extra = ["--topic", "news"] if transport == "ws" else []
+    process = await start_cli(
+        nursery, "tail", "--transport", transport, url, *extra, "--last-event-id", "earliest"
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    with trio.fail_after(TIMEOUT):
+        assert json.loads(await Lines(process.stdout).next())["id"] == first
+        await process.stdout.aclose()  # the reader leaves, like `head -1`
+        await hub.publish("news", "two")  # its line cannot be written: EPIPE
+        await process.wait()
+        errors = await process.stderr.receive_some(65536)
+    assert process.returncode == 0
+    assert b"Traceback" not in errors

@@ -8,28 +8,19 @@ session gives up or a signal arrives.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
 
-import trio
-
 from tidings.errors import LocalProtocolError
+from tidings.trio._tail import emit, event_line, reset_line, run_tail
 from tidings.trio.session_client import SessionClosed, open_session
 from tidings.ws import EventMessage
 
 __all__ = ["tail_ws"]
 
 log = logging.getLogger("tidings")
-
-
-def _emit(line: dict[str, object]) -> None:
-    sys.stdout.write(json.dumps(line) + "\n")
-    sys.stdout.flush()
 
 
 async def tail_ws(
@@ -46,40 +37,28 @@ async def tail_ws(
     if not topics:
         print("tidings tail: --transport ws needs at least one --topic", file=sys.stderr)
         return 2
-    code = 0
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
 
-            async def stop_on_signal() -> None:
-                async for signum in signals:
-                    log.info("stopping (%s)", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
+    async def follow() -> int:
+        several = len(topics) > 1
+        try:
+            async with open_session(
+                url, dict.fromkeys(topics, last_event_id), ssl_context=ssl_context
+            ) as session:
+                async for item in session:
+                    if isinstance(item, EventMessage):
+                        line = event_line(item.id, item.event, item.data)
+                    else:
+                        log.warning("reset of %s: continuing from %s", item.topic, item.cursor)
+                        line = reset_line(item.cursor)
+                    if several:
+                        line["topic"] = item.topic
+                    emit(line)
+        except SessionClosed as exc:
+            print(f"tidings tail: {url}: {exc}", file=sys.stderr)
+            return 0 if exc.code == 1000 else 1
+        except LocalProtocolError as exc:
+            print(f"tidings tail: {exc}", file=sys.stderr)
+            return 2
+        return 0
 
-            nursery.start_soon(stop_on_signal)
-            several = len(topics) > 1
-            try:
-                async with open_session(
-                    url, dict.fromkeys(topics, last_event_id), ssl_context=ssl_context
-                ) as session:
-                    async for item in session:
-                        line: dict[str, object]
-                        if isinstance(item, EventMessage):
-                            kind = "message" if item.event is None else item.event
-                            line = {"id": item.id, "event": kind, "data": item.data}
-                        else:
-                            log.warning("reset of %s: continuing from %s", item.topic, item.cursor)
-                            line = {"reset": True, "cursor": item.cursor}
-                        if several:
-                            line["topic"] = item.topic
-                        _emit(line)
-            except SessionClosed as exc:
-                print(f"tidings tail: {url}: {exc}", file=sys.stderr)
-                code = 0 if exc.code == 1000 else 1
-            except LocalProtocolError as exc:
-                print(f"tidings tail: {exc}", file=sys.stderr)
-                code = 2
-            except BrokenPipeError:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-            nursery.cancel_scope.cancel()
-    return code
+    return await run_tail(follow)

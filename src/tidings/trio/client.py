@@ -36,6 +36,7 @@ from tidings.sse.client import (
 )
 from tidings.sse.parser import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LENGTH, MessageEvent
 from tidings.sse.reset import ResetNotice, parse_reset
+from tidings.trio._client_args import check_headers, check_timeout
 from tidings.trio._http_client import URL, HTTPResponse, HTTPTransportError, open_request
 
 __all__ = [
@@ -85,21 +86,7 @@ class EventStreamFailed(EventStreamError):
     protocol or a size limit."""
 
 
-def _check_headers(
-    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None,
-) -> list[tuple[bytes, bytes]]:
-    if headers is None:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in items:
-        raw = name.encode("ascii").lower()
-        if raw in (b"accept", b"cache-control", b"last-event-id"):
-            raise LocalProtocolError(
-                f"header {name!r} is set by the event stream client (use last_event_id=)"
-            )
-        out.append((raw, value.encode("utf-8")))
-    return out
+_MANAGED = frozenset({b"accept", b"cache-control", b"last-event-id"})
 
 
 def _content_type(response: HTTPResponse) -> str | None:
@@ -376,12 +363,11 @@ async def open_event_stream(
     Leaving the block closes the connection.
     """
     target = URL.parse(url)
-    extra = _check_headers(headers)
+    extra = check_headers(headers, _MANAGED, "event stream client (use last_event_id=)")
     if max_redirects < 0:
         raise LocalProtocolError("max_redirects must be >= 0")
-    for name, value in (("connect_timeout", connect_timeout), ("idle_timeout", idle_timeout)):
-        if value is not None and not value > 0:
-            raise LocalProtocolError(f"{name} must be > 0 or None, got {value!r}")
+    check_timeout("connect_timeout", connect_timeout)
+    check_timeout("idle_timeout", idle_timeout)
     machine = EventSourceClient(
         rng=random.SystemRandom() if rng is None else rng,
         last_event_id=last_event_id or "",

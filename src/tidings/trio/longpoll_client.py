@@ -17,7 +17,6 @@ yields the machine's own types, :class:`~tidings.longpoll.PollEvent` (``id``,
 from __future__ import annotations
 
 import logging
-import math
 import random
 import ssl
 import time
@@ -30,9 +29,9 @@ from typing import Literal
 import trio
 
 from tidings.backoff import Backoff, Random
-from tidings.errors import LocalProtocolError
 from tidings.longpoll.adaptive import AdaptivePoller
 from tidings.longpoll.client import DEFAULT_MAX_BODY_SIZE, LongPollClient, PollEvent, PollReset
+from tidings.trio._client_args import check_headers, check_timeout
 from tidings.trio._http_client import URL, HTTPTransportError, open_request
 
 __all__ = ["DEFAULT_POLL_CONNECT_TIMEOUT", "LongPoll", "open_long_poll"]
@@ -43,21 +42,6 @@ logger = logging.getLogger("tidings.trio.longpoll")
 DEFAULT_POLL_CONNECT_TIMEOUT = 30.0
 
 _MANAGED = frozenset({b"accept", b"cache-control", b"if-none-match"})
-
-
-def _check_headers(
-    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None,
-) -> list[tuple[bytes, bytes]]:
-    if headers is None:
-        return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in items:
-        raw = name.encode("ascii").lower()
-        if raw in _MANAGED:
-            raise LocalProtocolError(f"header {name!r} is set by the long-poll client")
-        out.append((raw, value.encode("utf-8")))
-    return out
 
 
 class LongPoll:
@@ -258,13 +242,8 @@ async def open_long_poll(
     on the first iteration.
     """
     URL.parse(url)  # refuse what no request could be sent to, before any waiting
-    extra = _check_headers(headers)
-    if connect_timeout is not None and not (
-        isinstance(connect_timeout, int | float)
-        and math.isfinite(connect_timeout)
-        and connect_timeout > 0
-    ):
-        raise LocalProtocolError(f"connect_timeout must be > 0 or None, got {connect_timeout!r}")
+    extra = check_headers(headers, _MANAGED, "long-poll client")
+    check_timeout("connect_timeout", connect_timeout, finite=True)
     machine = LongPollClient(
         url,
         rng=rng if rng is not None else random.SystemRandom(),

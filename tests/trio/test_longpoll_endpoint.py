@@ -15,6 +15,7 @@ import trustme
 
 from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory
+from tidings.longpoll import PollLimits
 from tidings.trio import Hub, Server, ServerConfig
 from tidings.trio._http_client import open_request
 
@@ -112,6 +113,111 @@ async def test_a_held_request_is_answered_as_soon_as_an_event_is_published(
     assert server.app.subscriptions == set()
 
 
+async def raw_answer(stream: trio.abc.Stream) -> bytes:
+    """One complete response with a Content-Length, read byte for byte."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(body) < length:
+        body += await stream.receive_some()
+    assert len(body) == length
+    return head + b"\r\n\r\n" + body
+
+
+async def test_answers_sent_by_the_publisher_are_the_usual_bytes_and_keep_alive(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    clients = [await connect(server) for _ in range(3)]
+    with trio.fail_after(10):
+        for _ in range(2):  # a second round on the same connections (keep-alive)
+            cursor = hub.history.head("t").format()
+            for client in clients:
+                await client.stream.send_all(
+                    f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n\r\n".encode()
+                )
+            await held(hub, "t", 3)
+            await hub.publish("t", "wake")
+            raws = [await raw_answer(client.stream) for client in clients]
+            # The same answer, immediately, through the usual respond() path.
+            check = await connect(server)
+            await check.stream.send_all(
+                f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n\r\n".encode()
+            )
+            assert raws == [await raw_answer(check.stream)] * 3
+        for client in clients:  # still usable afterwards
+            await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            assert (await raw_answer(client.stream)).endswith(b"ok\n")
+    assert hub.subscriber_count() == 0
+    assert len(server.app.connections) == 3 + 2
+
+
+async def test_a_burst_of_publishes_answers_held_requests_with_the_first_and_loses_none(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    clients = [await connect(server) for _ in range(2)]
+    cursor = hub.history.head("t").format()
+    with trio.fail_after(10):
+        for client in clients:
+            await client.send("GET", f"{POLL}?cursor={cursor}")
+        await held(hub, "t", 2)
+        first = hub.publish_nowait("t", "one")
+        second = hub.publish_nowait("t", "two")
+        for client in clients:
+            response = await client.response()
+            body = await client.body()
+            client.conn.start_next_cycle()
+            assert response.status_code == 200
+            assert answer(body)["cursor"] == first.position.format()
+            status, _, body = await client.request("GET", f"{POLL}?cursor={answer(body)['cursor']}")
+            assert status == 200
+            assert [e["data"] for e in answer(body)["events"]] == ["two"]  # type: ignore[attr-defined]
+            assert answer(body)["cursor"] == second.position.format()
+    assert hub.subscriber_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("version", "header"),
+    [("1.1", "connection: keep-alive\r\n"), ("1.0", ""), ("1.1", "connection: close\r\n")],
+    ids=["connection-header", "http-1.0", "close"],
+)
+async def test_a_held_request_outside_the_common_case_is_answered_as_usual(
+    server: Server, hub: Hub, connect: Connect, version: str, header: str
+) -> None:
+    cursor = hub.history.head("t").format()
+    client = await connect(server)
+    with trio.fail_after(5):
+        await client.stream.send_all(
+            f"GET {POLL}?cursor={cursor} HTTP/{version}\r\nhost: t\r\n{header}\r\n".encode()
+        )
+        await held(hub, "t", 1)
+        stored = await hub.publish("t", "wake")
+        raw = await raw_answer(client.stream)
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert answer(raw.partition(b"\r\n\r\n")[2])["cursor"] == stored.position.format()
+
+
+async def test_a_held_answer_larger_than_the_socket_takes_is_finished_by_its_task(
+    server: Server, hub: Hub
+) -> None:
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", server.port))
+    stream = trio.SocketStream(sock)
+    cursor = hub.history.head("t").format()
+    data = "x" * 900_000
+    with trio.fail_after(10):
+        await stream.send_all(f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
+        await held(hub, "t", 1)
+        await hub.publish("t", data)
+        raw = await raw_answer(stream)
+        assert answer(raw.partition(b"\r\n\r\n")[2])["events"][0]["data"] == data  # type: ignore[index]
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert (await raw_answer(stream)).endswith(b"ok\n")
+    await stream.aclose()
+
+
 async def test_a_held_request_without_cursor_follows_live_from_its_arrival(
     server: Server, hub: Hub, connect: Connect
 ) -> None:
@@ -168,6 +274,22 @@ async def test_the_maximum_hold_is_clamped(
     status, _, _ = await client.request("GET", f"{POLL}?timeout=3600")
     assert status == 200
     assert trio.current_time() - start == pytest.approx(30, abs=0.5)
+
+
+async def test_the_servers_configured_maximum_hold_is_clamped_to(
+    autojump_clock: trio.testing.MockClock, start_server: StartServer, connect: Connect
+) -> None:
+    limits = PollLimits(default_timeout=2.0, max_timeout=5.0)
+    server = await start_server(config=ServerConfig(poll_limits=limits))
+    client = await connect(server)
+    start = trio.current_time()
+    status, _, _ = await client.request("GET", f"{POLL}?timeout=3600")
+    assert status == 200
+    assert trio.current_time() - start == pytest.approx(5, abs=0.5)
+    start = trio.current_time()
+    status, _, _ = await client.request("GET", POLL)
+    assert status == 200
+    assert trio.current_time() - start == pytest.approx(2, abs=0.5)
 
 
 async def test_a_request_pipelined_behind_a_held_poll_is_answered_after_it(
@@ -393,7 +515,6 @@ async def test_held_requests_count_toward_the_connection_limit(
 
 
 async def test_a_custom_router_can_grant_other_limits(nursery: trio.Nursery) -> None:
-    from tidings.longpoll import PollLimits
     from tidings.trio._app import default_router
     from tidings.trio._poll_endpoint import make_long_poll_handler
     from tidings.trio._routes import Router

@@ -172,6 +172,25 @@ async def test_no_hop_by_hop_headers_on_http2(server: Server, h2_clients: list[H
     assert not HOP_BY_HOP & set(headers)
 
 
+async def test_204_and_304_answers_carry_no_content_length_on_http2(
+    hub: Hub, server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    state = await client.request("OPTIONS", "/topics/t")
+    assert state.headers[b":status"] == b"204"
+    assert b"content-length" not in state.headers
+    cursor = (await hub.publish("t", "x")).position.format()
+    state = await client.request(
+        "GET", "/topics/t/poll?timeout=0", [("if-none-match", f'"{cursor}"')]
+    )
+    assert (state.headers[b":status"], bytes(state.body)) == (b"304", b"")
+    assert b"content-length" not in state.headers
+    state = await client.request("GET", f"/topics/t/poll?timeout=0&cursor={cursor}")
+    assert state.headers[b":status"] == b"200"
+    assert state.headers[b"content-length"] == str(len(state.body)).encode()
+
+
 async def test_publish_over_http2(hub: Hub, server: Server, h2_clients: list[H2Client]) -> None:
     client = await h2_connect(server)
     h2_clients.append(client)

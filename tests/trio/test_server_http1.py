@@ -71,6 +71,25 @@ async def test_options_lists_the_allowed_methods(server: Server, connect: Connec
     assert status == 204
 
 
+async def test_204_and_304_answers_carry_no_content_length(
+    server: Server, hub: Hub, connect: Connect
+) -> None:
+    client = await connect(server)
+    status, headers, _ = await client.request("OPTIONS", "*")
+    assert status == 204
+    assert b"content-length" not in headers
+    cursor = (await hub.publish("t", "x")).position.format()
+    status, headers, body = await client.request(
+        "GET", "/topics/t/poll?timeout=0", [("if-none-match", f'"{cursor}"')]
+    )
+    assert (status, body) == (304, b"")
+    assert b"content-length" not in headers
+    # Other answers still carry it, an empty body included; keep-alive still works.
+    status, headers, body = await client.request("GET", f"/topics/t/poll?timeout=0&cursor={cursor}")
+    assert status == 200
+    assert headers[b"content-length"] == str(len(body)).encode()
+
+
 async def test_wrong_method_gets_405_with_allow(server: Server, connect: Connect) -> None:
     client = await connect(server)
     status, headers, _ = await client.request("DELETE", SSE)

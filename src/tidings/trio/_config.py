@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tidings.errors import LocalProtocolError
+from tidings.longpoll.request import PollLimits
 from tidings.trio._ws_config import WebSocketConfig
 
 __all__ = ["ServerConfig"]
@@ -63,6 +64,10 @@ class ServerConfig:
     allow_origin: str | None = None
     #: Bytes asked from the network per read.
     receive_size: int = 64 * 1024
+    #: ``GET /topics/{topic}/poll``: default and maximum hold time, default and
+    #: maximum events per answer.  The maximum hold should stay under the idle limit
+    #: of any proxy in front of the server.
+    poll_limits: PollLimits = field(default_factory=PollLimits)
     #: ``GET /ws`` (WebSocket sessions): limits, heartbeats, Origin and auth hooks.
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
 

@@ -30,13 +30,14 @@ from tidings.trio._http import (
     Responder,
     StreamWriter,
     UpgradeNotSupported,
+    content_length,
 )
 from tidings.trio.hub import LiveEvent, Subscription
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
-__all__ = ["H11Connection"]
+__all__ = ["H11Connection", "H11Responder"]
 
 log = logging.getLogger("tidings.server")
 
@@ -51,6 +52,12 @@ _MAX_EXTRA_BYTES = 64 * 1024
 # (and at most this much) so that closing does not reset the answer away.
 _LINGER_TIME = 1.0
 _LINGER_BYTES = 1024 * 1024
+# Wire bytes of recent answers made by h11 (see H11Responder.respond_nowait), keyed
+# by (status, headers, body); only answers up to this size are kept, and the cache
+# starts over beyond this many entries.
+_WIRE_CACHE_MAX_SIZE = 16 * 1024
+_WIRE_CACHE_MAX_ENTRIES = 64
+_wire_cache: dict[tuple[int, tuple[tuple[bytes, bytes], ...], bytes], bytes] = {}
 
 
 class _Gone(trio.BrokenResourceError):
@@ -117,7 +124,7 @@ class H11Connection:
                 if event is None:
                     return
                 request = self._make_request(event)
-                responder = _H11Responder(self, request)
+                responder = H11Responder(self, request)
                 if request is None:
                     await responder.respond(400, [], b"Bad request target\n")
                 else:
@@ -129,7 +136,7 @@ class H11Connection:
         finally:
             self.app.connections.discard(self)
 
-    async def _end_cycle(self, responder: _H11Responder) -> bool:
+    async def _end_cycle(self, responder: H11Responder) -> bool:
         """After a response: start the next request, or close (lingering if needed)."""
         if self._broken or self._gone:
             return False
@@ -502,7 +509,7 @@ class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
 
     __slots__ = ("_chunked", "_head", "_responder", "_watch", "aborted")
 
-    def __init__(self, responder: _H11Responder, head: h11.Response) -> None:
+    def __init__(self, responder: H11Responder, head: h11.Response) -> None:
         self._responder = responder
         self._head: h11.Response | None = head
         self._watch: AbstractAsyncContextManager[None] | None = None
@@ -616,14 +623,31 @@ class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
         await self._responder.connection.send_events(*events)
 
 
-class _H11Responder(Responder):
-    __slots__ = ("_started", "connection", "is_head", "request")
+class H11Responder(Responder):
+    """How a handler answers a request on an :class:`H11Connection`."""
+
+    __slots__ = (
+        "_nowait",
+        "_nowait_ok",
+        "_nowait_rest",
+        "_nowait_told",
+        "_started",
+        "connection",
+        "is_head",
+        "request",
+    )
 
     def __init__(self, connection: H11Connection, request: Request | None) -> None:
         self.connection = connection
         self.request = request
         self.is_head = request is not None and request.method == "HEAD"
         self._started = False
+        # Whether respond_nowait sent a response (that finish_nowait must complete),
+        # whether h11 has seen it already, and the bytes the socket did not take.
+        self._nowait = False
+        self._nowait_told = False
+        self._nowait_rest = b""
+        self._nowait_ok: bool | None = None
 
     @property
     def started(self) -> bool:
@@ -644,6 +668,138 @@ class _H11Responder(Responder):
             headers = [*headers, (b"connection", b"close")]
         self._started = True
         return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+    def _events(self, status: int, headers: Headers, body: bytes) -> list[h11.Event]:
+        """What :meth:`respond` hands h11 (*headers* with the length already in)."""
+        head = self._head(status, headers)
+        if body and not self.is_head:
+            return [head, h11.Data(data=body), h11.EndOfMessage()]
+        return [head, h11.EndOfMessage()]
+
+    def can_respond_nowait(self) -> bool:
+        """Whether this request is of the kind :meth:`respond_nowait` may answer.
+
+        Worked out once (in the connection's task, ideally: it reads the request's
+        headers and the rest of its body), so that the publisher need not.
+        """
+        ok = self._nowait_ok
+        if ok is None:
+            request = self.request
+            connection = self.connection
+            ok = (
+                request is not None
+                and request.method == "GET"
+                and request.http_version == "1.1"
+                and request.header(b"connection") is None
+                and connection._fd >= 0
+                and connection.skip_unread_body()
+                and connection.conn.their_state is h11.DONE
+            )
+            self._nowait_ok = ok
+        return ok
+
+    def respond_nowait(self, status: int, headers: Headers, body: bytes = b"") -> bool:
+        """:meth:`respond` without waiting, from any task; whether it was done.
+
+        For a held request answered by the publisher's task while the connection's
+        own task is parked: the common case only (a plain socket, ``GET`` over
+        HTTP/1.1 without a ``Connection`` header, the request fully read, the
+        connection staying open).  Then h11 turns identical answers into identical
+        bytes, so the bytes it made for an identical answer on any connection are
+        written again, and this connection's h11 is told later, by
+        :meth:`finish_nowait`, which the connection's task must await before
+        anything else.  The bytes go to the socket at once; what it does not take is
+        written by :meth:`finish_nowait`.
+        """
+        connection = self.connection
+        conn = connection.conn
+        if (
+            not self.can_respond_nowait()
+            or self._started
+            or connection._broken
+            or connection._aborted
+            or connection._gone
+            or connection._close_after
+            or connection._watching
+            or connection.app.draining
+            or conn.our_state is not h11.SEND_RESPONSE
+            or conn.their_state is not h11.DONE
+        ):
+            return False
+        # Few objects made here outlive the call: thousands of calls in a row should
+        # not make the garbage collector run a full collection in the middle.
+        key = (status, tuple(headers), body)
+        data = _wire_cache.get(key)
+        told = data is None
+        if data is None:
+            # h11 makes these bytes (and moves this connection along) itself.
+            parts: list[bytes] = []
+            try:
+                for event in self._events(status, [*headers, *content_length(status, body)], body):
+                    part = conn.send(event)
+                    if part:
+                        parts.append(part)
+            except h11.LocalProtocolError:
+                connection._broken = True
+                return False
+            data = b"".join(parts)
+            if len(data) <= _WIRE_CACHE_MAX_SIZE:
+                if len(_wire_cache) >= _WIRE_CACHE_MAX_ENTRIES:
+                    _wire_cache.clear()
+                _wire_cache[key] = data
+        self._started = True
+        try:
+            sent = os.write(connection._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            connection._broken = True
+            sent = len(data)
+        self._nowait = True
+        self._nowait_told = told
+        self._nowait_rest = data[sent:] if sent < len(data) else b""
+        return True
+
+    @property
+    def nowait_pending(self) -> bool:
+        """Whether :meth:`respond_nowait` sent a response :meth:`finish_nowait` must end."""
+        return self._nowait
+
+    async def finish_nowait(self, status: int, headers: Headers, body: bytes = b"") -> None:
+        """In the connection's task: complete what :meth:`respond_nowait` started.
+
+        Takes the same arguments again (keeping them would keep thousands of
+        objects alive through a wake-up).
+        """
+        if not self._nowait:
+            raise RuntimeError("no response sent by respond_nowait")
+        self._nowait = False
+        told, rest = self._nowait_told, self._nowait_rest
+        self._nowait_rest = b""
+        connection = self.connection
+        if connection._broken:
+            raise trio.BrokenResourceError("write failed")
+        if not told:
+            # The events respond_nowait() made those bytes from (as respond() would;
+            # no decision is taken again: the bytes are on the wire already).
+            reason = _REASONS.get(status, b"")
+            headers = [*headers, *content_length(status, body)]
+            events: list[h11.Event] = [
+                h11.Response(status_code=status, headers=headers, reason=reason)
+            ]
+            if body:
+                events.append(h11.Data(data=body))
+            events.append(h11.EndOfMessage())
+            try:
+                for event in events:
+                    connection.conn.send(event)
+            except h11.LocalProtocolError:
+                connection._broken = True
+                raise
+        if rest:
+            await connection.send_bytes(rest)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def read_body(self, max_size: int) -> bytes:
         conn = self.connection.conn
@@ -666,11 +822,9 @@ class _H11Responder(Responder):
             chunks.append(bytes(event.data))
 
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
-        head = self._head(status, [*headers, (b"content-length", str(len(body)).encode())])
-        if body and not self.is_head:
-            await self.connection.send_events(head, h11.Data(data=body), h11.EndOfMessage())
-        else:
-            await self.connection.send_events(head, h11.EndOfMessage())
+        await self.connection.send_events(
+            *self._events(status, [*headers, *content_length(status, body)], body)
+        )
 
     def open_stream(
         self, status: int, headers: Headers

@@ -33,6 +33,7 @@ from tidings.trio._http import (
     Request,
     Responder,
     StreamWriter,
+    content_length,
 )
 from tidings.trio._sync import Waiter
 
@@ -501,7 +502,7 @@ class H2Stream(Responder):
 
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
         self._check()
-        self._prepare_head(status, [*headers, (b"content-length", str(len(body)).encode())])
+        self._prepare_head(status, [*headers, *content_length(status, body)])
         if self.is_head or not body:
             self._send_head(end_stream=True)
             self.connection.wake_writer()

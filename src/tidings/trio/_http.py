@@ -27,6 +27,7 @@ __all__ = [
     "Responder",
     "StreamWriter",
     "UpgradeNotSupported",
+    "content_length",
 ]
 
 #: Header lists are ``(lower-case name, value)`` byte pairs.
@@ -34,6 +35,18 @@ Headers = list[tuple[bytes, bytes]]
 
 # Query strings with more parameters than this are not looked at further.
 _MAX_QUERY_PARAMS = 64
+
+
+def content_length(status: int, body: bytes) -> Headers:
+    """The ``content-length`` header a responder adds to a complete answer.
+
+    None for ``1xx``, ``204`` and ``304`` (RFC 9110 §8.6): the first two must not
+    carry one, and a ``304`` may only repeat the length a ``200`` would have had,
+    which the responder cannot know (``0`` would be a lie to caches).
+    """
+    if status < 200 or status == 204 or status == 304:
+        return []
+    return [(b"content-length", str(len(body)).encode("ascii"))]
 
 
 class BodyTooLarge(Exception):
@@ -150,7 +163,7 @@ class Responder(abc.ABC):
 
     @abc.abstractmethod
     async def respond(self, status: int, headers: Headers, body: bytes = b"") -> None:
-        """Send a complete response (``Content-Length`` is added)."""
+        """Send a complete response (``Content-Length`` is added, see :func:`content_length`)."""
 
     @abc.abstractmethod
     def open_stream(

@@ -48,3 +48,10 @@ def test_retry_after_date_prefers_the_date_header_and_never_goes_negative() -> N
     assert parse_retry_after(later, date="garbage", wall_time=SUNDAY) == 120.0
     assert parse_retry_after(later, wall_time=SUNDAY + 1000) == 0.0
     assert parse_retry_after(later) is None
+
+
+@pytest.mark.parametrize("text", ["Sun, 01 Jan 0000 00:00:00 GMT", "Sat Jan  1 00:00:00 0000"])
+def test_year_zero_is_not_a_date(text: str) -> None:
+    assert parse_http_date(text) is None
+    assert parse_retry_after(text, wall_time=0.0) is None
+    assert parse_retry_after("120", date=text) == 120.0

@@ -35,6 +35,8 @@ _SECONDS = re.compile(r"[0-9]{1,16}")
 
 
 def _epoch(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float | None:
+    if not 1 <= year <= 9999:  # what the calendar functions accept
+        return None
     if not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
     if hour > 23 or minute > 59 or second > 60:  # 60: a leap second

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from tidings.backoff import NoJitter
 from tidings.errors import LocalProtocolError, RemoteProtocolError
 from tidings.sse.client import (
+    DEFAULT_MAX_RECONNECTION_TIME,
     EventSourceClient,
     EventSourceCloseReason,
     EventSourceState,
@@ -467,3 +468,14 @@ def test_last_event_id_after_a_cut_is_the_id_of_the_last_complete_block(
     expected = blocks[complete - 1][0] if complete else "start"
     assert client.last_event_id == expected
     assert [e.last_event_id for e in delivered] == [i for i, _ in blocks[:complete]]
+
+
+def test_a_retry_of_hundreds_of_digits_is_clamped_not_an_overflow() -> None:
+    client = EventSourceClient(rng=random.Random(0))
+    client.receive_response(200, [(b"content-type", b"text/event-stream")], 0.0)
+    events = client.receive_data(b"id: 2\ndata: kept\n\nretry: 1" + b"0" * 400 + b"\n")
+    assert [e.data for e in events] == ["kept"]
+    assert client.last_event_id == "2"
+    assert client.state is EventSourceState.OPEN
+    delay = client.receive_eof(1.0)
+    assert delay >= DEFAULT_MAX_RECONNECTION_TIME

@@ -340,8 +340,8 @@ class EventSourceClient:
             self._last_event_id = before
             self._finish(EventSourceCloseReason.FAILED, str(exc))
             raise
-        self._last_event_id = last_event_id
         self._take_retry(parser)
+        self._last_event_id = last_event_id
         return events
 
     def receive_eof(self, now: float) -> float:
@@ -416,7 +416,8 @@ class EventSourceClient:
     def _take_retry(self, parser: EventStreamParser) -> None:
         retry = parser.retry
         if retry is not None:
-            self._reconnection_time = min(retry / 1000, self._max_reconnection_time)
+            # Clamp before dividing: a retry of hundreds of digits overflows a float.
+            self._reconnection_time = min(retry, self._max_reconnection_time * 1000) / 1000
 
     def _start_waiting(self, now: float) -> float:
         self._parser = None

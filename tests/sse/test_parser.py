@@ -566,3 +566,15 @@ def test_further_data_lines_without_space_leave_the_fast_shape() -> None:
     parser = EventStreamParser()
     assert parser.receive_data(body) == expected
     assert parse(b"id: 1\ndata: a\ndata:b\ndata: c\n\n") == expected[:1]
+
+
+def test_a_line_trickling_in_tiny_chunks_costs_few_strings() -> None:
+    """Memory for an unfinished line stays near the line's size, whatever the chunking."""
+    parser = EventStreamParser(max_line_length=200_000)
+    for _ in range(50_000):
+        assert parser.receive_data(b"ab") == []
+    assert parser._partial_len == 100_000
+    assert len(parser._partial) < 40  # O(log n) pieces, not one per chunk
+    # The line ends: a field named "abab..." (ignored), then a real event.
+    [event] = parser.receive_data(b"\ndata: x\n\n")
+    assert event.data == "x"

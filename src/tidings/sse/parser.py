@@ -268,6 +268,12 @@ class EventStreamParser:
         tail_len = len(text) - text.rfind("\n") - 1
         if tail_len == len(text):  # still no line end
             partial.append(text)
+            # Merge pieces of similar size (a rope's binary counter): a line that
+            # trickles in tiny chunks then costs O(log n) strings, not one per chunk,
+            # and each character is copied O(log n) times.  partial[0] is a sentinel.
+            while len(partial) > 2 and len(partial[-2]) <= 2 * len(partial[-1]):
+                last = partial.pop()
+                partial[-1] += last
             self._partial_len += tail_len
             if self._partial_len > self._max_line_length:
                 self._fail("line longer than max_line_length")

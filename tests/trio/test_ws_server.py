@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -367,3 +368,39 @@ async def test_publish_to_a_topic_no_url_can_name_is_rejected(server: Server, hu
         assert error["type"] == "error"
         assert error["msg_id"] == "m"
     assert hub.subscriber_count() == 0
+
+
+async def test_repeated_subscribes_to_a_client_that_does_not_read_hold_bounded_memory(
+    hub: Hub, nursery: trio.Nursery
+) -> None:
+    # Each subscribe replays the whole topic (20 events); 100 of them fit in one
+    # read.  Without backpressure the session queues all 100 replays for a client
+    # that reads nothing (measured: ~1.2 MB held); with it (~50 KB) it takes no
+    # message past the high-water mark until what is queued has been sent.
+    server = Server(hub, ServerConfig(websocket=WebSocketConfig(max_queued_bytes=4096)))
+    for _ in range(20):
+        hub.publish_nowait("t", "x" * 100)
+    client, remote = trio.testing.lockstep_stream_pair()  # no buffer: nothing read, nothing sent
+    nursery.start_soon(server.serve_stream, remote)
+    raw = RawClient(client)
+    await raw.handshake()
+    subscribe = json.dumps({"type": "subscribe", "topic": "t", "cursor": "earliest"})
+    burst = b"".join(raw.ws.send(TextMessage(subscribe)) for _ in range(100))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        await client.send_all(burst)
+        await trio.testing.wait_all_tasks_blocked()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 200_000, f"{held} bytes held for a {len(burst)}-byte burst"
+    # Nothing is lost: once the client reads, every subscribe is answered in turn.
+    subscribed = events = 0
+    while subscribed < 100:
+        event = await raw.next_event()
+        assert isinstance(event, TextMessage)
+        kind = json.loads(event.data)["type"]
+        subscribed += kind == "subscribed"
+        events += kind == "event"
+    assert events == 100 * 20

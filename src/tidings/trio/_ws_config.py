@@ -57,6 +57,9 @@ class WebSocketConfig:
     max_topics: int = DEFAULT_MAX_TOPICS
     #: ``error`` answers after which the connection is closed with 1008.
     max_errors: int = DEFAULT_MAX_ERRORS
+    #: High-water mark of a session's queued answers, in bytes: above it the session
+    #: handles no further client message until they are sent (backpressure).
+    max_queued_bytes: int = 1024 * 1024
     #: Seconds between pings; a pong missing for :attr:`pong_timeout` closes with 1011.
     ping_interval: float = DEFAULT_PING_INTERVAL
     pong_timeout: float = DEFAULT_PONG_TIMEOUT
@@ -77,7 +80,7 @@ class WebSocketConfig:
     dedup_max_age: float = DEFAULT_DEDUP_MAX_AGE
 
     def __post_init__(self) -> None:
-        for name in ("max_message_size", "max_topics", "max_errors"):
+        for name in ("max_message_size", "max_topics", "max_errors", "max_queued_bytes"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise LocalProtocolError(f"{name} must be an int >= 1")

@@ -376,10 +376,16 @@ class _Session:
     writes live events straight to it (:class:`_SharedSink`).  One task and no
     nursery per session keeps idle sessions small; reading only between writes is
     the backpressure on a client that sends without reading.
+
+    One read can hold hundreds of messages, and one ``subscribe`` can replay a whole
+    topic: once the queued answers pass ``max_queued_bytes`` the rest of the read
+    stays in wsproto (:attr:`backlog`) until they are sent, so a client that sends
+    without reading is held up by ``write_timeout``, not served from memory.
     """
 
     __slots__ = (
         "app",
+        "backlog",
         "close_deadline",
         "close_sent",
         "closing",
@@ -387,10 +393,12 @@ class _Session:
         "eof",
         "fd",
         "heartbeat",
+        "max_queued",
         "part_chars",
         "parts",
         "peer_closed",
         "queued",
+        "queued_bytes",
         "server",
         "state",
         "stream",
@@ -420,6 +428,10 @@ class _Session:
         self.waiter = _Waker()
         self.subscriptions: dict[str, Subscription] = {}
         self.queued: list[bytes] = []
+        self.queued_bytes = 0
+        self.max_queued = config.max_queued_bytes
+        # Whether wsproto may hold events not handled yet (see _events).
+        self.backlog = False
         self.closing: tuple[int, str] | None = None
         self.close_sent = False
         self.close_deadline = math.inf
@@ -467,6 +479,10 @@ class _Session:
                     if scope.cancelled_caught:
                         log.debug("websocket client stopped reading; cutting it off")
                         return
+                    continue
+                if self.backlog:
+                    # The queue is sent: take the next messages of the last read.
+                    self._events()
                     continue
                 if self.eof or self.peer_closed or self.ws.state is ConnectionState.CLOSED:
                     return  # (an answer to the peer's close frame went out above)
@@ -521,6 +537,7 @@ class _Session:
         unsent = sink.take()
         if unsent:
             self.queued.insert(0, unsent)
+            self.queued_bytes += len(unsent)
         if sink.broken:
             self.eof = True
 
@@ -560,7 +577,11 @@ class _Session:
         self._events()
 
     def _events(self) -> None:
+        """Handle what wsproto has, until the queued answers pass the high-water
+        mark; then leave the rest in wsproto (a frame is parsed only when asked
+        for) and set :attr:`backlog`, so that the queue is sent first."""
         now = trio.current_time()
+        self.backlog = False
         for event in self.ws.events():
             if self.closing is not None and not isinstance(event, CloseConnection):
                 continue  # closing: only the peer's close frame matters now
@@ -578,6 +599,9 @@ class _Session:
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     self._queue(self.ws.send(event.response()))
                     self.close_sent = True
+                return
+            if self.queued_bytes >= self.max_queued:
+                self.backlog = True
                 return
 
     def _text(self, data: str, finished: bool, now: float) -> None:
@@ -642,6 +666,7 @@ class _Session:
 
     def _queue(self, data: bytes) -> None:
         self.queued.append(data)
+        self.queued_bytes += len(data)
 
     # -- writing
 
@@ -649,6 +674,7 @@ class _Session:
         """Everything to send now, in order: answers, live events, pings, close."""
         chunks = self.queued
         self.queued = []
+        self.queued_bytes = 0
         if self.close_sent:
             return chunks
         if self.closing is None:

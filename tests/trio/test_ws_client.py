@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from tidings.backoff import Backoff, FullJitter, NoJitter
 from tidings.cursor import new_epoch
@@ -261,3 +261,97 @@ async def test_reconnect_storm_peak_is_five_times_lower_with_jitter(
     )
     assert peak_per_window(unjittered) == 1000
     assert peak_per_window(jittered) * 5 <= peak_per_window(unjittered)
+
+
+@pytest.mark.parametrize("autojump_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_busy_consumer_loses_no_event_and_is_not_taken_for_a_dead_peer(
+    monkeypatch: pytest.MonkeyPatch,
+    nursery: trio.Nursery,
+    server: Server,
+    hub: Hub,
+    autojump_clock: object,
+) -> None:
+    # The cursor moves when an event is received, before the busy consumer takes it;
+    # the pongs wait unread meanwhile.  A pong timeout used to end the connection,
+    # cancel the hand-over and resume after the event: it was lost.
+    attempts: list[float] = []
+    patch_transport(monkeypatch, nursery, server.serve_stream, attempts)
+    for i in range(1, 6):
+        hub.publish_nowait("t", str(i))
+    got: list[str] = []
+    with trio.fail_after(300):
+        async with open_session(
+            "ws://fake/ws", {"t": "earliest"}, buffer=0, ping_interval=1, pong_timeout=1
+        ) as session:
+            async for item in session:
+                assert isinstance(item, EventMessage), item
+                got.append(item.data)
+                if len(got) == 1:
+                    await trio.sleep(30)  # a busy consumer: no pongs are read meanwhile
+                if item.data == "5":
+                    break
+    assert got == ["1", "2", "3", "4", "5"]
+    # A consumer that holds up the reading (and so the pongs) is backpressure, not
+    # a dead peer: the connection stays up.
+    assert session.connections == 1
+
+
+@pytest.mark.parametrize("autojump_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_event_whose_hand_over_a_lost_connection_cancelled_is_delivered_before_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+    nursery: trio.Nursery,
+    server: Server,
+    hub: Hub,
+    autojump_clock: object,
+) -> None:
+    # Its cursor already moved, so no resume would bring it back.
+    attempts: list[float] = []
+    patch_transport(monkeypatch, nursery, server.serve_stream, attempts)
+    for i in range(1, 4):
+        hub.publish_nowait("t", str(i))
+    got: list[EventMessage] = []
+
+    async def consume(session: WebSocketSession) -> None:
+        async for item in session:
+            assert isinstance(item, EventMessage), item
+            got.append(item)
+            if len(got) == 1:
+                await trio.sleep(5)  # "2" is received and waits for us meanwhile
+                assert session._conn_scope is not None
+                session._conn_scope.cancel()  # the connection ends mid-hand-over
+
+    with trio.fail_after(300):
+        async with open_session("ws://fake/ws", {"t": "earliest"}, buffer=0) as session:
+            with pytest.raises(SessionClosed):
+                await consume(session)
+    assert [item.data for item in got] == ["1", "2"]
+    assert session.positions == {"t": got[-1].id}
+
+
+@pytest.mark.parametrize("autojump_clock", [trio.testing.MockClock(autojump_threshold=0)])
+async def test_dead_peer_is_still_detected_once_a_busy_consumer_catches_up(
+    monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery, autojump_clock: object
+) -> None:
+    async def send_then_go_silent(stream: trio.abc.Stream) -> None:
+        ws = await accept(stream)
+        for i in range(3):
+            message = EventMessage("t", f"x{i}", str(i)).encode()
+            await stream.send_all(ws.send(TextMessage(data=message)))
+        await trio.sleep_forever()  # reads nothing: pings go unanswered
+
+    attempts: list[float] = []
+    patch_transport(monkeypatch, nursery, send_then_go_silent, attempts)
+    got = 0
+    with trio.fail_after(100):
+        async with open_session(
+            "ws://fake/ws", ["t"], buffer=0, ping_interval=1, pong_timeout=1, backoff=fast()
+        ) as session:
+            async for _ in session:
+                got += 1
+                if got == 1:
+                    await trio.sleep(30)  # a busy consumer
+                if len(attempts) > 1:
+                    break
+    # Not at t~2 (the consumer held up the reading), but a pong timeout after it
+    # caught up at t=30 (plus 1 s for the unanswered close frame).
+    assert 31 <= attempts[1] - attempts[0] <= 33, attempts

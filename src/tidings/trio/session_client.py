@@ -6,10 +6,15 @@ when to stop), on :mod:`trio_websocket`.  Every decision is the machines': which
 ``subscribe`` and which resent publishes follow a reconnect, whether a close code or
 an HTTP refusal is worth another attempt, how long to wait.  Heartbeats follow
 :class:`~tidings.session.HeartbeatPolicy`: a pong missing for ``pong_timeout``
-closes the connection with 1011 and the session reconnects.
+closes the connection with 1011 and the session reconnects.  The pong timeout does
+not run while the consumer holds up the reading (the pong waits behind messages it
+has not taken yet): that is backpressure, not a dead peer.
 
 Events are *pulled*: a consumer that stops iterating stops the reading, and the
-server catches the session up from its history later.
+server catches the session up from its history later.  An event's cursor moves when
+it is received, before the consumer takes it, so an event whose hand-over a lost
+connection cancelled is kept and handed over first, before the session reconnects:
+the resume skips it, so it must not be dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +38,7 @@ from trio_websocket import (
     WebSocketConnection,
     wrap_client_stream,
 )
+from wsproto.utilities import LocalProtocolError as WsprotoLocalProtocolError
 
 from tidings.backoff import Backoff, Random
 from tidings.errors import LocalProtocolError
@@ -153,6 +160,12 @@ class WebSocketSession:
         self._pong_timeout = pong_timeout
         self._receive_buffer_size = receive_buffer_size
         self._send, self._receive = trio.open_memory_channel[EventMessage | ResetMessage](buffer)
+        # Received (their cursors already moved) but not yet taken by the consumer.
+        self._undelivered: deque[EventMessage | ResetMessage] = deque()
+        # Set while the reading waits for a busy consumer (None: not waiting) ...
+        self._consumer_busy: trio.Event | None = None
+        # ... and when such a wait last ended.
+        self._consumer_caught_up = -math.inf
         self._ws: WebSocketConnection | None = None
         self._pending: dict[str, _Pending] = {}
         self._ended: SessionClosed | None = None
@@ -264,6 +277,8 @@ class WebSocketSession:
         session = self.client.session
         action: SessionAction | None = session.start(trio.current_time())
         while self._ended is None:
+            if self._undelivered and not await self._deliver():
+                return
             if isinstance(action, GiveUp):
                 self._end(SessionClosed(action.reason, code=action.code, status=action.status))
                 return
@@ -305,16 +320,24 @@ class WebSocketSession:
 
     async def _attempt(self, holder: list[trio.abc.Stream]) -> SessionAction:
         # trio-websocket raises a refused handshake (and some failures) from its
-        # reader task, so they arrive wrapped by the connection's nursery.
+        # reader task, so they arrive wrapped by the connection's nursery.  Its reader
+        # also fails (wsproto LocalProtocolError) when it answers a ping that was read
+        # after our close frame went out: the connection is over either way.
         rejected: list[ConnectionRejected] = []
         failed: list[BaseException] = []
         try:
             return await self._connect_and_follow(holder)
         except* ConnectionRejected as group:
             rejected += [e for e in group.exceptions if isinstance(e, ConnectionRejected)]
-        except* (OSError, HandshakeError, trio.BrokenResourceError, ConnectionClosed) as group:
+        except* (
+            OSError,
+            HandshakeError,
+            trio.BrokenResourceError,
+            ConnectionClosed,
+            WsprotoLocalProtocolError,
+        ) as group:
             failed += group.exceptions
-        if self._finished():
+        if self._finished() or self._closed_by_us:
             return GiveUp("closed")
         if rejected:
             return self._rejected(rejected[0])
@@ -410,8 +433,38 @@ class WebSocketSession:
                 return GiveUp("closed by the application", code=1000)
             return session.closed(code, reason, by_peer=not local, now=trio.current_time())
 
+    async def _deliver(self) -> bool:
+        """Hand the undelivered messages to the consumer, oldest first.
+
+        A message leaves the queue only once the channel took it, so one whose
+        hand-over was cancelled is still there for the next call.  False once the
+        session has ended or is being closed (nobody will take them).
+        """
+        while self._undelivered:
+            if self._closed_by_us:
+                self._undelivered.clear()
+                return False
+            message = self._undelivered[0]
+            try:
+                try:
+                    self._send.send_nowait(message)
+                except trio.WouldBlock:
+                    busy = self._consumer_busy = trio.Event()
+                    try:
+                        await self._send.send(message)
+                    finally:
+                        self._consumer_busy = None
+                        self._consumer_caught_up = trio.current_time()
+                        busy.set()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return False
+            self._undelivered.popleft()
+        return True
+
     async def _receive_loop(self, ws: WebSocketConnection, local: list[tuple[int, str]]) -> None:
         while True:
+            if not await self._deliver():
+                return
             text = await ws.get_message()
             if isinstance(text, bytes):
                 outputs = self.client.receive_binary()
@@ -419,9 +472,8 @@ class WebSocketSession:
                 outputs = self.client.receive_text(text)
             for output in outputs:
                 if isinstance(output, EventMessage | ResetMessage):
-                    try:
-                        await self._send.send(output)
-                    except trio.ClosedResourceError:
+                    self._undelivered.append(output)
+                    if not await self._deliver():
                         return
                 elif isinstance(output, PublishAcknowledged):
                     self._settle(output.msg_id, output.id)
@@ -453,7 +505,18 @@ class WebSocketSession:
         async with trio.open_nursery() as nursery:
             while True:
                 deadline = heartbeat.next_deadline()
+                if deadline is not None and heartbeat.awaiting_pong:
+                    # The pong may wait behind messages a busy consumer held up: give
+                    # the peer the whole timeout after the reading resumed.
+                    deadline = max(deadline, self._consumer_caught_up + self._pong_timeout)
                 await trio.sleep_until(deadline if deadline is not None else math.inf)
+                if heartbeat.awaiting_pong:
+                    busy = self._consumer_busy
+                    if busy is not None:
+                        await busy.wait()
+                        continue
+                    if trio.current_time() < self._consumer_caught_up + self._pong_timeout:
+                        continue
                 for action in heartbeat.handle_timer(trio.current_time()):
                     if isinstance(action, ClosePeer):
                         logger.warning("no pong for %.0f s: reconnecting", self._pong_timeout)

@@ -18,8 +18,11 @@ import trio.testing
 import trustme
 from h2.errors import ErrorCodes
 
+from tidings.cursor import Position
+from tidings.history import Replay
 from tidings.sse.parser import EventStreamParser, MessageEvent
 from tidings.trio import Hub, Server, ServerConfig
+from tidings.trio._h2 import H2Connection, H2Stream
 
 if TYPE_CHECKING:
     from conftest import StartServer
@@ -67,7 +70,13 @@ class H2Client:
         if data:
             await self.stream.send_all(data)
 
-    def open(self, method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> int:
+    def open(
+        self,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]] = (),
+        body_follows: bool = False,
+    ) -> int:
         stream_id = self.conn.get_next_available_stream_id()
         all_headers = [
             (b":method", method.encode()),
@@ -76,7 +85,8 @@ class H2Client:
             (b":authority", b"test"),
             *((k.encode(), v.encode()) for k, v in headers),
         ]
-        self.conn.send_headers(stream_id, all_headers, end_stream=method != "POST")
+        end_stream = method != "POST" and not body_follows
+        self.conn.send_headers(stream_id, all_headers, end_stream=end_stream)
         self.streams[stream_id] = StreamState()
         return stream_id
 
@@ -126,6 +136,24 @@ class H2Client:
         state = self.streams[stream_id]
         await self.until(lambda: state.ended or state.reset is not None)
         return state
+
+    async def send_body(self, stream_id: int, body: bytes, end_stream: bool = True) -> None:
+        """Send *body* as the flow-control windows allow (waiting for the server's)."""
+        view = memoryview(body)
+        while view:
+            size = min(
+                len(view),
+                self.conn.local_flow_control_window(stream_id),
+                self.conn.max_outbound_frame_size,
+            )
+            if size <= 0:
+                await self.flush()
+                await self.pump()
+                continue
+            last = size == len(view)
+            self.conn.send_data(stream_id, bytes(view[:size]), end_stream=end_stream and last)
+            view = view[size:]
+        await self.flush()
 
     async def events(self, stream_id: int, count: int) -> list[MessageEvent]:
         state = self.streams[stream_id]
@@ -210,6 +238,93 @@ async def test_publish_body_over_the_limit_gets_413_on_http2(
     assert state.headers[b":status"] == b"413"
     state = await client.request("POST", "/topics/t", body=b"x" * 100)
     assert state.headers[b":status"] == b"201"
+
+
+def server_streams(server: Server) -> dict[int, H2Stream]:
+    """The streams open on the server's only (HTTP/2) connection."""
+    (connection,) = server.app.connections
+    assert isinstance(connection, H2Connection)
+    return connection.streams
+
+
+async def test_a_request_body_up_to_the_limit_is_accepted_on_http2(
+    hub: Hub, server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    size = server.config.max_body_size
+    assert size > 4 * 65535  # far more than the initial window: read_body must widen it
+    stream_id = client.open("POST", "/topics/t")
+    with trio.fail_after(10):
+        await client.send_body(stream_id, b"x" * size)
+        state = client.streams[stream_id]
+        await client.until(lambda: state.ended or state.reset is not None)
+    assert state.headers[b":status"] == b"201"
+    head = hub.history.head("t")
+    assert json.loads(bytes(state.body))["id"] == head.format()
+    result = hub.history.read("t", after=Position(head.epoch, 0), limit=1)
+    assert isinstance(result, Replay)
+    [stored] = result.events
+    assert len(stored.data) == size
+
+
+async def test_a_streamed_body_over_the_limit_gets_413_and_the_connection_goes_on_on_http2(
+    start_server: StartServer, h2_clients: list[H2Client]
+) -> None:
+    server = await start_server(config=ServerConfig(max_body_size=100_000))
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    stream_id = client.open("POST", "/topics/t")  # no content-length
+    with trio.fail_after(10):
+        # The whole body goes through: the server hands back the window of what it drops.
+        await client.send_body(stream_id, b"x" * 300_000)
+        state = client.streams[stream_id]
+        await client.until(lambda: state.ended or state.reset is not None)
+        assert state.headers[b":status"] == b"413"
+        state = await client.request("POST", "/topics/t", body=b"y" * 100)
+    assert state.headers[b":status"] == b"201"
+
+
+async def test_request_data_on_event_streams_is_dropped_not_buffered_on_http2(
+    server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    ids = [client.open("GET", "/topics/t/events", body_follows=True) for _ in range(5)]
+    await client.flush()
+    with trio.fail_after(10):
+        await client.until(lambda: all(client.streams[s].headers for s in ids))
+        for stream_id in ids:
+            # Far beyond the stream window: it is handed back although nobody reads.
+            await client.send_body(stream_id, b"z" * 1024 * 1024, end_stream=False)
+        # A round trip: the server has handled every DATA frame sent before it.
+        state = await client.request("POST", "/topics/u", body=b"x")
+    assert state.headers[b":status"] == b"201"
+    streams = server_streams(server)
+    assert sorted(streams) == ids
+    assert all(len(stream._body) == 0 and stream._owed == 0 for stream in streams.values())
+
+
+async def test_unread_request_data_is_capped_by_the_stream_window_on_http2(
+    hub: Hub, server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    cursor = hub.history.head("t").format()
+    held = client.open("GET", f"/topics/t/poll?cursor={cursor}&timeout=25", body_follows=True)
+    await client.flush()
+    window = client.conn.local_flow_control_window(held)
+    with trio.fail_after(10):
+        await client.send_body(held, b"z" * window, end_stream=False)
+        # The connection window came back: other streams can still send bodies.
+        stream_id = client.open("POST", "/topics/u")
+        await client.send_body(stream_id, b"x" * 300_000)
+        state = client.streams[stream_id]
+        await client.until(lambda: state.ended or state.reset is not None)
+    assert state.headers[b":status"] == b"201"
+    # The held request's body was not read: its window stays shut.
+    assert client.conn.local_flow_control_window(held) == 0
+    assert len(server_streams(server)[held]._body) == window
 
 
 async def test_many_event_streams_share_one_connection(

@@ -579,7 +579,9 @@ class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
             if subscription.sink is sink:
                 subscription.sink = None
             sink.scope = None
-        unsent = sink.take()
+            # Even when cancelled: the hub's flusher may still hold the sink, and
+            # must not write to this fd once the connection closed (it may be reused).
+            unsent = sink.take()
         if unsent and not sink.broken:
             await connection.send_bytes(unsent)
         if sink.broken or connection._gone:

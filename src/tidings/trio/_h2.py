@@ -7,6 +7,13 @@ waits otherwise, so a client that stops reading one stream stalls that stream
 alone; its subscriber then overflows and the stream is reset, which keeps memory
 bounded.  Handlers' ``send`` returns once the writer handed the bytes to the
 socket, which gives every stream TCP back-pressure too.
+
+Request bodies get the same treatment in the other direction: a stream's window
+is handed back only as ``read_body`` takes the data, so what a handler does not
+read (an SSE ``GET`` that carries a body) is capped by the initial window, and
+once the response has started further data is dropped unbuffered.  The
+connection window is handed back at once so that one such stream cannot starve
+the others.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import trio
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
+from tidings.errors import LocalProtocolError
 from tidings.trio._http import (
     BodyTooLarge,
     ConnectionInfo,
@@ -104,6 +112,8 @@ class H2Connection:
         self._broken = False
         self._closing = False
         self._peer_done = False
+        # Connection window to hand back for data buffered by streams (see _receive).
+        self._credit = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -208,14 +218,29 @@ class H2Connection:
             return
         for event in events:
             self._dispatch(event)
+        credit, self._credit = self._credit, 0
+        if credit:
+            with suppress(h2.exceptions.ProtocolError):
+                self.h2.increment_flow_control_window(credit)
+
+    def increment_stream_window(self, stream_id: int, size: int) -> None:
+        """Let the client send *size* more bytes on a stream (its data was consumed)."""
+        with suppress(h2.exceptions.ProtocolError, KeyError):
+            self.h2.increment_flow_control_window(size, stream_id)
+        self.wake_writer()
 
     def _dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
             stream_id = event.stream_id
+            size = event.flow_controlled_length
             stream = self.streams.get(stream_id)
-            if stream is not None:
-                stream._feed(event.data)
-            self.h2.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            if stream is not None and stream._feed(event.data, size):
+                # Buffered: the stream's window waits for read_body; the
+                # connection's is handed back (in one go, after the batch).
+                self._credit += size
+            elif size:
+                # Dropped, or nobody is left to read it: hand both windows back.
+                self.h2.acknowledge_received_data(size, stream_id)
         elif isinstance(event, h2.events.RequestReceived):
             self._open_stream(event)
         elif isinstance(event, h2.events.StreamEnded):
@@ -392,6 +417,7 @@ class H2Stream(Responder):
         "_ended",
         "_gone",
         "_head",
+        "_owed",
         "_started",
         "_watch_scope",
         "_window",
@@ -415,6 +441,8 @@ class H2Stream(Responder):
         self._body_done = False
         self._body_too_large = False
         self._body_waiter = Waiter()
+        # Flow-controlled bytes buffered whose stream window was not handed back.
+        self._owed = 0
         self._head: list[tuple[bytes, bytes]] | None = None
         self._started = False
         self._ended = False
@@ -423,15 +451,34 @@ class H2Stream(Responder):
 
     # -- from the connection -------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
-        if self._body_too_large:
-            return
+    def _feed(self, data: bytes, size: int) -> bool:
+        """Buffer *data* (``True``: its *size* is owed to the client), or drop it.
+
+        Data is dropped once the body is too large or the response has started
+        (nobody reads it any more); until then the client can only send what the
+        stream window allows, which read_body widens as it goes.
+        """
+        if self._body_too_large or self._started:
+            return False
         if len(self._body) + len(data) > self.connection.config.max_body_size:
             self._body_too_large = True
-            self._body = bytearray()
-        else:
-            self._body += data
+            self._drop_body()
+            self._body_waiter.wake()
+            return False
+        self._body += data
+        self._owed += size
         self._body_waiter.wake()
+        return True
+
+    def _release(self) -> None:
+        """Hand back the stream window of the data buffered so far."""
+        owed, self._owed = self._owed, 0
+        if owed and not self._body_done and not self._ended:
+            self.connection.increment_stream_window(self.stream_id, owed)
+
+    def _drop_body(self) -> None:
+        self._body = bytearray()
+        self._release()
 
     def _end_body(self) -> None:
         self._body_done = True
@@ -469,12 +516,15 @@ class H2Stream(Responder):
 
     async def read_body(self, max_size: int) -> bytes:
         length = self.request.header(b"content-length") if self.request is not None else None
+        if self._started:
+            raise LocalProtocolError("the request body cannot be read after the response started")
         if length is not None and length.isdigit() and int(length) > max_size:
             raise BodyTooLarge(f"body of {int(length)} bytes exceeds {max_size}")
         while not self._body_done:
             self._check()
             if self._body_too_large or len(self._body) > max_size:
                 raise BodyTooLarge(f"body exceeds {max_size} bytes")
+            self._release()  # consumed: let the client send the next part
             await self._body_waiter.wait()
         if self._body_too_large or len(self._body) > max_size:
             raise BodyTooLarge(f"body exceeds {max_size} bytes")
@@ -485,6 +535,7 @@ class H2Stream(Responder):
         head += [(name, value) for name, value in headers if name not in _HOP_BY_HOP]
         self._head = head
         self._started = True
+        self._drop_body()  # no one will read it now
 
     def _send_head(self, end_stream: bool) -> None:
         head = self._head

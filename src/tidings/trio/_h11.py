@@ -32,6 +32,7 @@ from tidings.trio._http import (
     UpgradeNotSupported,
     content_length,
 )
+from tidings.trio._socket_sink import SocketSink
 from tidings.trio.hub import LiveEvent, Subscription
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ log = logging.getLogger("tidings.server")
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 # Bytes queued in a direct sink before it writes without waiting for the publisher
 # to yield.
-_SINK_FLUSH_SIZE = 64 * 1024
 # Bytes a client may send while a streaming response runs (a pipelined request)
 # before it counts as abuse and the connection closes.
 _MAX_EXTRA_BYTES = 64 * 1024
@@ -435,69 +435,26 @@ def _chunked(encoder: Callable[[StoredEvent], bytes]) -> Callable[[StoredEvent],
     return framed
 
 
-class _DirectSink:
-    """Writes live events straight to an idle connection's socket (see DirectSink).
+class _DirectSink(SocketSink):
+    """Writes live events straight to an idle event stream's socket (see DirectSink).
 
     Used by the publisher's task (or the hub's flusher) while the connection's own
-    task waits for the client to close; once interrupted, the connection task owns
-    the socket again and takes whatever could not be written (:meth:`take`).
+    task waits for the client to close; an interruption cancels that wait.
     """
 
-    __slots__ = ("_encoder", "_fd", "_queued", "_size", "broken", "interrupted", "scope")
+    __slots__ = ("_encoder", "scope")
 
     def __init__(self, fd: int, encoder: Callable[[StoredEvent], bytes]) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self._encoder = encoder
-        self._queued: list[bytes] = []
-        self._size = 0
         self.scope: trio.CancelScope | None = None
-        self.interrupted = False
-        self.broken = False
 
     def deliver(self, item: LiveEvent) -> bool:
-        if self.interrupted:
-            return False
-        data = item.encoded(self._encoder)
-        self._queued.append(data)
-        self._size += len(data)
-        if self._size >= _SINK_FLUSH_SIZE:
-            self.flush()  # a long burst: do not let the queue grow
-        return True
+        return self.queue(item.encoded(self._encoder))
 
-    def flush(self) -> None:
-        queued = self._queued
-        if self.interrupted or not queued:
-            return
-        data = queued[0] if len(queued) == 1 else b"".join(queued)
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken = True
-            self.interrupt()
-            return
-        if sent < len(data):
-            self._queued = [data[sent:]]
-            self._size = len(data) - sent
-            self.interrupt()
-        else:
-            self._queued = []
-            self._size = 0
-
-    def take(self) -> bytes:
-        """Stop delivering; the bytes not written yet (the owner writes them first)."""
-        self.interrupted = True
-        data = b"".join(self._queued)
-        self._queued = []
-        self._size = 0
-        return data
-
-    def interrupt(self) -> None:
-        if not self.interrupted:
-            self.interrupted = True
-            if self.scope is not None:
-                self.scope.cancel()
+    def _wake(self) -> None:
+        if self.scope is not None:
+            self.scope.cancel()
 
 
 class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):

@@ -50,6 +50,7 @@ from tidings.history import Replay, Reset, StoredEvent
 from tidings.session import ClosePeer, HeartbeatPolicy
 from tidings.trio._http import Request, Responder
 from tidings.trio._routes import is_valid_topic
+from tidings.trio._socket_sink import SocketSink
 from tidings.trio._sync import Waiter
 from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
 from tidings.trio.hub import CloseReason, Hub, LiveEvent, Subscription
@@ -259,74 +260,23 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
 # --------------------------------------------------------------------------- session
 
 
-# Bytes a sink gathers before it writes them, within one burst of publishes.
-_SINK_FLUSH_SIZE = 64 * 1024
-
-
-class _SharedSink:
+class _SharedSink(SocketSink):
     """Lets the publisher write live events straight to an idle session's socket.
 
     While the writer task has nothing to do it hangs one :class:`_TopicSink` per
     topic on the subscriptions; the hub then queues each next event here and
-    :meth:`flush` writes a burst in one system call, without waking any task.
-    Whatever cannot be written at once (a full socket buffer), and anything
-    unusual, interrupts: the writer wakes, takes the unsent bytes and owns the
-    socket again.
+    :meth:`flush` writes a burst in one system call; an interruption wakes the
+    writer, which takes the unsent bytes and owns the socket again.
     """
 
-    __slots__ = ("_fd", "_queued", "_size", "_waiter", "broken", "interrupted")
+    __slots__ = ("_waiter",)
 
     def __init__(self, fd: int, waiter: Waiter) -> None:
-        self._fd = fd
+        super().__init__(fd)
         self._waiter = waiter
-        self._queued: list[bytes] = []
-        self._size = 0
-        self.interrupted = False
-        self.broken = False
 
-    def queue(self, data: bytes) -> bool:
-        if self.interrupted:
-            return False
-        self._queued.append(data)
-        self._size += len(data)
-        if self._size >= _SINK_FLUSH_SIZE:
-            self.flush()
-        return True
-
-    def flush(self) -> None:
-        queued = self._queued
-        if self.interrupted or not queued:
-            return
-        data = queued[0] if len(queued) == 1 else b"".join(queued)
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.broken = True
-            sent = len(data)
-        if sent < len(data):
-            self._queued = [data[sent:]]
-            self._size = len(data) - sent
-            self.interrupt()
-        else:
-            self._queued = []
-            self._size = 0
-            if self.broken:
-                self.interrupt()
-
-    def take(self) -> bytes:
-        """Stop; the bytes not written yet."""
-        self.interrupted = True
-        data = b"".join(self._queued)
-        self._queued = []
-        self._size = 0
-        return data
-
-    def interrupt(self) -> None:
-        if not self.interrupted:
-            self.interrupted = True
-            self._waiter.wake()
+    def _wake(self) -> None:
+        self._waiter.wake()
 
 
 class _TopicSink:

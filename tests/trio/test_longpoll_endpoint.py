@@ -567,3 +567,26 @@ async def test_over_tls_a_held_poll_is_woken_and_a_leaver_is_released(
             nursery.cancel_scope.cancel()
         while hub.subscriber_count() or server.app.subscriptions:
             await blocked()
+
+
+@pytest.mark.parametrize(
+    "extra", ["", "connection: keep-alive\r\n"], ids=["answered-by-publisher", "usual-path"]
+)
+async def test_an_answer_just_before_a_drain_ends_the_connection_cleanly(
+    server: Server, hub: Hub, connect: Connect, extra: str
+) -> None:
+    """A keep-alive answer written just before a drain: the next request sees EOF, not RST."""
+    cursor = hub.history.head("t").format()
+    client = await connect(server)
+    with trio.fail_after(5):
+        request = f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n{extra}\r\n"
+        await client.stream.send_all(request.encode())
+        await held(hub, "t", 1)
+        hub.publish_nowait("t", "x")
+        server.drain()
+        head = (await raw_answer(client.stream)).partition(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 200")
+        if b"connection: close" not in head:  # keep-alive was promised: try it
+            await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            rest = await client.raw_until_closed()  # raises on a connection reset
+            assert rest == b"" or rest.startswith(b"HTTP/1.1 ")

@@ -143,9 +143,15 @@ class H11Connection:
         conn = self.conn
         if not responder.started:
             await responder.respond(500, [], b"Internal server error\n")
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE and not self._close_after:
-            conn.start_next_cycle()
-            return True
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            if not self._close_after:
+                conn.start_next_cycle()
+                return True
+            # The answer went out promising keep-alive (say, written by a publisher
+            # just before a drain began): end cleanly, so the client's next request
+            # meets an end of stream it retries rather than a reset.
+            await self._linger()
+            return False
         if conn.our_state in (h11.DONE, h11.MUST_CLOSE) and conn.their_state not in (
             h11.DONE,
             h11.MUST_CLOSE,

@@ -384,25 +384,33 @@ class H11Connection:
         """Like :meth:`read_until_gone` on a plain socket, with fewer layers.
 
         This is what an idle event stream waits in, so its stack is kept short
-        (:meth:`_H11Writer.idle` has an inlined copy of it: keep the two alike).
+        (:meth:`_H11Writer.idle` inlines this loop around :meth:`absorb_readable`).
         """
         socket = self.stream.socket  # type: ignore[attr-defined]
         try:
             while not self._gone:
                 await trio.lowlevel.wait_readable(socket)
-                try:
-                    data = os.read(self._fd, self.config.receive_size)
-                except BlockingIOError:
-                    continue
-                if not data:
-                    break
-                self._extra += len(data)
-                if self._extra > _MAX_EXTRA_BYTES:
-                    break
-                self.conn.receive_data(data)
+                self.absorb_readable()
         except OSError:
-            pass
-        self._gone = True
+            self._gone = True
+
+    def absorb_readable(self) -> None:
+        """Read what a readable idle socket holds; mark the peer gone at its end.
+
+        Bytes after the request are kept for h11 (a pipelined request) up to
+        ``_MAX_EXTRA_BYTES``; more, an end of stream or an error means gone.
+        """
+        try:
+            data = os.read(self._fd, self.config.receive_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._extra += len(data)
+        if not data or self._extra > _MAX_EXTRA_BYTES:
+            self._gone = True
+            return
+        self.conn.receive_data(data)
 
     async def read_until_gone(self) -> None:
         """Read until the client closes (or misbehaves); then mark it gone.
@@ -525,19 +533,9 @@ class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
                 try:
                     while not connection._gone:
                         await trio.lowlevel.wait_readable(socket)
-                        try:
-                            data = os.read(connection._fd, connection.config.receive_size)
-                        except BlockingIOError:
-                            continue
-                        if not data:
-                            break
-                        connection._extra += len(data)
-                        if connection._extra > _MAX_EXTRA_BYTES:
-                            break
-                        connection.conn.receive_data(data)
+                        connection.absorb_readable()
                 except OSError:
-                    pass
-                connection._gone = True
+                    connection._gone = True
         finally:
             if subscription.sink is sink:
                 subscription.sink = None

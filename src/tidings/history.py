@@ -80,21 +80,28 @@ class Reset:
 
 
 class _Topic:
-    """The ring of one topic's retained events."""
+    """The ring of one topic's retained events.
+
+    Events are kept as plain ``(data, event, size)`` tuples rather than
+    :class:`StoredEvent` objects: a tuple of strings and ints is untracked by
+    CPython's cyclic garbage collector once it survived one collection, so a large
+    retained history costs no collector time (and about half the memory).  Reads
+    build :class:`StoredEvent` objects from them.
+    """
 
     __slots__ = ("epoch", "events", "first", "last", "nbytes", "start")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         # ``events[start:]`` are retained; ``first`` is the offset of events[start].
-        self.events: list[tuple[StoredEvent, int]] = []
+        self.events: list[tuple[str, str | None, int]] = []
         self.start = 0
         self.first = 1
         self.last = 0
         self.nbytes = 0
 
     def evict_one(self) -> None:
-        _, size = self.events[self.start]
+        size = self.events[self.start][2]
         self.start += 1
         self.first += 1
         self.nbytes -= size
@@ -182,7 +189,7 @@ class MemoryHistory:
         state = self._topic(topic)
         state.last += 1
         stored = StoredEvent(_trusted_position(state.epoch, state.last), data, event)
-        state.events.append((stored, size))
+        state.events.append((data, event, size))
         state.nbytes += size
         while state.last - state.first + 1 > self.max_events or state.nbytes > self.max_bytes:
             state.evict_one()
@@ -225,7 +232,11 @@ class MemoryHistory:
         end = min(begin + limit, len(state.events))
         if begin == end:
             return Replay((), after, False)
-        events = tuple(pair[0] for pair in state.events[begin:end])
+        epoch = state.epoch
+        events = tuple(
+            StoredEvent(_trusted_position(epoch, offset), data, event)
+            for offset, (data, event, _) in enumerate(state.events[begin:end], after.offset + 1)
+        )
         return Replay(events, events[-1].position, end < len(state.events))
 
     def stats(self, topic: str) -> tuple[int, int]:

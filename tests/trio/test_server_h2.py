@@ -22,7 +22,7 @@ from tidings.cursor import Position
 from tidings.history import Replay
 from tidings.sse.parser import EventStreamParser, MessageEvent
 from tidings.trio import Hub, Server, ServerConfig
-from tidings.trio._h2 import H2Connection, H2Stream
+from tidings.trio._h2 import H2Connection, H2Stream, _H2Sink
 
 if TYPE_CHECKING:
     from conftest import StartServer
@@ -382,6 +382,32 @@ async def test_a_stalled_stream_stalls_alone_and_is_cut_off(
     await hub.publish("fast", "after")
     got = await client.events(healthy, 10)
     assert got[-1].data == "after"
+
+
+async def test_live_bursts_bypass_the_stream_task_and_respect_its_window(
+    hub: Hub, server: Server, h2_clients: list[H2Client]
+) -> None:
+    # A window smaller than one burst: the publisher frames what fits straight
+    # away, the stream's task sends the rest as the client hands window back.
+    client = await h2_connect(server, initial_window=1500)
+    h2_clients.append(client)
+    stream_id = client.open("GET", "/topics/burst/events")
+    await client.flush()
+    await client.until(lambda: bool(client.streams[stream_id].headers))
+    await trio.testing.wait_all_tasks_blocked()
+    [subscription] = server.app.subscriptions
+    assert isinstance(subscription.sink, _H2Sink)
+    for round_ in range(3):
+        for n in range(40):
+            hub.publish_nowait("burst", f"{round_}-{n}-" + "x" * 80)
+        got = await client.events(stream_id, 40)
+        assert [e.data.split("-x")[0] for e in got] == [f"{round_}-{n}" for n in range(40)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert isinstance(subscription.sink, _H2Sink), "idle again: direct path back on"
+    await hub.publish("burst", "last")
+    [last] = await client.events(stream_id, 1)
+    assert last.data == "last"
+    assert client.streams[stream_id].reset is None
 
 
 async def test_streams_beyond_the_concurrency_limit_are_refused(

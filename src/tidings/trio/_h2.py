@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from tidings.errors import LocalProtocolError
+from tidings.history import StoredEvent
 from tidings.trio._http import (
     BodyTooLarge,
     ConnectionInfo,
@@ -43,7 +44,9 @@ from tidings.trio._http import (
     StreamWriter,
     content_length,
 )
+from tidings.trio._socket_sink import SocketSink
 from tidings.trio._sync import Waiter
+from tidings.trio.hub import LiveEvent, Subscription
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
@@ -382,12 +385,86 @@ class H2Connection:
                 self._nursery.cancel_scope.cancel()
 
 
+class _H2Sink(SocketSink):
+    """Hands live events straight to an idle HTTP/2 event stream (a hub ``DirectSink``).
+
+    The publisher (or the hub's flusher) queues each event's bytes here; a flush
+    frames the burst as DATA on the stream, as far as flow control allows, and
+    wakes the connection's writer, so the stream's own task is not woken at all.
+    Whatever the stream window, or the writer's back-pressure, does not let
+    through interrupts: the stream's task takes it and sends it the usual way.
+    """
+
+    __slots__ = ("_encoder", "_stream", "_waiter")
+
+    def __init__(
+        self, stream: H2Stream, encoder: Callable[[StoredEvent], bytes], waiter: Waiter
+    ) -> None:
+        super().__init__(-1)
+        self._stream = stream
+        self._encoder = encoder
+        self._waiter = waiter
+
+    def deliver(self, item: LiveEvent) -> bool:
+        return self.queue(item.encoded(self._encoder))
+
+    def _write(self, data: bytes) -> int:
+        stream = self._stream
+        connection = stream.connection
+        if stream._gone or stream._aborted or connection._broken or connection._closing:
+            raise OSError("stream reset, aborted, or connection lost")
+        if connection.unsent >= _FLUSH_HIGH_WATER:
+            return 0  # the writer is behind: the stream's task waits for it
+        conn = connection.h2
+        stream_id = stream.stream_id
+        try:
+            size = min(conn.local_flow_control_window(stream_id), len(data))
+            frame = conn.max_outbound_frame_size
+            view = memoryview(data)
+            for start in range(0, size, frame):
+                conn.send_data(stream_id, view[start : min(start + frame, size)])
+        except h2.exceptions.ProtocolError as exc:
+            stream._gone = True
+            raise OSError(f"cannot send data: {exc}") from exc
+        if size > 0:
+            connection.unsent += size
+            connection.wake_writer()
+        return max(size, 0)
+
+    def _wake(self) -> None:
+        self._waiter.wake()
+
+
 class _H2Writer(StreamWriter):
     __slots__ = ("aborted", "stream")
 
     def __init__(self, stream: H2Stream) -> None:
         self.stream = stream
         self.aborted = False
+
+    async def idle(
+        self, subscription: Subscription, encoder: Callable[[StoredEvent], bytes]
+    ) -> None:
+        stream = self.stream
+        if stream._head is not None or stream.is_head:
+            await subscription.wait()
+            return
+        # While the stream has nothing of its own to send, the publisher hands its
+        # events to h2 directly (see _H2Sink); this task sleeps until interrupted.
+        sink = _H2Sink(stream, encoder, subscription.waiter)
+        subscription.sink = sink
+        try:
+            await subscription.wait()
+        finally:
+            if subscription.sink is sink:
+                subscription.sink = None
+            # Even when cancelled: the hub's flusher may still hold the sink, and
+            # must not frame data on a stream that ended.
+            unsent = sink.take()
+        if sink.broken:
+            raise trio.BrokenResourceError("stream reset, aborted, or connection lost")
+        if unsent:
+            await stream._send_data(unsent, end_stream=False)
 
     async def send(self, data: bytes) -> None:
         stream = self.stream

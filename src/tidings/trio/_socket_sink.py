@@ -49,9 +49,7 @@ class SocketSink:
             return
         data = queued[0] if len(queued) == 1 else b"".join(queued)
         try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
+            sent = self._write(data)
         except OSError:
             self.broken = True
             self._queued = []
@@ -65,6 +63,17 @@ class SocketSink:
         else:
             self._queued = []
             self._size = 0
+
+    def _write(self, data: bytes) -> int:
+        """Write a prefix of *data* without blocking; return its length.
+
+        Raises :class:`OSError` when the transport is broken.  A plain socket
+        writes with one system call; other transports (an HTTP/2 stream) override.
+        """
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
 
     def take(self) -> bytes:
         """Stop for good; the bytes not written yet (the owner writes them first)."""

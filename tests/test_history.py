@@ -186,6 +186,60 @@ def test_recently_used_topic_is_kept() -> None:
     assert "b" not in history
 
 
+def test_reading_unknown_topics_holds_nothing_and_drops_no_real_topic() -> None:
+    history = MemoryHistory("ep", max_topics=3)
+    [old, _] = fill(history, "real", 2)
+    for n in range(1000):
+        history.head(f"junk{n}")
+        history.read(f"junk{n}", EARLIEST)
+        history.read(f"junk{n}", "ep-1.5")
+        history.read(f"junk{n}", "not a cursor")
+    assert len(history) == 1
+    assert "junk0" not in history
+    assert [e.data for e in replay(history.read("real", old.position)).events] == ["event 2"]
+
+
+def test_a_fresh_position_resumes_from_the_first_event_of_its_topic() -> None:
+    history = MemoryHistory("ep")
+    fresh = history.head("t")
+    assert fresh.offset == 0
+    assert replay(history.read("t", fresh)) == Replay((), fresh)
+    assert replay(history.read("t", EARLIEST)).cursor == fresh
+    events = fill(history, "t", 3)
+    assert fresh.epoch != events[0].position.epoch
+    assert replay(history.read("t", fresh)).events == tuple(events)
+    assert replay(history.read("t", fresh.format())).events == tuple(events)
+
+
+def test_unusable_positions_in_an_unknown_topic_reset_to_a_fresh_head() -> None:
+    history = MemoryHistory("ep")
+    fresh = history.head("t")
+    assert reset(history.read("t", "garbage")) == Reset(fresh, ResetReason.MALFORMED)
+    assert reset(history.read("t", "other.3")) == Reset(fresh, ResetReason.UNKNOWN_EPOCH)
+    ahead = Position(fresh.epoch, 1)
+    assert reset(history.read("t", ahead)) == Reset(fresh, ResetReason.UNKNOWN_POSITION)
+
+
+def test_a_fresh_position_resets_once_a_topic_was_dropped_since() -> None:
+    # The topic might have lived and died in between: its events are unknowable.
+    history = MemoryHistory("ep", max_topics=1)
+    fresh = history.head("t")
+    history.append("a", "1")
+    history.append("b", "1")  # drops "a"
+    history.append("t", "1")  # drops "b"
+    result = reset(history.read("t", fresh))
+    assert result.reason is ResetReason.UNKNOWN_EPOCH
+    assert result.head == history.head("t")
+    assert history.head("nothing") != fresh
+
+
+def test_a_fresh_position_resets_when_the_topic_already_lost_its_first_event() -> None:
+    history = MemoryHistory("ep", max_events=2)
+    fresh = history.head("t")
+    fill(history, "t", 3)
+    assert reset(history.read("t", fresh)).reason is ResetReason.EVICTED
+
+
 def test_large_ring_stays_compact() -> None:
     history = MemoryHistory("ep", max_events=10)
     for i in range(10_000):
@@ -252,8 +306,13 @@ class HistoryMachine(RuleBasedStateMachine):
             return
         if result.events:
             first = result.events[0].position
-            if isinstance(cursor, Position):
-                assert first.epoch == cursor.epoch
+            if isinstance(cursor, Position) and first.epoch != cursor.epoch:
+                # Only a fresh position (the topic held nothing) crosses into the
+                # topic's epoch, and then from its very first event.
+                assert cursor.offset == 0
+                assert "_" in cursor.epoch
+                assert first.offset == 1, "events published after a fresh position skipped"
+            elif isinstance(cursor, Position):
                 assert first.offset == cursor.offset + 1, "gap or duplicate without reset"
             positions = [e.position.offset for e in result.events]
             assert positions == list(range(positions[0], positions[0] + len(positions)))

@@ -331,6 +331,7 @@ def test_live_event_of_a_new_epoch_gives_a_reset() -> None:
 
 def test_live_without_gap_filling_delivers_later_positions() -> None:
     history = MemoryHistory("ep")
+    history.append("t", "before")  # the topic is held: its own epoch from the start
     server = make_server(history, fill_gaps=False)
     server.receive_text(SubscribeMessage("t").encode(), 0.0)
     history.append("t", "skipped by a non-contiguous history")

@@ -122,9 +122,16 @@ class MemoryHistory:
 
     Each topic is a ring holding at most *max_events* events and *max_bytes* of payload
     (plus a small per-event overhead); the oldest events are evicted first.  At most
-    *max_topics* topics are kept: touching a new topic beyond that drops the least
+    *max_topics* topics are kept: appending to a new topic beyond that drops the least
     recently used one, and when that topic comes back it starts a new generation (a
     new epoch), so stale cursors into it reset instead of silently resuming.
+
+    Only :meth:`append` creates a topic.  Reading one that holds nothing costs
+    nothing and answers with a *fresh* position (offset 0 of an epoch shared by every
+    such topic), so a client asking about made-up topic names cannot push real
+    topics out.  Reading after a fresh position replays the topic from its first
+    event once it exists -- unless a topic was dropped since the position was handed
+    out (the topic might have lived and died meanwhile), which gives a reset.
 
     *epoch* names this history's generation; pass a fresh random one per process
     (:func:`tidings.cursor.new_epoch`).  Each topic's epoch is derived from it.
@@ -153,6 +160,15 @@ class MemoryHistory:
         self.max_topics = max_topics
         self._topics: OrderedDict[str, _Topic] = OrderedDict()
         self._generation = 0
+        self._fresh = ""
+        self._set_fresh(0)
+
+    def _set_fresh(self, dropped: int) -> None:
+        # The epoch of positions in topics not held: it changes whenever a topic is
+        # dropped, which invalidates fresh positions handed out before.  "_" keeps
+        # it apart from the "-" of per-topic generations.
+        self._dropped = dropped
+        self._fresh = f"{self.epoch}_{dropped:x}"
 
     def _topic(self, topic: str) -> _Topic:
         state = self._topics.get(topic)
@@ -161,9 +177,16 @@ class MemoryHistory:
             return state
         if len(self._topics) >= self.max_topics:
             self._topics.popitem(last=False)
+            self._set_fresh(self._dropped + 1)
         self._generation += 1
         state = _Topic(f"{self.epoch}-{self._generation:x}")
         self._topics[topic] = state
+        return state
+
+    def _held(self, topic: str) -> _Topic | None:
+        state = self._topics.get(topic)
+        if state is not None:
+            self._topics.move_to_end(topic)
         return state
 
     def __len__(self) -> int:
@@ -200,8 +223,10 @@ class MemoryHistory:
 
         Reading after the head returns only events appended later: "live from now".
         """
-        state = self._topic(topic)
-        return Position(state.epoch, state.last)
+        state = self._held(topic)
+        if state is None:
+            return _trusted_position(self._fresh, 0)
+        return _trusted_position(state.epoch, state.last)
 
     def read(self, topic: str, after: Position | str, limit: int = 1000) -> Replay | Reset:
         """The events of *topic* after *after*, at most *limit* of them, or a reset.
@@ -213,7 +238,9 @@ class MemoryHistory:
         """
         if limit < 1:
             raise LocalProtocolError("limit must be >= 1")
-        state = self._topic(topic)
+        state = self._held(topic)
+        if state is None:
+            return self._read_unheld(after)
         if isinstance(after, str):
             if after == EARLIEST:
                 after = Position(state.epoch, state.first - 1)
@@ -222,6 +249,9 @@ class MemoryHistory:
                     after = Position.parse(after)
                 except InvalidCursor:
                     return Reset(Position(state.epoch, state.last), ResetReason.MALFORMED)
+        if after.epoch == self._fresh and after.offset == 0:
+            # Handed out before the topic existed: everything of it comes after.
+            after = Position(state.epoch, 0)
         if after.epoch != state.epoch:
             return Reset(Position(state.epoch, state.last), ResetReason.UNKNOWN_EPOCH)
         if after.offset > state.last:
@@ -238,6 +268,21 @@ class MemoryHistory:
             for offset, (data, event, _) in enumerate(state.events[begin:end], after.offset + 1)
         )
         return Replay(events, events[-1].position, end < len(state.events))
+
+    def _read_unheld(self, after: Position | str) -> Replay | Reset:
+        head = _trusted_position(self._fresh, 0)
+        if isinstance(after, str):
+            if after == EARLIEST:
+                return Replay((), head, False)
+            try:
+                after = Position.parse(after)
+            except InvalidCursor:
+                return Reset(head, ResetReason.MALFORMED)
+        if after.epoch != self._fresh:
+            return Reset(head, ResetReason.UNKNOWN_EPOCH)
+        if after.offset > 0:
+            return Reset(head, ResetReason.UNKNOWN_POSITION)
+        return Replay((), head, False)
 
     def stats(self, topic: str) -> tuple[int, int]:
         """``(events, bytes)`` retained for *topic*, without creating it."""

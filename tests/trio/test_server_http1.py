@@ -12,8 +12,8 @@ import trio.lowlevel
 import trio.testing
 
 from tidings.cursor import Position
-from tidings.history import Replay
-from tidings.trio import Hub, Server, ServerConfig
+from tidings.history import MemoryHistory, Replay
+from tidings.trio import Hub, Server, ServerConfig, serve
 
 if TYPE_CHECKING:
     from conftest import HTTP1, Connect, MemoryClient, StartServer
@@ -322,6 +322,40 @@ async def test_non_utf8_last_event_id_gives_a_reset(
     client = await connect(server)
     await client.send("GET", f"{SSE}?last-event-id=%FF%00%FE")
     await expect_reset_then_live(hub, client, positions[-1], "malformed")
+
+
+async def test_non_utf8_last_event_id_header_gives_a_reset(
+    hub: Hub, server: Server, connect: Connect
+) -> None:
+    positions = await publish_numbers(hub, 2)
+    client = await connect(server)
+    head = b"GET " + SSE.encode() + b" HTTP/1.1\r\nhost: x\r\nlast-event-id: \xff\xfe.1\r\n\r\n"
+    await client.stream.send_all(head)
+    client.conn.send(h11.Request(method="GET", target=SSE, headers=[("host", "x")]))
+    client.conn.send(h11.EndOfMessage())
+    await expect_reset_then_live(hub, client, positions[-1], "malformed")
+
+
+async def test_requests_for_made_up_topics_cannot_push_real_topics_out(
+    nursery: trio.Nursery, connect: Connect
+) -> None:
+    # Every valid name is a topic, but only publishing creates one: readers of
+    # made-up names must not evict the history of real topics.
+    history = MemoryHistory("ep", max_topics=5)
+    hub = Hub(history)
+    server: Server = await nursery.start(serve, hub, 0)
+    old = await hub.publish("real", "old")
+    await hub.publish("real", "new")
+    client = await connect(server)
+    for n in range(50):
+        status, _, _ = await client.request("GET", f"/topics/junk{n}/poll?cursor=zz.1&timeout=0")
+        assert status == 200
+    assert len(history) == 1
+    resume = [("last-event-id", old.position.format())]
+    await client.send("GET", SSE.replace("/t/", "/real/"), resume)
+    await client.response()
+    [event] = [e for e in await client.some_events() if e.type == "message"]
+    assert event.data == "new"
 
 
 async def test_last_event_id_with_nul_in_the_header_is_refused(

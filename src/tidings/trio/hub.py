@@ -406,6 +406,8 @@ class Subscription:
         offset = self._offset
         first = pending[0].stored.position
         last = pending[-1].stored.position
+        if offset == 0 and first.offset == 1 and first.epoch != epoch:
+            epoch = self._epoch = first.epoch  # see _rebase
         # Fast path: offsets grow by exactly one within an epoch and an epoch never
         # comes back, so matching ends mean everything in between is in order.
         if (
@@ -491,6 +493,19 @@ class Subscription:
         self._epoch = position.epoch
         self._offset = position.offset
 
+    def _rebase(self, position: Position) -> bool:
+        """Follow *position*, the first event of a new epoch, from "before anything".
+
+        A subscription at offset 0 has seen no event of its epoch (a topic the
+        history did not hold yet has a fresh epoch of its own), and it was registered
+        before that position was read, so every event since reached it live: the
+        first event of another epoch is then the next one, not a gap.
+        """
+        if self._offset != 0 or position.offset != 1:
+            return False
+        self._epoch = position.epoch
+        return True
+
     def _read_history(self) -> Batch | None:
         after = self._resume
         assert after is not None
@@ -524,7 +539,7 @@ class Subscription:
                 not pending
                 and self._resume is None
                 and position.offset == self._offset + 1
-                and position.epoch == self._epoch
+                and (position.epoch == self._epoch or self._rebase(position))
                 and sink.deliver(item)
             ):
                 self._offset = position.offset

@@ -443,12 +443,92 @@ async def test_a_protocol_error_gets_goaway_and_others_are_unaffected(
             if not data:
                 break
             received += data
-        goaway_frames = [i for i in range(len(received) - 3) if received[i + 3] == 0x07]
-        assert goaway_frames, received
+        client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        client.initiate_connection()
+        events = client.receive_data(received)
+        terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert [e.error_code for e in terminated] == [ErrorCodes.PROTOCOL_ERROR]
+        assert received.count(b"\x07\x00\x00\x00\x00\x00") == 1  # one GOAWAY frame head
     finally:
         await trio.aclose_forcefully(stream)
     state = await bystander.request("GET", "/healthz")
     assert state.headers[b":status"] == b"200"
+
+
+async def test_oversized_headers_get_431_on_their_stream_alone(
+    server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    # Just over the limit by the RFC 9113 measure (name + value + 32 per field).
+    big = "a" * (ServerConfig().max_header_size - 200)
+    refused = await client.request("GET", "/healthz", [("x-big", big)])
+    assert refused.headers[b":status"] == b"431"
+    assert refused.body == b"Request Header Fields Too Large\n"
+    fits = await client.request("GET", "/healthz", [("x-big", "a" * 1000)])
+    assert fits.headers[b":status"] == b"200"
+    assert client.terminated is None
+
+
+async def test_a_publish_with_oversized_headers_gets_431_and_its_body_is_stopped(
+    hub: Hub, server: Server, h2_clients: list[H2Client]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    stream_id = client.open("POST", "/topics/t", [("x-big", "b" * 17000)])
+    await client.flush()
+    state = client.streams[stream_id]
+    await client.until(lambda: state.ended or state.reset is not None)
+    assert state.headers[b":status"] == b"431"
+    assert hub.history.head("t").offset == 0
+    ok = await client.request("POST", "/topics/t", body=b"small")
+    assert ok.headers[b":status"] == b"201"
+
+
+@pytest.mark.parametrize(
+    ("last_event_id", "reason"),
+    [
+        ("x" * 8000, "malformed"),
+        ("other-epoch.5", "unknown-epoch"),
+        ("\u00e9t\u00e9.1", "malformed"),
+    ],
+)
+async def test_hostile_last_event_ids_give_a_reset_on_http2(
+    hub: Hub, server: Server, h2_clients: list[H2Client], last_event_id: str, reason: str
+) -> None:
+    head = await hub.publish("t", "x")
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    stream_id = client.open("GET", "/topics/t/events", [("last-event-id", last_event_id)])
+    await client.flush()
+    [reset] = await client.events(stream_id, 1)
+    assert reset.type == "tidings.reset"
+    assert json.loads(reset.data)["reason"] == reason
+    assert reset.last_event_id == head.position.format()
+    await hub.publish("t", "live")
+    [live] = await client.events(stream_id, 1)
+    assert live.data == "live"
+
+
+async def test_pings_do_not_keep_an_idle_http2_connection_open(
+    hub: Hub, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(hub, ServerConfig(idle_timeout=5))
+    left, right = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, right)
+    client = H2Client(left)
+    await client.start()
+    start = trio.current_time()
+    # A client that pings every half second, with no stream open.
+    while client.terminated is None and not client.closed:
+        assert trio.current_time() - start < 30, "PINGs kept the connection open"
+        client.conn.ping(b"\x00" * 8)
+        await client.flush()
+        await client.pump()  # the PING ACK (or the GOAWAY)
+        await trio.sleep(0.5)
+    assert trio.current_time() - start == pytest.approx(5, abs=0.6)
 
 
 async def test_http2_can_be_disabled(start_server: StartServer) -> None:

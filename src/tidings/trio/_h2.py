@@ -111,6 +111,10 @@ class H2Connection:
         #: Stream data queued in h2 since the writer last took its output.
         self.unsent = 0
         self._read_scope: trio.CancelScope | None = None
+        # When a connection without open streams gets closed.  Only the end of its
+        # last stream moves it: PINGs and SETTINGS do not keep a connection alive.
+        self._idle_deadline = math.inf
+        self._goaway_sent = False
         self._draining = False
         self._broken = False
         self._closing = False
@@ -148,6 +152,7 @@ class H2Connection:
             self.app.connections.discard(self)
 
     async def _serve(self) -> None:
+        self._idle_deadline = trio.current_time() + self.config.idle_timeout
         self.h2.initiate_connection()
         self.h2.update_settings(
             {SettingCodes.MAX_CONCURRENT_STREAMS: self.config.max_concurrent_streams}
@@ -166,13 +171,16 @@ class H2Connection:
         self._cancel_all_streams()
         if self._broken:
             return
-        with suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection()
+        if not self._goaway_sent:
+            with suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
         self.wake_writer()
         with trio.move_on_after(self.config.write_timeout):
             await self.wait_flushed()
 
     def _maybe_stop_reading(self) -> None:
+        if not self.streams:
+            self._idle_deadline = trio.current_time() + self.config.idle_timeout
         scope = self._read_scope
         if scope is None:
             return
@@ -181,7 +189,7 @@ class H2Connection:
         elif self._draining or self.info.rejecting:
             scope.cancel()
         else:
-            scope.deadline = trio.current_time() + self.config.idle_timeout
+            scope.deadline = self._idle_deadline
 
     # -- reading -------------------------------------------------------------------
 
@@ -190,7 +198,7 @@ class H2Connection:
         while not self._peer_done and not self._broken:
             if not self.streams and (self._draining or self.info.rejecting):
                 return
-            deadline = math.inf if self.streams else trio.current_time() + config.idle_timeout
+            deadline = math.inf if self.streams else self._idle_deadline
             with trio.CancelScope(deadline=deadline) as scope:
                 self._read_scope = scope
                 data = await self.stream.receive_some(config.receive_size)
@@ -216,6 +224,7 @@ class H2Connection:
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued a GOAWAY with the right error code.
             log.debug("HTTP/2 protocol error from %s: %s", self.info.client, exc)
+            self._goaway_sent = True
             self._peer_done = True
             self._cancel_all_streams()
             return
@@ -284,12 +293,33 @@ class H2Connection:
         ):
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        request = self._make_request(event.headers or [])
+        raw = event.headers or []
+        if sum(len(name) + len(value) + 32 for name, value in raw) > self.config.max_header_size:
+            self._refuse_headers(stream_id, event.stream_ended is not None)
+            return
+        request = self._make_request(raw)
         stream = H2Stream(self, stream_id, request)
         if event.stream_ended is not None:
             stream._body_done = True
         self.streams[stream_id] = stream
         self._nursery.start_soon(self._run_stream, stream)
+
+    def _refuse_headers(self, stream_id: int, request_complete: bool) -> None:
+        # RFC 9113 §8.2.3 sizes a field as name + value + 32 octets; the whole list
+        # over max_header_size gets 431 on its stream alone (the advertised
+        # SETTINGS_MAX_HEADER_LIST_SIZE says so in advance).
+        body = b"Request Header Fields Too Large\n"
+        head = [
+            (b":status", b"431"),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        with suppress(h2.exceptions.ProtocolError):
+            self.h2.send_headers(stream_id, head)
+            self.h2.send_data(stream_id, body, end_stream=True)
+            if not request_complete:
+                # A complete answer before the request ended: stop its body.
+                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _make_request(self, raw: Iterable[tuple[bytes, bytes]]) -> Request | None:
         method = path = None

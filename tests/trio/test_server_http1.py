@@ -172,9 +172,10 @@ async def test_publish_body_over_the_limit_gets_413(
 ) -> None:
     server = await start_server(config=ServerConfig(max_body_size=10))
     client = await connect(server)
-    status, headers, _ = await client.request("POST", "/topics/t", body=b"x" * 11)
-    assert status == 413
-    assert headers[b"connection"] == b"close"
+    await client.send("POST", "/topics/t", body=b"x" * 11)
+    response = await client.response()
+    assert response.status_code == 413
+    assert [value for name, value in response.headers if name == b"connection"] == [b"close"]
     client = await connect(server)
     assert (await client.request("POST", "/topics/t", body=b"x" * 10))[0] == 201
 
@@ -540,8 +541,12 @@ async def test_connections_beyond_the_limit_get_503_with_retry_after(
     assert (await first.request("GET", "/healthz"))[0] == 200
     assert (await second.request("GET", "/healthz"))[0] == 200
     third = await connect(server)
-    status, headers, _ = await third.request("GET", "/healthz")
-    assert (status, headers[b"retry-after"], headers[b"connection"]) == (503, b"7", b"close")
+    await third.send("GET", "/healthz")
+    response = await third.response()
+    headers = dict(response.headers)
+    assert (response.status_code, headers[b"retry-after"]) == (503, b"7")
+    assert [value for name, value in response.headers if name == b"connection"] == [b"close"]
+    await third.body()
     assert await third.raw_until_closed() == b""
     await first.stream.aclose()
     await trio.testing.wait_all_tasks_blocked()

@@ -627,7 +627,7 @@ class H11Responder(Responder):
             connection._close_after = True
         if connection.app.draining:
             connection._close_after = True
-        if connection._close_after:
+        if connection._close_after and all(name != b"connection" for name, _ in headers):
             headers = [*headers, (b"connection", b"close")]
         self._started = True
         return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))

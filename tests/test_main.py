@@ -134,7 +134,7 @@ async def test_publish_to_nowhere_exits_1_with_a_message() -> None:
 async def test_tail_prints_replayed_and_live_events_as_json_lines(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    ids = [(await hub.publish("news", f"n{i}")).position.format() for i in range(3)]
+    ids = [(await hub.publish("news", f"n{i}")).format() for i in range(3)]
     process = await start_cli(
         nursery, "tail", server.url + "/topics/news/events", "--last-event-id", ids[0]
     )
@@ -143,14 +143,14 @@ async def test_tail_prints_replayed_and_live_events_as_json_lines(
     assert got == [
         {"id": ids[1], "event": "message", "data": "n1"},
         {"id": ids[2], "event": "message", "data": "n2"},
-        {"id": live.position.format(), "event": "tick", "data": "multi\nline"},
+        {"id": live.format(), "event": "tick", "data": "multi\nline"},
     ]
 
 
 async def test_tail_prints_a_reset_line_for_an_unusable_id(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    head = (await hub.publish("news", "old")).position.format()
+    head = (await hub.publish("news", "old")).format()
     process = await start_cli(
         nursery, "tail", server.url + "/topics/news/events", "--last-event-id", "no.such", "--http2"
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from tidings.history import StoredEvent
+from tidings.cursor import Position
 from tidings.trio import Hub
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -69,7 +69,7 @@ async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 async def replay_then_live(
     process: trio.Process, hub: Hub, topic: str
-) -> tuple[list[object], StoredEvent, int]:
+) -> tuple[list[object], Position, int]:
     """Follow a tail that resumes after the first of three events of *topic* on *hub*.
 
     Reads the two replayed lines, publishes one live event (type ``tick``, data on two

@@ -36,13 +36,16 @@ def drain_batches(subscription: Subscription) -> tuple[list[str], list[ResetReas
     return datas, resets
 
 
-async def test_publish_returns_the_stored_event_with_its_position() -> None:
+async def test_publish_returns_the_position_and_append_the_stored_event() -> None:
     hub = make_hub()
     first = await hub.publish("t", "a")
-    second = await hub.publish("t", "b", event="kind")
-    assert isinstance(first, StoredEvent)
-    assert second.position == first.position.next()
-    assert second.event == "kind"
+    second = hub.publish_nowait("t", "b", event="kind")
+    third = hub.append("t", "c")
+    assert isinstance(first, Position)
+    assert second == first.next()
+    assert isinstance(third, StoredEvent)
+    assert third.position == second.next()
+    assert [e.event for e in hub.history.read("t", first).events] == ["kind", None]  # type: ignore[union-attr]
 
 
 async def test_publish_rejects_event_types_with_line_breaks_and_non_str_data() -> None:
@@ -134,12 +137,12 @@ async def test_live_from_now_without_a_cursor() -> None:
 async def test_replay_after_a_position_then_live() -> None:
     hub = make_hub()
     stored = [await hub.publish("t", str(n)) for n in range(1, 6)]
-    with hub.subscribe("t", after=stored[1].position.format()) as subscription:
+    with hub.subscribe("t", after=stored[1].format()) as subscription:
         assert data_of(subscription.next_batch()) == ["3", "4", "5"]
         assert subscription.next_batch() is None
         await hub.publish("t", "6")
         assert data_of(subscription.next_batch()) == ["6"]
-        assert subscription.last == stored[-1].position.next()
+        assert subscription.last == stored[-1].next()
 
 
 async def test_earliest_replays_everything_retained() -> None:
@@ -172,7 +175,7 @@ async def test_unusable_cursor_gives_a_reset_to_the_head_then_live(
         assert batch is not None
         assert batch.reset is not None
         assert batch.reset.reason is reason
-        assert batch.reset.head == last.position
+        assert batch.reset.head == last
         assert batch.events == ()
         await hub.publish("t", "live")
         assert data_of(subscription.next_batch()) == ["live"]
@@ -183,7 +186,7 @@ async def test_evicted_cursor_gives_a_reset() -> None:
     first = await hub.publish("t", "0")
     for n in range(1, 5):
         await hub.publish("t", str(n))
-    with hub.subscribe("t", after=first.position) as subscription:
+    with hub.subscribe("t", after=first) as subscription:
         assert drain_batches(subscription) == ([], [ResetReason.EVICTED])
 
 
@@ -239,12 +242,12 @@ async def test_a_new_epoch_in_the_live_stream_gives_a_reset_not_a_silent_jump() 
 async def test_a_hole_in_the_live_stream_is_filled_from_the_history() -> None:
     hub = make_hub()
     with hub.subscribe("t") as subscription:
-        first = await hub.publish("t", "a")
-        second = await hub.publish("t", "b")
-        third = await hub.publish("t", "c")
+        first = hub.append("t", "a")
+        second = hub.append("t", "b").position
+        third = hub.append("t", "c")
         # Simulate a lost live event: only the first and third reached the buffer.
         subscription._pending = [LiveEvent(first), LiveEvent(third)]
-        assert second.position.offset == first.position.offset + 1
+        assert second.offset == first.position.offset + 1
         datas, resets = drain_batches(subscription)
         assert (datas, resets) == (["a", "b", "c"], [])
 

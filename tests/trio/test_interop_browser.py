@@ -308,7 +308,7 @@ async def follow_through_a_cut(
     Returns the page's result and the positions published.
     """
     state, hub = setup.state, setup.hub
-    positions = [(await hub.publish(TOPIC, payload(n))).position for n in range(1, 5)]
+    positions = [(await hub.publish(TOPIC, payload(n))) for n in range(1, 5)]
     # Nothing has been seen yet: start from everything retained.  The reconnection's
     # Last-Event-ID header must then take precedence over this query parameter.
     src = setup.stream_url + "?last-event-id=earliest"
@@ -323,10 +323,10 @@ async def follow_through_a_cut(
             [first] = hub.subscribed
             assert first.after == "earliest"
             first.subscription.close(cut)
-            positions += [(await hub.publish(TOPIC, payload(n))).position for n in (5, 6)]
+            positions += [(await hub.publish(TOPIC, payload(n))) for n in (5, 6)]
             await state.changes.wait_for(lambda: len(hub.subscribed) > 1 or state.browser_exited)
             assert len(hub.subscribed) == 2, f"browser did not reconnect\n{run.log_tail()}"
-            positions += [(await hub.publish(TOPIC, payload(n))).position for n in (7, 8, 9)]
+            positions += [(await hub.publish(TOPIC, payload(n))) for n in (7, 8, 9)]
             await run.finished.wait()
             # The page closed its EventSource and the browser is gone: the server
             # let go of the subscription.
@@ -440,7 +440,7 @@ async def test_eventsource_gets_a_reset_for_an_unknown_id_and_follows_from_the_h
     stream_route(router, state)
     page_routes(router, state)
     server = await start_server(nursery, hub, router, ServerConfig(sse_retry=50))
-    old = [(await hub.publish(TOPIC, payload(n))).position for n in (1, 2, 3)]
+    old = [(await hub.publish(TOPIC, payload(n))) for n in (1, 2, 3)]
     src = f"{server.url}/topics/{TOPIC}/events?last-event-id=no-such-id"
     url = f"{server.url}/page/eventsource.html?count=2&src={quote(src, safe='')}"
     with trio.fail_after(BROWSER_TIME_LIMIT):
@@ -452,7 +452,7 @@ async def test_eventsource_gets_a_reset_for_an_unknown_id_and_follows_from_the_h
             # head when the server reads the history.
             await state.changes.wait_for(lambda: state.progress >= 1 or state.browser_exited)
             assert state.progress >= 1, f"browser got no reset\n{run.log_tail()}"
-            new = [(await hub.publish(TOPIC, payload(n))).position for n in (4, 5)]
+            new = [(await hub.publish(TOPIC, payload(n))) for n in (4, 5)]
             await run.finished.wait()
     assert run.returncode == 0, run.log_tail()
     events = run.page_result()["events"]

@@ -166,7 +166,7 @@ async def run_curl(curl: str, *args: str) -> tuple[Head, bytes]:
 
 
 async def publish_numbers(hub: Hub, count: int, topic: str = "t") -> list[Position]:
-    return [(await hub.publish(topic, f"event {n}")).position for n in range(1, count + 1)]
+    return [(await hub.publish(topic, f"event {n}")) for n in range(1, count + 1)]
 
 
 def assert_event_stream_head(head: Head, version: str) -> None:
@@ -204,7 +204,7 @@ async def test_curl_gets_sse_headers_retry_and_replay_after_last_event_id_then_l
             (positions[n - 1].format(), f"event {n}") for n in (3, 4, 5)
         ]
         # Live after the replay, with neither gap nor duplicate.
-        live = (await hub.publish("t", "event 6")).position
+        live = await hub.publish("t", "event 6")
         events = await stream.read_events(4)
         assert [e.last_event_id for e in events[3:]] == [live.format()]
         assert len(events) == 4
@@ -224,7 +224,7 @@ async def test_curl_gets_a_reset_event_for_a_bogus_last_event_id(
         assert reset.type == "tidings.reset"
         assert reset.last_event_id == head  # so a plain EventSource resumes there
         assert json.loads(reset.data)["cursor"] == head
-        live = (await hub.publish("t", "after the reset")).position
+        live = await hub.publish("t", "after the reset")
         events = await stream.read_events(2)
         assert [(e.type, e.last_event_id, e.data) for e in events[1:]] == [
             ("message", live.format(), "after the reset")

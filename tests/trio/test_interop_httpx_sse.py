@@ -73,7 +73,7 @@ async def endpoint(
 
 
 async def publish(hub: Hub, *numbers: int, event: str | None = None) -> list[Position]:
-    return [(await hub.publish(TOPIC, f"event {n}", event)).position for n in numbers]
+    return [(await hub.publish(TOPIC, f"event {n}", event)) for n in numbers]
 
 
 async def take(events: AsyncIterator[ServerSentEvent], count: int) -> list[ServerSentEvent]:
@@ -207,8 +207,8 @@ async def test_httpx_sse_follows_several_topics_at_once_on_one_client(
             nursery.start_soon(follow, topic, hub.history.head(topic).format())
         for n in (1, 2):
             for topic in topics:
-                stored = await hub.publish(topic, f"{topic}{n}")
-                expected[topic].append((stored.position.format(), stored.data))
+                position = await hub.publish(topic, f"{topic}{n}")
+                expected[topic].append((position.format(), f"{topic}{n}"))
     assert got == expected
     assert versions == {endpoint.version}
     if endpoint.version == "HTTP/2":

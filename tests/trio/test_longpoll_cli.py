@@ -25,7 +25,7 @@ async def start_tail(nursery: trio.Nursery, *args: str) -> trio.Process:
 async def test_tail_over_poll_prints_replayed_and_live_events_as_json_lines(
     nursery: trio.Nursery, server: Server, hub: Hub, http: list[str]
 ) -> None:
-    ids = [(await hub.publish("news", f"n{i}")).position.format() for i in range(3)]
+    ids = [(await hub.publish("news", f"n{i}")).format() for i in range(3)]
     process = await start_tail(
         nursery, server.url + "/topics/news/poll", "--last-event-id", ids[0], *http
     )
@@ -34,16 +34,16 @@ async def test_tail_over_poll_prints_replayed_and_live_events_as_json_lines(
     assert got == [
         {"id": ids[1], "event": "message", "data": "n1"},
         {"id": ids[2], "event": "message", "data": "n2"},
-        {"id": live.position.format(), "event": "tick", "data": "multi\nline"},
+        {"id": live.format(), "event": "tick", "data": "multi\nline"},
     ]
 
 
 async def test_tail_over_poll_prints_a_reset_line_for_an_evicted_cursor(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    first = (await hub.publish("news", "old")).position.format()
+    first = (await hub.publish("news", "old")).format()
     for i in range(120):  # the fixture's history keeps 100
-        head = (await hub.publish("news", str(i))).position.format()
+        head = (await hub.publish("news", str(i))).format()
     process = await start_tail(nursery, server.url + "/topics/news/poll", "--last-event-id", first)
     assert process.stdout is not None
     with trio.fail_after(TIMEOUT):

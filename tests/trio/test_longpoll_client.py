@@ -54,12 +54,12 @@ async def test_replays_from_earliest_then_follows_live_events(server: Server, hu
     with trio.fail_after(5):
         async with open_long_poll(server.url + POLL, cursor="earliest") as poll:
             first = await take(poll, 2)
-            assert poll.cursor == b.position.format()
+            assert poll.cursor == b.format()
             third = await take_live(poll, hub, "c")
             assert poll.http_version == "1.1"
     assert first == [
-        PollEvent(a.position.format(), None, "a"),
-        PollEvent(b.position.format(), "tick", "b"),
+        PollEvent(a.format(), None, "a"),
+        PollEvent(b.format(), "tick", "b"),
     ]
     assert [item.data for item in third if isinstance(item, PollEvent)] == ["c"]
 
@@ -71,14 +71,12 @@ async def test_a_start_cursor_that_was_evicted_yields_a_reset_then_live_events(
     for i in range(1, 120):  # the fixture's history keeps 100
         head = await hub.publish("t", str(i))
     with trio.fail_after(5):
-        async with open_long_poll(
-            server.url + POLL, cursor=first.position.format(), http2=True
-        ) as poll:
+        async with open_long_poll(server.url + POLL, cursor=first.format(), http2=True) as poll:
             reset = await take(poll, 1)
-            assert poll.cursor == head.position.format()
+            assert poll.cursor == head.format()
             fresh = await take_live(poll, hub, "fresh")
             assert poll.http_version == "2"
-    assert reset == [PollReset(head.position.format())]
+    assert reset == [PollReset(head.format())]
     assert isinstance(fresh[0], PollEvent)
     assert fresh[0].data == "fresh"
 
@@ -104,7 +102,7 @@ async def test_timeout_answers_are_followed_by_new_polls_without_loss(
 async def test_conditional_short_polling_with_an_adaptive_poller(
     autojump_clock: trio.testing.MockClock, server: Server, hub: Hub
 ) -> None:
-    start = (await hub.publish("t", "seen")).position.format()
+    start = (await hub.publish("t", "seen")).format()
     poller = AdaptivePoller(active=1, idle=8)
     async with open_long_poll(server.url + POLL, cursor=start, poller=poller) as poll:
 
@@ -145,7 +143,7 @@ async def test_network_failures_are_retried_from_the_same_cursor(
             nursery.start_soon(appear)
             got = await take(poll, 1)
             assert poll.failures >= 3
-    assert got == [PollEvent(stored.position.format(), None, "waiting")]
+    assert got == [PollEvent(stored.format(), None, "waiting")]
 
 
 async def test_a_404_ends_the_poll_with_poll_rejected(server: Server) -> None:

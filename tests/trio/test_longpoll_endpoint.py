@@ -53,18 +53,18 @@ async def test_waiting_events_are_answered_at_once(
     client = await connect(server)
     with trio.fail_after(5):
         status, headers, body = await client.request(
-            "GET", f"{POLL}?cursor={Position(first.position.epoch, 0)}"
+            "GET", f"{POLL}?cursor={Position(first.epoch, 0)}"
         )
     assert status == 200
     assert headers[b"content-type"] == b"application/json"
     assert headers[b"cache-control"] == b"no-store"
-    assert headers[b"etag"] == f'"{second.position.format()}"'.encode()
+    assert headers[b"etag"] == f'"{second.format()}"'.encode()
     assert answer(body) == {
         "events": [
-            {"id": first.position.format(), "event": None, "data": "a"},
-            {"id": second.position.format(), "event": "tick", "data": "b"},
+            {"id": first.format(), "event": None, "data": "a"},
+            {"id": second.format(), "event": "tick", "data": "b"},
         ],
-        "cursor": second.position.format(),
+        "cursor": second.format(),
         "reset": False,
     }
     assert hub.subscriber_count() == 0  # an immediate answer never subscribes
@@ -81,7 +81,7 @@ async def test_earliest_returns_everything_retained_and_limit_caps_an_answer(
         _, _, body = await client.request("GET", f"{POLL}?cursor={page['cursor']}&limit=10")
     assert [e["data"] for e in page["events"]] == ["0", "1"]  # type: ignore[attr-defined]
     assert [e["data"] for e in answer(body)["events"]] == ["2", "3", "4"]  # type: ignore[index]
-    assert answer(body)["cursor"] == stored[-1].position.format()
+    assert answer(body)["cursor"] == stored[-1].format()
 
 
 async def test_a_held_request_is_answered_as_soon_as_an_event_is_published(
@@ -105,9 +105,7 @@ async def test_a_held_request_is_answered_as_soon_as_an_event_is_published(
         answered_after = trio.current_time() - published_at
     status, _, body = got[0]
     assert status == 200
-    assert answer(body)["events"] == [
-        {"id": stored.position.format(), "event": None, "data": "now"}
-    ]
+    assert answer(body)["events"] == [{"id": stored.format(), "event": None, "data": "now"}]
     assert answered_after < 1.0  # milliseconds in practice; generous for a loaded machine
     assert hub.subscriber_count() == 0
     assert server.app.subscriptions == set()
@@ -169,11 +167,11 @@ async def test_a_burst_of_publishes_answers_held_requests_with_the_first_and_los
             body = await client.body()
             client.conn.start_next_cycle()
             assert response.status_code == 200
-            assert answer(body)["cursor"] == first.position.format()
+            assert answer(body)["cursor"] == first.format()
             status, _, body = await client.request("GET", f"{POLL}?cursor={answer(body)['cursor']}")
             assert status == 200
             assert [e["data"] for e in answer(body)["events"]] == ["two"]  # type: ignore[attr-defined]
-            assert answer(body)["cursor"] == second.position.format()
+            assert answer(body)["cursor"] == second.format()
     assert hub.subscriber_count() == 0
 
 
@@ -195,7 +193,7 @@ async def test_a_held_request_outside_the_common_case_is_answered_as_usual(
         stored = await hub.publish("t", "wake")
         raw = await raw_answer(client.stream)
     assert raw.startswith(b"HTTP/1.1 200 ")
-    assert answer(raw.partition(b"\r\n\r\n")[2])["cursor"] == stored.position.format()
+    assert answer(raw.partition(b"\r\n\r\n")[2])["cursor"] == stored.format()
 
 
 async def test_a_held_answer_larger_than_the_socket_takes_is_finished_by_its_task(
@@ -239,7 +237,7 @@ async def test_a_held_request_without_cursor_follows_live_from_its_arrival(
 async def test_the_timeout_answer_is_an_empty_200_with_the_same_cursor(
     autojump_clock: trio.testing.MockClock, server: Server, hub: Hub, connect: Connect
 ) -> None:
-    cursor = (await hub.publish("t", "x")).position.format()
+    cursor = (await hub.publish("t", "x")).format()
     client = await connect(server)
     start = trio.current_time()
     status, headers, body = await client.request("GET", f"{POLL}?cursor={cursor}&timeout=7")
@@ -253,7 +251,7 @@ async def test_the_timeout_answer_is_an_empty_200_with_the_same_cursor(
 async def test_the_timeout_answer_to_if_none_match_is_304(
     autojump_clock: trio.testing.MockClock, server: Server, hub: Hub, connect: Connect
 ) -> None:
-    cursor = (await hub.publish("t", "x")).position.format()
+    cursor = (await hub.publish("t", "x")).format()
     client = await connect(server)
     status, headers, body = await client.request(
         "GET", f"{POLL}?timeout=3", [("if-none-match", f'"{cursor}"')]
@@ -312,7 +310,7 @@ async def test_a_request_pipelined_behind_a_held_poll_is_answered_after_it(
     split = raw.index(b"HTTP/1.1 ", 1)
     first, second = raw[:split], raw[split:]
     assert first.startswith(b"HTTP/1.1 200 ")
-    assert stored.position.format().encode() in first
+    assert stored.format().encode() in first
     assert second.startswith(b"HTTP/1.1 200 ")
     assert second.endswith(b"ok\n")
 
@@ -364,10 +362,10 @@ async def test_an_evicted_cursor_gets_a_reset_with_the_head(
         last = await hub.publish("t", str(i))
     client = await connect(server)
     with trio.fail_after(5):
-        status, headers, body = await client.request("GET", f"{POLL}?cursor={first.position}")
+        status, headers, body = await client.request("GET", f"{POLL}?cursor={first}")
     assert status == 200
-    assert answer(body) == {"events": [], "cursor": last.position.format(), "reset": True}
-    assert headers[b"etag"] == f'"{last.position}"'.encode()
+    assert answer(body) == {"events": [], "cursor": last.format(), "reset": True}
+    assert headers[b"etag"] == f'"{last}"'.encode()
 
 
 async def test_an_unknown_epoch_gets_a_reset_with_the_head(
@@ -393,14 +391,12 @@ async def test_http2_answers_at_once_and_after_a_hold(server: Server, hub: Hub) 
         async with open_request("GET", url, http2=True) as response:
             assert response.http_version == "2"
             body = await response.read()
-        assert answer(body)["events"] == [
-            {"id": stored.position.format(), "event": None, "data": "one"}
-        ]
+        assert answer(body)["events"] == [{"id": stored.format(), "event": None, "data": "one"}]
         bodies: list[bytes] = []
 
         async def poll() -> None:
             async with open_request(
-                "GET", f"{server.url}{POLL}?cursor={stored.position}", http2=True
+                "GET", f"{server.url}{POLL}?cursor={stored}", http2=True
             ) as response:
                 bodies.append(await response.read())
 
@@ -408,7 +404,7 @@ async def test_http2_answers_at_once_and_after_a_hold(server: Server, hub: Hub) 
             nursery.start_soon(poll)
             await held(hub, "t", 1)
             second = await hub.publish("t", "two")
-    assert answer(bodies[0])["cursor"] == second.position.format()
+    assert answer(bodies[0])["cursor"] == second.format()
     assert hub.subscriber_count() == 0
 
 
@@ -468,7 +464,7 @@ async def test_one_publish_answers_a_thousand_held_requests_and_leavers_leave_no
             assert len(server.app.subscriptions) == count
             assert bodies == []
             stored = await hub.publish("t", "all")
-    expected = {"events": [{"id": stored.position.format(), "event": None, "data": "all"}]}
+    expected = {"events": [{"id": stored.format(), "event": None, "data": "all"}]}
     assert len(bodies) == count
     assert all(answer(body)["events"] == expected["events"] for body in bodies)
     assert hub.subscriber_count() == 0
@@ -560,7 +556,7 @@ async def test_over_tls_a_held_poll_is_woken_and_a_leaver_is_released(
             nursery.start_soon(poll)
             await held(hub, "t", 1)
             stored = await hub.publish("t", "secret")
-        assert answer(bodies[0])["cursor"] == stored.position.format()
+        assert answer(bodies[0])["cursor"] == stored.format()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(poll)
             await held(hub, "t", 1)

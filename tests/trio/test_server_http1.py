@@ -24,7 +24,7 @@ SSE = "/topics/t/events"
 
 
 async def publish_numbers(hub: Hub, count: int, topic: str = "t") -> list[Position]:
-    return [(await hub.publish(topic, str(n))).position for n in range(1, count + 1)]
+    return [(await hub.publish(topic, str(n))) for n in range(1, count + 1)]
 
 
 # -- plain endpoints --------------------------------------------------------------
@@ -78,7 +78,7 @@ async def test_204_and_304_answers_carry_no_content_length(
     status, headers, _ = await client.request("OPTIONS", "*")
     assert status == 204
     assert b"content-length" not in headers
-    cursor = (await hub.publish("t", "x")).position.format()
+    cursor = (await hub.publish("t", "x")).format()
     status, headers, body = await client.request(
         "GET", "/topics/t/poll?timeout=0", [("if-none-match", f'"{cursor}"')]
     )
@@ -352,7 +352,7 @@ async def test_requests_for_made_up_topics_cannot_push_real_topics_out(
         status, _, _ = await client.request("GET", f"/topics/junk{n}/poll?cursor=zz.1&timeout=0")
         assert status == 200
     assert len(history) == 1
-    resume = [("last-event-id", old.position.format())]
+    resume = [("last-event-id", old.format())]
     await client.send("GET", SSE.replace("/t/", "/real/"), resume)
     await client.response()
     [event] = [e for e in await client.some_events() if e.type == "message"]
@@ -594,7 +594,7 @@ async def test_no_event_is_lost_or_repeated_while_publishing_during_replays(
 
     async with trio.open_nursery() as nursery:
         for n in range(total):
-            positions.append((await hub.publish("t", str(n))).position)
+            positions.append(await hub.publish("t", str(n)))
             if n % 40 == 39:
                 # Resume from 30 events back: a replay runs while publishing goes on.
                 nursery.start_soon(reader, n - 30)

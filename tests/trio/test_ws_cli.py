@@ -28,7 +28,7 @@ def ws_url(server: Server) -> str:
 async def test_tail_over_ws_prints_replayed_and_live_events_as_json_lines(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    ids = [(await hub.publish("news", f"n{i}")).position.format() for i in range(3)]
+    ids = [(await hub.publish("news", f"n{i}")).format() for i in range(3)]
     process = await start_tail(
         nursery, ws_url(server), "--topic", "news", "--last-event-id", ids[0]
     )
@@ -37,14 +37,14 @@ async def test_tail_over_ws_prints_replayed_and_live_events_as_json_lines(
     assert got == [
         {"id": ids[1], "event": "message", "data": "n1"},
         {"id": ids[2], "event": "message", "data": "n2"},
-        {"id": live.position.format(), "event": "tick", "data": "multi\nline"},
+        {"id": live.format(), "event": "tick", "data": "multi\nline"},
     ]
 
 
 async def test_tail_over_ws_prints_a_reset_line_for_an_unknown_cursor(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    head = (await hub.publish("news", "x")).position.format()
+    head = (await hub.publish("news", "x")).format()
     process = await start_tail(
         nursery, ws_url(server), "--topic", "news", "--last-event-id", "other.5"
     )
@@ -69,7 +69,7 @@ async def test_tail_over_ws_with_several_topics_labels_each_line(
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
     assert line == {
-        "id": event.position.format(),
+        "id": event.format(),
         "event": "message",
         "data": "to b",
         "topic": "b",
@@ -95,7 +95,7 @@ async def test_tail_ends_quietly_when_its_reader_goes_away(
     nursery: trio.Nursery, server: Server, hub: Hub, transport: str
 ) -> None:
     """``tidings tail ... | head -1``: a closed stdout ends the tail with status 0."""
-    first = (await hub.publish("news", "one")).position.format()
+    first = (await hub.publish("news", "one")).format()
     base = f"http://127.0.0.1:{server.port}/topics/news"
     url = {"sse": f"{base}/events", "poll": f"{base}/poll", "ws": ws_url(server)}[transport]
     extra = ["--topic", "news"] if transport == "ws" else []

@@ -51,15 +51,15 @@ async def test_session_follows_topics_and_publish_returns_the_stored_id(
         ident = await session.publish("b", "mine", event="note")
         assert hub.history.head("b").format() == ident
         got = [await session.__anext__(), await session.__anext__()]
-        assert sorted((m.topic, m.id) for m in got) == [("a", old.position.format()), ("b", ident)]
-        assert session.positions == {"a": old.position.format(), "b": ident}
+        assert sorted((m.topic, m.id) for m in got) == [("a", old.format()), ("b", ident)]
+        assert session.positions == {"a": old.format(), "b": ident}
 
 
 async def test_unknown_cursor_surfaces_as_a_reset(server: Server, hub: Hub) -> None:
     head = await hub.publish("t", "x")
     async with open_session(ws_url(server.port), {"t": "zz.9"}) as session:
         reset = await session.__anext__()
-        assert reset == ResetMessage("t", head.position.format())
+        assert reset == ResetMessage("t", head.format())
 
 
 async def test_session_resumes_every_topic_after_cuts_without_loss_or_duplicates(

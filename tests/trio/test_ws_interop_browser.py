@@ -76,7 +76,7 @@ async def test_browser_websocket_subscribes_publishes_and_receives(
     state = PageState(Changes())
     page_routes(router, state)
     server = await start_server(nursery, hub, router, ServerConfig())
-    before = [(await hub.publish(TOPIC, f"n{i}")).position.format() for i in range(3)]
+    before = [(await hub.publish(TOPIC, f"n{i}")).format() for i in range(3)]
     ws_url = server.url.replace("http://", "ws://") + "/ws"
     # Same origin: the page and the WebSocket come from the same server.
     page = f"{server.url}/page/websocket.html"

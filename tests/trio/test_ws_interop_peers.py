@@ -54,7 +54,7 @@ async def test_python_websockets_client_speaks_tidings_v1(server: Server, hub: H
     events = [m for m in received if m["type"] == "event"]
     acks = [m for m in received if m["type"] == "published"]
     assert [e["data"] for e in events] == ["before", "from python"]
-    assert events[0]["id"] == first.position.format()
+    assert events[0]["id"] == first.format()
     # The repeat got the original id and was not stored again.
     assert acks[0] == acks[1] == {"type": "published", "msg_id": "py-1", "id": events[1]["id"]}
     assert hub.history.head("py").offset == 2
@@ -137,6 +137,6 @@ async def test_node_ws_client_speaks_tidings_v1(server: Server, hub: Hub, node_w
     assert lines[0] == {"type": "open", "protocol": "tidings.v1"}
     events = [m for m in lines if m["type"] == "event"]
     assert [e["data"] for e in events] == ["before", "from node"]
-    assert events[0]["id"] == before.position.format()
+    assert events[0]["id"] == before.format()
     assert {"type": "published", "msg_id": "node-1", "id": events[1]["id"]} in lines
     assert lines[-1] == {"type": "close", "code": 1000}

@@ -71,9 +71,9 @@ async def publish(app: App, request: Request, responder: Responder) -> None:
         await app.error(responder, 400, "body must be UTF-8")
         return
     try:
-        stored = await app.hub.publish(request.params["topic"], data, event)
+        position = await app.hub.publish(request.params["topic"], data, event)
     except LocalProtocolError as exc:
         await app.error(responder, exc.error_status_hint, str(exc))
         return
-    answer = json.dumps({"id": stored.position.format()}).encode()
+    answer = json.dumps({"id": position.format()}).encode()
     await responder.respond(201, app.headers(_JSON, _NO_STORE), answer)

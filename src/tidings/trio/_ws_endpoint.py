@@ -154,7 +154,7 @@ class _HubHistory:
         # stored can be followed by every transport.
         if not is_valid_topic(topic):
             raise LocalProtocolError("topic names are 1-128 characters from A-Z a-z 0-9 . _ ~ -")
-        return self.hub.publish_nowait(topic, data, event)
+        return self.hub.append(topic, data, event)
 
 
 # ------------------------------------------------------------------------- handshake

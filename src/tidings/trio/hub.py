@@ -192,8 +192,8 @@ class Hub:
         self._dirty: dict[DirectSink, None] = {}
         self._flusher_running = False
 
-    async def publish(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
-        """Store an event and wake every subscriber of *topic*; return the stored event.
+    async def publish(self, topic: str, data: str, event: str | None = None) -> Position:
+        """Store an event and wake every subscriber of *topic*; return its position.
 
         Never waits for subscribers: a slow one is cut off instead.  This is a Trio
         checkpoint; :meth:`publish_nowait` is the synchronous form.
@@ -202,15 +202,23 @@ class Hub:
         stored = self._publish(topic, data, event)
         self._flush()
         await trio.lowlevel.cancel_shielded_checkpoint()
-        return stored
+        return stored.position
 
-    def publish_nowait(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
+    def publish_nowait(self, topic: str, data: str, event: str | None = None) -> Position:
         """Synchronous :meth:`publish` (for callbacks and bursts).
 
         Idle subscribers get the events of a run of calls in one write each, once the
         calling task yields.  Raises :class:`~tidings.errors.LocalProtocolError` for a
         non-string *data*, an *event* type containing CR or LF, or an event larger
         than the history accepts.
+        """
+        return self.append(topic, data, event).position
+
+    def append(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
+        """:meth:`publish_nowait`, returning the whole stored event.
+
+        For code that stands in for a history's ``append`` (the WebSocket endpoint
+        stores clients' publishes this way, so that they reach every subscriber).
         """
         stored = self._publish(topic, data, event)
         if self._dirty and not self._flusher_running:

@@ -14,9 +14,19 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import FrozenInstanceError, dataclass
+from itertools import repeat
+from operator import itemgetter
+from typing import NamedTuple, cast
 
-from tidings.cursor import EARLIEST, MAX_EPOCH_LENGTH, Position, _trusted_position
+from tidings.cursor import (
+    EARLIEST,
+    MAX_EPOCH_LENGTH,
+    Position,
+    _new_position,
+    _trusted_position,
+)
 from tidings.errors import InvalidCursor, LocalProtocolError
 
 __all__ = [
@@ -35,13 +45,34 @@ _MAX_BASE_EPOCH = MAX_EPOCH_LENGTH - 14
 _EVENT_OVERHEAD = 64
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One event as it sits in a history: its position, payload and optional type."""
+class StoredEvent(NamedTuple):
+    """One event as it sits in a history: its position, payload and optional type.
+
+    Immutable: assigning to a field raises :class:`dataclasses.FrozenInstanceError`.
+    A named tuple (like :class:`~tidings.cursor.Position`) because one is built for
+    every event published and every event replayed; so it also compares equal to
+    the tuple ``(position, data, event)``.
+    """
 
     position: Position
     data: str
     event: str | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+_DATA = itemgetter(0)
+_TYPE = itemgetter(1)
+
+# Builds a StoredEvent in one C call (no keyword handling, no defaults).
+_new_stored = cast(
+    Callable[[type[StoredEvent], tuple[Position, str, str | None]], StoredEvent],
+    tuple.__new__,
+)
 
 
 class ResetReason(enum.StrEnum):
@@ -79,35 +110,74 @@ class Reset:
     reason: ResetReason
 
 
+# Events per sealed chunk of a topic's ring (see _Topic).
+_CHUNK = 256
+
+_Item = tuple[str, str | None, int]
+
+
 class _Topic:
     """The ring of one topic's retained events.
 
-    Events are kept as plain ``(data, event, size)`` tuples rather than
-    :class:`StoredEvent` objects: a tuple of strings and ints is untracked by
-    CPython's cyclic garbage collector once it survived one collection, so a large
-    retained history costs no collector time (and about half the memory).  Reads
-    build :class:`StoredEvent` objects from them.
+    Events are kept as plain ``(data, event, size)`` tuples, never as
+    :class:`StoredEvent` objects, and in chunks: every :data:`_CHUNK` of them are
+    sealed into one tuple.  A tuple holding only strings, ints and such tuples is
+    untracked by CPython's cyclic garbage collector after one collection, so a full
+    collection visits one object per chunk instead of two or three per event (with
+    10 000 topics of 1 000 events that is the difference between a pause of
+    seconds and one of milliseconds), and the history takes about half the memory.
+    Reads build :class:`StoredEvent` objects from the tuples.
+
+    The retained events are offsets ``first..last``; the chunks (then ``tail``, the
+    chunk being filled) start at offset ``base``, and the first ``skip`` of them
+    were evicted.
     """
 
-    __slots__ = ("epoch", "events", "first", "last", "nbytes", "start")
+    __slots__ = ("base", "chunks", "epoch", "first", "last", "nbytes", "skip", "tail")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
-        # ``events[start:]`` are retained; ``first`` is the offset of events[start].
-        self.events: list[tuple[str, str | None, int]] = []
-        self.start = 0
+        self.chunks: list[tuple[_Item, ...]] = []
+        self.tail: list[_Item] = []
+        self.base = 1
+        self.skip = 0
         self.first = 1
         self.last = 0
         self.nbytes = 0
 
+    def append(self, item: _Item) -> None:
+        tail = self.tail
+        tail.append(item)
+        self.last += 1
+        self.nbytes += item[2]
+        if len(tail) == _CHUNK:
+            self.chunks.append(tuple(tail))
+            self.tail = []
+
     def evict_one(self) -> None:
-        size = self.events[self.start][2]
-        self.start += 1
+        chunks = self.chunks
+        chunk: Sequence[_Item] = chunks[0] if chunks else self.tail
+        self.nbytes -= chunk[self.skip][2]
+        self.skip += 1
         self.first += 1
-        self.nbytes -= size
-        if self.start >= 1024 and self.start * 2 >= len(self.events):
-            del self.events[: self.start]
-            self.start = 0
+        if chunks and self.skip == _CHUNK:
+            del chunks[0]
+            self.base += _CHUNK
+            self.skip = 0
+
+    def items(self, begin: int, end: int) -> list[_Item]:
+        """The items of offsets ``begin..end - 1`` (all retained)."""
+        chunks = self.chunks
+        out: list[_Item] = []
+        index = begin - self.base
+        stop = end - self.base
+        while index < stop:
+            number, start = divmod(index, _CHUNK)
+            chunk: Sequence[_Item] = chunks[number] if number < len(chunks) else self.tail
+            take = min(_CHUNK - start, stop - index)
+            out += chunk[start : start + take]
+            index += take
+        return out
 
 
 def _event_size(data: str, event: str | None) -> int:
@@ -210,10 +280,10 @@ class MemoryHistory:
                 error_status_hint=413,
             )
         state = self._topic(topic)
-        state.last += 1
-        stored = StoredEvent(_trusted_position(state.epoch, state.last), data, event)
-        state.events.append((data, event, size))
-        state.nbytes += size
+        stored = _new_stored(
+            StoredEvent, (_trusted_position(state.epoch, state.last + 1), data, event)
+        )
+        state.append((data, event, size))
         while state.last - state.first + 1 > self.max_events or state.nbytes > self.max_bytes:
             state.evict_one()
         return stored
@@ -258,16 +328,25 @@ class MemoryHistory:
             return Reset(Position(state.epoch, state.last), ResetReason.UNKNOWN_POSITION)
         if after.offset < state.first - 1:
             return Reset(Position(state.epoch, state.last), ResetReason.EVICTED)
-        begin = state.start + (after.offset - state.first + 1)
-        end = min(begin + limit, len(state.events))
+        begin = after.offset + 1
+        end = min(begin + limit, state.last + 1)
         if begin == end:
             return Replay((), after, False)
-        epoch = state.epoch
-        events = tuple(
-            StoredEvent(_trusted_position(epoch, offset), data, event)
-            for offset, (data, event, _) in enumerate(state.events[begin:end], after.offset + 1)
+        chunk = state.items(begin, end)
+        count = len(chunk)
+        # Built column by column at C speed: replay is the bulk path.
+        positions = map(
+            _new_position,
+            repeat(Position, count),
+            zip(
+                repeat(state.epoch, count),
+                range(after.offset + 1, after.offset + 1 + count),
+                strict=True,
+            ),
         )
-        return Replay(events, events[-1].position, end < len(state.events))
+        columns = zip(positions, map(_DATA, chunk), map(_TYPE, chunk), strict=True)
+        events = tuple(map(_new_stored, repeat(StoredEvent, count), columns))
+        return Replay(events, events[-1].position, end <= state.last)
 
     def _read_unheld(self, after: Position | str) -> Replay | Reset:
         head = _trusted_position(self._fresh, 0)

@@ -177,7 +177,7 @@ class Hub:
         *,
         max_pending_events: int = 512,
         max_pending_bytes: int = 1024 * 1024,
-        replay_page: int = 256,
+        replay_page: int = 128,
     ) -> None:
         if max_pending_events < 1 or max_pending_bytes < 1 or replay_page < 1:
             raise LocalProtocolError(

@@ -46,14 +46,27 @@ async def test_serve_prints_its_url_serves_and_exits_0_on_sigint(nursery: trio.N
     with trio.fail_after(TIMEOUT):
         url = await Lines(process.stdout).next()
         assert url.startswith("http://127.0.0.1:")
-        async with open_request("POST", url + "/topics/t", body=b"hi") as response:
-            assert response.status == 201
-            first = json.loads(await response.read())["id"]
+        ids = []
+        for n in range(1, 8):  # seven events into a history of five
+            async with open_request("POST", url + "/topics/t", body=f"e{n}".encode()) as response:
+                assert response.status == 201
+                ids.append(json.loads(await response.read())["id"])
+        # A short poll from the earliest retained event: only the last five are left.
+        async with open_request(
+            "GET", url + "/topics/t/poll?cursor=earliest&timeout=0", http2=True
+        ) as response:
+            assert response.status == 200
+            answer = json.loads(await response.read())
         async with open_request("GET", url + "/healthz", http2=True) as response:
             assert response.status == 200
         process.send_signal(signal.SIGINT)
         assert await process.wait() == 0
-    assert first.endswith(".1")
+    assert ids[0].endswith(".1")
+    assert answer["reset"] is False
+    assert [(e["id"], e["data"]) for e in answer["events"]] == [
+        (ids[n - 1], f"e{n}") for n in range(3, 8)
+    ]
+    assert answer["cursor"] == ids[-1]
 
 
 async def test_serve_with_a_certificate_speaks_tls_and_tail_follows_it(

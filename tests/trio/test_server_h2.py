@@ -410,6 +410,39 @@ async def test_live_bursts_bypass_the_stream_task_and_respect_its_window(
     assert client.streams[stream_id].reset is None
 
 
+async def test_a_client_that_stops_reading_the_socket_gets_an_intact_prefix_then_a_reset(
+    start_server: StartServer, hub: Hub, h2_clients: list[H2Client]
+) -> None:
+    # Flow control never stops the server here (huge windows): TCP does.  Direct
+    # writes from the publisher then fill the socket buffer, the writer takes
+    # over the rest, the subscriber overflows and its stream is reset, and the
+    # frames the client finally reads are whole and in order.
+    server = await start_server(config=ServerConfig(subscriber_max_events=64))
+    client = await h2_connect(server, initial_window=2**31 - 1)
+    h2_clients.append(client)
+    client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    stream_id = client.open("GET", "/topics/flood/events")
+    await client.flush()
+    await client.until(lambda: bool(client.streams[stream_id].headers))
+    payload = "z" * 2000
+    [subscription] = server.app.subscriptions
+    sent = 0
+    while subscription.closed is None:
+        assert sent < 20_000, "never cut off"
+        for _ in range(32):
+            hub.publish_nowait("flood", f"{sent} {payload}")
+            sent += 1
+        await trio.testing.wait_all_tasks_blocked()
+    state = client.streams[stream_id]
+    await client.until(lambda: state.reset is not None)
+    assert state.reset == ErrorCodes.CANCEL
+    numbers = [int(event.data.split()[0]) for event in state.events]
+    assert numbers == list(range(len(numbers)))
+    assert 0 < len(numbers) < sent
+    other = await client.request("GET", "/healthz")
+    assert other.headers[b":status"] == b"200"
+
+
 async def test_streams_beyond_the_concurrency_limit_are_refused(
     start_server: StartServer, h2_clients: list[H2Client]
 ) -> None:

@@ -110,6 +110,10 @@ class H2Connection:
         self._sent = 0  # the value of _queued when the writer last emptied h2
         #: Stream data queued in h2 since the writer last took its output.
         self.unsent = 0
+        # Whether the writer waits for work, and bytes a direct write left over
+        # (they go out before anything else; see write_now).
+        self._writer_idle = False
+        self._leftover = b""
         self._read_scope: trio.CancelScope | None = None
         # When a connection without open streams gets closed.  Only the end of its
         # last stream moves it: PINGs and SETTINGS do not keep a connection alive.
@@ -373,6 +377,28 @@ class H2Connection:
         self._queued += 1
         self._writer_waiter.wake()
 
+    def write_now(self) -> None:
+        """Write what h2 holds from the calling task when the writer is idle.
+
+        For the publisher's flush of idle event streams (see :class:`_H2Sink`) on a
+        plain socket: one system call and no task woken.  Over TLS, while the
+        writer is busy, or for what the socket did not take, the writer does it.
+        """
+        if self._fd < 0 or not self._writer_idle or self._leftover or self._broken:
+            self.wake_writer()
+            return
+        data = self.h2.data_to_send()
+        self.unsent = 0
+        if not data:
+            return
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:
+            sent = 0  # the writer tries again and reports the error
+        if sent < len(data):
+            self._leftover = data[sent:]
+            self.wake_writer()
+
     async def wait_flushed(self) -> None:
         """Wait until everything queued so far was handed to the socket."""
         target = self._queued
@@ -390,6 +416,9 @@ class H2Connection:
                 generation = self._queued
                 data = self.h2.data_to_send()
                 self.unsent = 0
+                if self._leftover:
+                    data = self._leftover + data
+                    self._leftover = b""
                 if data and self._fd >= 0:
                     # Plain socket: offer the bytes to the kernel directly first.
                     try:
@@ -407,7 +436,11 @@ class H2Connection:
                 self._sent = generation
                 self._flushed.unpark_all()
                 if self._queued == generation:
-                    await self._writer_waiter.wait()
+                    self._writer_idle = True
+                    try:
+                        await self._writer_waiter.wait()
+                    finally:
+                        self._writer_idle = False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
             self._flushed.unpark_all()
@@ -458,7 +491,7 @@ class _H2Sink(SocketSink):
             raise OSError(f"cannot send data: {exc}") from exc
         if size > 0:
             connection.unsent += size
-            connection.wake_writer()
+            connection.write_now()
         return max(size, 0)
 
     def _wake(self) -> None:

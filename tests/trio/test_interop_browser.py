@@ -19,7 +19,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -41,6 +40,11 @@ from tidings.trio import CloseReason, Hub, Server, ServerConfig, Subscription
 from tidings.trio._http import Request, Responder
 from tidings.trio._routes import Handler, Router
 from tidings.trio._sse_endpoint import sse_events
+
+try:
+    from tests.trio._tools import require_program
+except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
+    from _tools import require_program  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
@@ -66,13 +70,11 @@ CHROMIUM_FLAGS = (
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """The Chromium executable; skip when missing, except on CI (then fail)."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        reason = "chromium is not installed (Debian package 'chromium')"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}, and CI=true forbids skipping")
-        pytest.skip(reason)
-    return path
+    return require_program(
+        "chromium",
+        "chromium-browser",
+        reason="chromium is not installed (Debian package 'chromium')",
+    )
 
 
 # -- observing the server and the page -------------------------------------------------

@@ -9,8 +9,6 @@ headers included with ``-i``) and curl is killed once the test has what it needs
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Sequence
@@ -27,6 +25,11 @@ from tidings.cursor import Position
 from tidings.history import Replay
 from tidings.sse.parser import EventStreamParser, MessageEvent
 from tidings.trio import Hub, Server, ServerConfig
+
+try:
+    from tests.trio._tools import require_program
+except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
+    from _tools import require_program  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from conftest import StartServer
@@ -49,13 +52,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy
 @pytest.fixture(scope="module")
 def curl() -> str:
     """The curl executable; skip when missing, except on CI (then fail)."""
-    path = shutil.which("curl")
-    if path is None:
-        reason = "curl is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}, and CI=true forbids skipping")
-        pytest.skip(reason)
-    return path
+    return require_program("curl", reason="curl is not installed")
 
 
 @dataclass

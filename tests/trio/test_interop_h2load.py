@@ -8,10 +8,8 @@ checks the hub's history holds exactly what was posted.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
 import ssl
 import subprocess
 from dataclasses import dataclass
@@ -26,6 +24,11 @@ from tidings.cursor import EARLIEST, new_epoch
 from tidings.history import MemoryHistory, Replay
 from tidings.trio import Hub, Server, ServerConfig
 
+try:
+    from tests.trio._tools import require_program
+except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
+    from _tools import require_program  # type: ignore[no-redef]
+
 if TYPE_CHECKING:
     from conftest import StartServer
 
@@ -38,13 +41,9 @@ WAIT = 20.0
 @pytest.fixture(scope="module")
 def h2load() -> str:
     """The h2load executable; skip when missing, except on CI (then fail)."""
-    path = shutil.which("h2load")
-    if path is None:
-        reason = "h2load is not installed (Debian package nghttp2-client)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}, and CI=true forbids skipping")
-        pytest.skip(reason)
-    return path
+    return require_program(
+        "h2load", reason="h2load is not installed (Debian package nghttp2-client)"
+    )
 
 
 @pytest.fixture

@@ -4,14 +4,17 @@ request woken by a publish, over HTTP/1.1 and HTTP/2 with prior knowledge."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 import pytest
 import trio
 import trio.testing
 
 from tidings.trio import Hub, Server
+
+try:
+    from tests.trio._tools import require_program
+except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
+    from _tools import require_program  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.external, pytest.mark.timeout(60)]
 
@@ -27,13 +30,7 @@ PROTOCOLS = [
 @pytest.fixture(scope="module")
 def curl() -> str:
     """The curl executable; skip when missing, except on CI (then fail)."""
-    path = shutil.which("curl")
-    if path is None:
-        reason = "curl is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}, and CI=true forbids skipping")
-        pytest.skip(reason)
-    return path
+    return require_program("curl", reason="curl is not installed")
 
 
 async def run_curl(curl: str, *args: str) -> tuple[int, dict[str, str], bytes]:

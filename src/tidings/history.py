@@ -165,15 +165,19 @@ class _Topic:
             self.base += _CHUNK
             self.skip = 0
 
-    def items(self, begin: int, end: int) -> list[_Item]:
+    def items(self, begin: int, end: int) -> Sequence[_Item]:
         """The items of offsets ``begin..end - 1`` (all retained)."""
         chunks = self.chunks
-        out: list[_Item] = []
         index = begin - self.base
         stop = end - self.base
+        number, start = divmod(index, _CHUNK)
+        if start + stop - index <= _CHUNK:  # within one chunk: the usual case
+            chunk: Sequence[_Item] = chunks[number] if number < len(chunks) else self.tail
+            return chunk[start : start + stop - index]
+        out: list[_Item] = []
         while index < stop:
             number, start = divmod(index, _CHUNK)
-            chunk: Sequence[_Item] = chunks[number] if number < len(chunks) else self.tail
+            chunk = chunks[number] if number < len(chunks) else self.tail
             take = min(_CHUNK - start, stop - index)
             out += chunk[start : start + take]
             index += take
@@ -334,6 +338,12 @@ class MemoryHistory:
             return Replay((), after, False)
         chunk = state.items(begin, end)
         count = len(chunk)
+        if count == 1:  # a live follower's usual read
+            data, event, _ = chunk[0]
+            stored = _new_stored(
+                StoredEvent, (_new_position(Position, (state.epoch, begin)), data, event)
+            )
+            return Replay((stored,), stored.position, end <= state.last)
         # Built column by column at C speed: replay is the bulk path.
         positions = map(
             _new_position,

@@ -245,9 +245,8 @@ class MemoryHistory:
         self._fresh = f"{self.epoch}_{dropped:x}"
 
     def _topic(self, topic: str) -> _Topic:
-        state = self._topics.get(topic)
+        state = self._held(topic)
         if state is not None:
-            self._topics.move_to_end(topic)
             return state
         if len(self._topics) >= self.max_topics:
             self._topics.popitem(last=False)
@@ -313,36 +312,39 @@ class MemoryHistory:
         if limit < 1:
             raise LocalProtocolError("limit must be >= 1")
         state = self._held(topic)
+        fresh = self._fresh
+        # A topic not held reads as an empty one in the fresh epoch.
         if state is None:
-            return self._read_unheld(after)
+            epoch, first, last = fresh, 1, 0
+        else:
+            epoch, first, last = state.epoch, state.first, state.last
         if isinstance(after, str):
             if after == EARLIEST:
-                after = Position(state.epoch, state.first - 1)
+                after = Position(epoch, first - 1)
             else:
                 try:
                     after = Position.parse(after)
                 except InvalidCursor:
-                    return Reset(Position(state.epoch, state.last), ResetReason.MALFORMED)
-        if after.epoch == self._fresh and after.offset == 0:
+                    return Reset(_trusted_position(epoch, last), ResetReason.MALFORMED)
+        if after.epoch == fresh and after.offset == 0:
             # Handed out before the topic existed: everything of it comes after.
-            after = Position(state.epoch, 0)
-        if after.epoch != state.epoch:
-            return Reset(Position(state.epoch, state.last), ResetReason.UNKNOWN_EPOCH)
-        if after.offset > state.last:
-            return Reset(Position(state.epoch, state.last), ResetReason.UNKNOWN_POSITION)
-        if after.offset < state.first - 1:
-            return Reset(Position(state.epoch, state.last), ResetReason.EVICTED)
+            after = Position(epoch, 0)
+        if after.epoch != epoch:
+            return Reset(_trusted_position(epoch, last), ResetReason.UNKNOWN_EPOCH)
+        if after.offset > last:
+            return Reset(_trusted_position(epoch, last), ResetReason.UNKNOWN_POSITION)
+        if after.offset < first - 1:
+            return Reset(_trusted_position(epoch, last), ResetReason.EVICTED)
         begin = after.offset + 1
-        end = min(begin + limit, state.last + 1)
+        end = min(begin + limit, last + 1)
         if begin == end:
             return Replay((), after, False)
+        assert state is not None  # it holds events
         chunk = state.items(begin, end)
         count = len(chunk)
         if count == 1:  # a live follower's usual read
             data, event, _ = chunk[0]
-            stored = _new_stored(
-                StoredEvent, (_new_position(Position, (state.epoch, begin)), data, event)
-            )
+            stored = _new_stored(StoredEvent, (_trusted_position(state.epoch, begin), data, event))
             return Replay((stored,), stored.position, end <= state.last)
         # Built column by column at C speed: replay is the bulk path.
         positions = map(
@@ -357,21 +359,6 @@ class MemoryHistory:
         columns = zip(positions, map(_DATA, chunk), map(_TYPE, chunk), strict=True)
         events = tuple(map(_new_stored, repeat(StoredEvent, count), columns))
         return Replay(events, events[-1].position, end <= state.last)
-
-    def _read_unheld(self, after: Position | str) -> Replay | Reset:
-        head = _trusted_position(self._fresh, 0)
-        if isinstance(after, str):
-            if after == EARLIEST:
-                return Replay((), head, False)
-            try:
-                after = Position.parse(after)
-            except InvalidCursor:
-                return Reset(head, ResetReason.MALFORMED)
-        if after.epoch != self._fresh:
-            return Reset(head, ResetReason.UNKNOWN_EPOCH)
-        if after.offset > 0:
-            return Reset(head, ResetReason.UNKNOWN_POSITION)
-        return Replay((), head, False)
 
     def stats(self, topic: str) -> tuple[int, int]:
         """``(events, bytes)`` retained for *topic*, without creating it."""

@@ -32,7 +32,7 @@ from tidings.trio._http import (
     UpgradeNotSupported,
     content_length,
 )
-from tidings.trio._socket_sink import SocketSink
+from tidings.trio._socket_sink import SocketSink, write_some
 from tidings.trio.hub import LiveEvent, Subscription
 
 if TYPE_CHECKING:
@@ -298,9 +298,7 @@ class H11Connection:
         if self._fd >= 0:
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                sent = os.write(self._fd, data)
-            except BlockingIOError:
-                sent = 0
+                sent = write_some(self._fd, data)
             except OSError as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"write failed: {exc}") from exc
@@ -537,8 +535,7 @@ class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
                 except OSError:
                     connection._gone = True
         finally:
-            if subscription.sink is sink:
-                subscription.sink = None
+            subscription.detach(sink)
             sink.scope = None
             # Even when cancelled: the hub's flusher may still hold the sink, and
             # must not write to this fd once the connection closed (it may be reused).
@@ -712,9 +709,7 @@ class H11Responder(Responder):
                 _wire_cache[key] = data
         self._started = True
         try:
-            sent = os.write(connection._fd, data)
-        except BlockingIOError:
-            sent = 0
+            sent = write_some(connection._fd, data)
         except OSError:
             connection._broken = True
             sent = len(data)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import TYPE_CHECKING
@@ -44,7 +43,7 @@ from tidings.trio._http import (
     StreamWriter,
     content_length,
 )
-from tidings.trio._socket_sink import SocketSink
+from tidings.trio._socket_sink import SocketSink, write_some
 from tidings.trio._sync import Waiter
 from tidings.trio.hub import LiveEvent, Subscription
 
@@ -392,7 +391,7 @@ class H2Connection:
         if not data:
             return
         try:
-            sent = os.write(self._fd, data)
+            sent = write_some(self._fd, data)
         except OSError:
             sent = 0  # the writer tries again and reports the error
         if sent < len(data):
@@ -422,9 +421,7 @@ class H2Connection:
                 if data and self._fd >= 0:
                     # Plain socket: offer the bytes to the kernel directly first.
                     try:
-                        sent = os.write(self._fd, data)
-                    except BlockingIOError:
-                        sent = 0
+                        sent = write_some(self._fd, data)
                     except OSError as exc:
                         raise trio.BrokenResourceError(f"write failed: {exc}") from exc
                     data = data[sent:]
@@ -453,7 +450,8 @@ class _H2Sink(SocketSink):
 
     The publisher (or the hub's flusher) queues each event's bytes here; a flush
     frames the burst as DATA on the stream, as far as flow control allows, and
-    wakes the connection's writer, so the stream's own task is not woken at all.
+    writes it (:meth:`H2Connection.write_now`), so the stream's own task is not
+    woken at all.
     Whatever the stream window, or the writer's back-pressure, does not let
     through interrupts: the stream's task takes it and sends it the usual way.
     """
@@ -519,8 +517,7 @@ class _H2Writer(StreamWriter):
         try:
             await subscription.wait()
         finally:
-            if subscription.sink is sink:
-                subscription.sink = None
+            subscription.detach(sink)
             # Even when cancelled: the hub's flusher may still hold the sink, and
             # must not frame data on a stream that ended.
             unsent = sink.take()

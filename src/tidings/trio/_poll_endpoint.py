@@ -169,8 +169,7 @@ async def _wait_on_socket(
         try:
             await connection.wait_gone()
         finally:
-            if subscription.sink is sink:
-                subscription.sink = None
+            subscription.detach(sink)
     return sink.woken
 
 
@@ -328,8 +327,7 @@ class _WatchedWait:
             woken = await subscription.wait(deadline)
         finally:
             self.watcher.discard(self.fd)
-            if subscription.sink is sink:
-                subscription.sink = None
+            subscription.detach(sink)
         if self.readable:
             self.readable = False
             if not await self._client_left():

@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FLUSH_SIZE", "SocketSink"]
+__all__ = ["FLUSH_SIZE", "SocketSink", "write_some"]
 
 #: Bytes a sink gathers before it writes them, within one burst of publishes.
 FLUSH_SIZE = 64 * 1024
+
+
+def write_some(fd: int, data: bytes) -> int:
+    """Offer *data* to a non-blocking socket in one system call; bytes taken.
+
+    ``0`` when its buffer is full; :class:`OSError` when the connection is broken.
+    """
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
 
 
 class SocketSink:
@@ -70,10 +81,7 @@ class SocketSink:
         Raises :class:`OSError` when the transport is broken.  A plain socket
         writes with one system call; other transports (an HTTP/2 stream) override.
         """
-        try:
-            return os.write(self._fd, data)
-        except BlockingIOError:
-            return 0
+        return write_some(self._fd, data)
 
     def take(self) -> bytes:
         """Stop for good; the bytes not written yet (the owner writes them first)."""

@@ -50,7 +50,7 @@ from tidings.history import Replay, Reset, StoredEvent
 from tidings.session import ClosePeer, HeartbeatPolicy
 from tidings.trio._http import Request, Responder
 from tidings.trio._routes import is_valid_topic
-from tidings.trio._socket_sink import SocketSink
+from tidings.trio._socket_sink import SocketSink, write_some
 from tidings.trio._sync import Waiter
 from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
 from tidings.trio.hub import CloseReason, Hub, LiveEvent, Subscription
@@ -505,9 +505,7 @@ class _Session:
         if self.fd >= 0:
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
+                sent = write_some(self.fd, data)
             except OSError as exc:
                 raise trio.BrokenResourceError(f"write failed: {exc}") from exc
             if sent == len(data):

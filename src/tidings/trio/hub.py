@@ -414,8 +414,8 @@ class Subscription:
         offset = self._offset
         first = pending[0].stored.position
         last = pending[-1].stored.position
-        if offset == 0 and first.offset == 1 and first.epoch != epoch:
-            epoch = self._epoch = first.epoch  # see _rebase
+        if first.epoch != epoch and self._rebase(first):
+            epoch = self._epoch
         # Fast path: offsets grow by exactly one within an epoch and an epoch never
         # comes back, so matching ends mean everything in between is in order.
         if (
@@ -469,6 +469,11 @@ class Subscription:
             self.closed = reason
         self._hub._remove(self)
         self.wake()
+
+    def detach(self, sink: DirectSink | None) -> None:
+        """Stop using *sink*, unless the hub already did (it detaches refusing sinks)."""
+        if self.sink is sink:
+            self.sink = None
 
     def wake(self) -> None:
         """Get the consumer's attention (wake its waiter, interrupt its sink)."""

@@ -490,6 +490,29 @@ async def test_a_protocol_error_gets_goaway_and_others_are_unaffected(
     assert state.headers[b":status"] == b"200"
 
 
+@pytest.mark.parametrize(
+    "bad_header",
+    [("last-event-id", "a\x00b"), ("connection", "keep-alive"), ("te", "gzip")],
+)
+async def test_a_malformed_request_gets_400_on_its_stream_alone(
+    hub: Hub, server: Server, h2_clients: list[H2Client], bad_header: tuple[str, str]
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    client.conn.config.validate_outbound_headers = False  # send what h2 would refuse
+    client.conn.config.normalize_outbound_headers = False
+    follower = client.open("GET", "/topics/t/events")
+    await client.flush()
+    await client.until(lambda: bool(client.streams[follower].headers))
+    refused = await client.request("GET", "/topics/t/events", [bad_header])
+    assert refused.headers[b":status"] == b"400"
+    assert refused.body.startswith(b"Bad request")
+    await hub.publish("t", "still here")
+    [event] = await client.events(follower, 1)
+    assert event.data == "still here"
+    assert client.terminated is None
+
+
 async def test_oversized_headers_get_431_on_their_stream_alone(
     server: Server, h2_clients: list[H2Client]
 ) -> None:

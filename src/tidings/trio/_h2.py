@@ -31,6 +31,7 @@ import h2.exceptions
 import trio
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
+from h2.utilities import HeaderValidationFlags, validate_headers
 
 from tidings.errors import LocalProtocolError
 from tidings.history import StoredEvent
@@ -53,6 +54,11 @@ if TYPE_CHECKING:
 __all__ = ["PREFACE", "H2Connection"]
 
 log = logging.getLogger("tidings.server")
+
+# How h2 checks the header block of a request received by a server.
+_REQUEST_HEADERS = HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
 
 #: The client connection preface that starts every HTTP/2 connection.
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -87,7 +93,9 @@ class H2Connection:
             h2.config.H2Configuration(
                 client_side=False,
                 header_encoding=None,
-                validate_inbound_headers=True,
+                # Checked per request in _open_stream instead: h2 would treat a
+                # malformed header block as an error of the whole connection.
+                validate_inbound_headers=False,
                 normalize_inbound_headers=True,
             )
         )
@@ -297,8 +305,17 @@ class H2Connection:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         raw = event.headers or []
+        complete = event.stream_ended is not None
+        try:
+            raw = list(validate_headers(raw, _REQUEST_HEADERS))
+        except h2.exceptions.ProtocolError as exc:
+            # A malformed request is an error of its stream alone (RFC 9113 §8.1.1).
+            self._refuse(stream_id, 400, f"Bad request: {exc}\n".encode(), complete)
+            return
         if sum(len(name) + len(value) + 32 for name, value in raw) > self.config.max_header_size:
-            self._refuse_headers(stream_id, event.stream_ended is not None)
+            # RFC 9113 §8.2.3 sizes a field as name + value + 32 octets (the limit
+            # was advertised in SETTINGS_MAX_HEADER_LIST_SIZE).
+            self._refuse(stream_id, 431, b"Request Header Fields Too Large\n", complete)
             return
         request = self._make_request(raw)
         stream = H2Stream(self, stream_id, request)
@@ -307,13 +324,10 @@ class H2Connection:
         self.streams[stream_id] = stream
         self._nursery.start_soon(self._run_stream, stream)
 
-    def _refuse_headers(self, stream_id: int, request_complete: bool) -> None:
-        # RFC 9113 §8.2.3 sizes a field as name + value + 32 octets; the whole list
-        # over max_header_size gets 431 on its stream alone (the advertised
-        # SETTINGS_MAX_HEADER_LIST_SIZE says so in advance).
-        body = b"Request Header Fields Too Large\n"
+    def _refuse(self, stream_id: int, status: int, body: bytes, request_complete: bool) -> None:
+        """Answer a request refused before any handler saw it, on its stream alone."""
         head = [
-            (b":status", b"431"),
+            (b":status", str(status).encode()),
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
         ]

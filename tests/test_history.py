@@ -103,15 +103,17 @@ def test_malformed_cursor_resets_to_head() -> None:
     fill(history, "t", 3)
     result = reset(history.read("t", "garbage\x00"))
     assert result.reason is ResetReason.MALFORMED
-    assert result.head == history.head("t")
+    assert result.cursor == history.head("t")  # names no place: live from now
 
 
-def test_other_epoch_resets() -> None:
-    history = MemoryHistory("ep")
-    fill(history, "t", 3)
+def test_other_epoch_resets_before_the_earliest_retained_event() -> None:
+    # A restart or a dropped topic: every event still retained follows the reset.
+    history = MemoryHistory("ep", max_events=2)
+    events = fill(history, "t", 3)
     result = reset(history.read("t", Position("other", 1)))
     assert result.reason is ResetReason.UNKNOWN_EPOCH
-    assert result.head == history.head("t")
+    assert result.cursor == Position(events[0].position.epoch, 1)
+    assert replay(history.read("t", result.cursor)).events == tuple(events[1:])
 
 
 def test_position_ahead_of_head_resets() -> None:
@@ -120,6 +122,7 @@ def test_position_ahead_of_head_resets() -> None:
     head = history.head("t")
     result = reset(history.read("t", Position(head.epoch, 4)))
     assert result.reason is ResetReason.UNKNOWN_POSITION
+    assert result.cursor == head
 
 
 def test_evicted_position_resets_but_last_evicted_neighbour_does_not() -> None:
@@ -199,16 +202,19 @@ def test_reading_unknown_topics_holds_nothing_and_drops_no_real_topic() -> None:
     assert [e.data for e in replay(history.read("real", old.position)).events] == ["event 2"]
 
 
-def test_a_fresh_position_resumes_from_the_first_event_of_its_topic() -> None:
+def test_the_head_of_a_topic_not_stored_yet_is_offset_zero_of_its_future_epoch() -> None:
     history = MemoryHistory("ep")
     fresh = history.head("t")
     assert fresh.offset == 0
+    assert history.head("u").epoch != fresh.epoch  # each topic its own epoch
     assert replay(history.read("t", fresh)) == Replay((), fresh)
     assert replay(history.read("t", EARLIEST)).cursor == fresh
     events = fill(history, "t", 3)
-    assert fresh.epoch != events[0].position.epoch
+    # The first event is the next one after "nothing yet", in the same epoch.
+    assert events[0].position == fresh.next()
     assert replay(history.read("t", fresh)).events == tuple(events)
     assert replay(history.read("t", fresh.format())).events == tuple(events)
+    assert "t" not in MemoryHistory("ep")  # reading created nothing
 
 
 def test_unusable_positions_in_an_unknown_topic_reset_to_a_fresh_head() -> None:
@@ -216,6 +222,7 @@ def test_unusable_positions_in_an_unknown_topic_reset_to_a_fresh_head() -> None:
     fresh = history.head("t")
     assert reset(history.read("t", "garbage")) == Reset(fresh, ResetReason.MALFORMED)
     assert reset(history.read("t", "other.3")) == Reset(fresh, ResetReason.UNKNOWN_EPOCH)
+    assert "t" not in history
     ahead = Position(fresh.epoch, 1)
     assert reset(history.read("t", ahead)) == Reset(fresh, ResetReason.UNKNOWN_POSITION)
 
@@ -229,8 +236,17 @@ def test_a_fresh_position_resets_once_a_topic_was_dropped_since() -> None:
     history.append("t", "1")  # drops "b"
     result = reset(history.read("t", fresh))
     assert result.reason is ResetReason.UNKNOWN_EPOCH
-    assert result.head == history.head("t")
-    assert history.head("nothing") != fresh
+    assert result.cursor == Position(history.head("t").epoch, 0)
+    assert history.head("nothing").epoch != fresh.epoch
+
+
+def test_the_append_that_creates_a_topic_and_drops_another_keeps_the_promised_epoch() -> None:
+    history = MemoryHistory("ep", max_topics=1)
+    history.append("a", "1")
+    fresh = history.head("t")
+    first = history.append("t", "1")  # drops "a": "t" did not live and die meanwhile
+    assert first.position == fresh.next()
+    assert replay(history.read("t", fresh)).events == (first,)
 
 
 def test_a_fresh_position_resets_when_the_topic_already_lost_its_first_event() -> None:
@@ -302,23 +318,27 @@ class HistoryMachine(RuleBasedStateMachine):
         topic, cursor, seen = self.readers[index]
         result = self.history.read(topic, cursor, limit=limit)
         if isinstance(result, Reset):
-            self.readers[index] = (topic, result.head, [])
+            if result.reason is not ResetReason.MALFORMED:
+                # Every event still retained after the loss follows the reset.
+                after = replay(self.history.read(topic, result.cursor, limit=1000))
+                retained = [
+                    e
+                    for e in self.published.get(topic, [])
+                    if e.position.epoch == after.cursor.epoch
+                ]
+                assert list(after.events) == retained[len(retained) - len(after.events) :]
+            self.readers[index] = (topic, result.cursor, [])
             return
         if result.events:
             first = result.events[0].position
-            if isinstance(cursor, Position) and first.epoch != cursor.epoch:
-                # Only a fresh position (the topic held nothing) crosses into the
-                # topic's epoch, and then from its very first event.
-                assert cursor.offset == 0
-                assert "_" in cursor.epoch
-                assert first.offset == 1, "events published after a fresh position skipped"
-            elif isinstance(cursor, Position):
+            if isinstance(cursor, Position):
+                assert first.epoch == cursor.epoch, "another epoch without a reset"
                 assert first.offset == cursor.offset + 1, "gap or duplicate without reset"
             positions = [e.position.offset for e in result.events]
             assert positions == list(range(positions[0], positions[0] + len(positions)))
             # Every delivered event is one that was really published, unchanged.
             for event in result.events:
-                assert event in self.published[topic]
+                assert event in self.published.get(topic, [])
         self.readers[index] = (topic, result.cursor, seen + list(result.events))
 
     @invariant()

@@ -15,7 +15,9 @@ from tidings.backoff import (
     Random,
 )
 from tidings.cursor import EARLIEST, MAX_CURSOR_LENGTH, Position, new_epoch
+from tidings.dedup import PublishDeduplicator
 from tidings.errors import InvalidCursor, LocalProtocolError, ProtocolError, RemoteProtocolError
+from tidings.follow import CaughtUp, Deliver, FollowAction, Follower, FollowState, ReadHistory
 from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
 from tidings.longpoll import (
     AdaptivePoller,
@@ -29,6 +31,14 @@ from tidings.longpoll import (
     PollReset,
     error_answer,
     parse_poll_request,
+)
+from tidings.names import (
+    MAX_EVENT_TYPE_LENGTH,
+    MAX_TOPIC_LENGTH,
+    check_event_type,
+    check_topic,
+    is_valid_event_type,
+    is_valid_topic,
 )
 from tidings.retry_after import parse_http_date, parse_retry_after
 from tidings.session import (
@@ -60,7 +70,6 @@ from tidings.ws import (
     EventMessage,
     MessageTooBig,
     PublishAcknowledged,
-    PublishDeduplicator,
     PublishFailed,
     ResetMessage,
     SessionClient,
@@ -71,6 +80,18 @@ from tidings.ws import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "is_valid_topic",
+    "is_valid_event_type",
+    "check_topic",
+    "check_event_type",
+    "ReadHistory",
+    "MAX_TOPIC_LENGTH",
+    "MAX_EVENT_TYPE_LENGTH",
+    "Follower",
+    "FollowState",
+    "FollowAction",
+    "Deliver",
+    "CaughtUp",
     "EARLIEST",
     "MAX_CURSOR_LENGTH",
     "SUBPROTOCOL",

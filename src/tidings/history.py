@@ -3,8 +3,9 @@
 :class:`MemoryHistory` keeps, for each topic, a ring of the most recent events bounded
 by count and by total size.  :meth:`MemoryHistory.read` answers "what came after this
 position?" with either every retained event after it, in order (a :class:`Replay`), or
-a :class:`Reset` saying why that is impossible and where the head is now.  It never
-silently skips: an evicted, foreign or malformed position always gives a reset.
+a :class:`Reset` saying why that is impossible and where the retained events go on.
+It never silently skips: an evicted, foreign or malformed position always gives a
+reset.
 
 Nothing here waits: waking readers when something is appended is the job of the Trio
 layer (:mod:`tidings.trio`).
@@ -19,6 +20,7 @@ from dataclasses import FrozenInstanceError, dataclass
 from itertools import repeat
 from operator import itemgetter
 from typing import NamedTuple, cast
+from zlib import crc32
 
 from tidings.cursor import (
     EARLIEST,
@@ -38,8 +40,22 @@ __all__ = [
 ]
 
 #: Longest base epoch a :class:`MemoryHistory` accepts (room is left for the
-#: per-topic generation suffix within :data:`~tidings.cursor.MAX_EPOCH_LENGTH`).
+#: per-topic suffix within :data:`~tidings.cursor.MAX_EPOCH_LENGTH`).
 _MAX_BASE_EPOCH = MAX_EPOCH_LENGTH - 14
+# Topic tags in an epoch: 5 base-36 characters.
+_TAG_SPACE = 36**5
+_DIGITS36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int) -> str:
+    """*number* (< 36**5) in exactly 5 base-36 digits."""
+    digits = []
+    for _ in range(5):
+        number, digit = divmod(number, 36)
+        digits.append(_DIGITS36[digit])
+    return "".join(reversed(digits))
+
+
 # Per stored event bookkeeping charged against ``max_bytes`` on top of its payload,
 # so that a flood of empty events is bounded too.
 _EVENT_OVERHEAD = 64
@@ -104,9 +120,16 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """A read that cannot continue: the client must resynchronise from ``head``."""
+    """A read that cannot continue from the position asked: events were lost.
 
-    head: Position
+    ``cursor`` is where the history continues: reading after it gives every event
+    still retained after the loss.  For an unknown epoch (a restart, a dropped
+    topic) and for evicted events that is just before the earliest event retained;
+    for a position ahead of the head, and for a malformed cursor (which names no
+    place at all), it is the head: live from now.
+    """
+
+    cursor: Position
     reason: ResetReason
 
 
@@ -201,14 +224,16 @@ class MemoryHistory:
     new epoch), so stale cursors into it reset instead of silently resuming.
 
     Only :meth:`append` creates a topic.  Reading one that holds nothing costs
-    nothing and answers with a *fresh* position (offset 0 of an epoch shared by every
-    such topic), so a client asking about made-up topic names cannot push real
-    topics out.  Reading after a fresh position replays the topic from its first
-    event once it exists -- unless a topic was dropped since the position was handed
-    out (the topic might have lived and died meanwhile), which gives a reset.
+    nothing and answers with offset 0 of the epoch the topic *will* get when it is
+    created now, so a client asking about made-up topic names cannot push real
+    topics out, and a follower that saw "nothing yet" follows the topic's first
+    event as the next one.  That epoch changes whenever any topic is dropped (the
+    topic might have lived and died meanwhile): a position handed out before then
+    gives a reset.
 
     *epoch* names this history's generation; pass a fresh random one per process
-    (:func:`tidings.cursor.new_epoch`).  Each topic's epoch is derived from it.
+    (:func:`tidings.cursor.new_epoch`).  Each topic's epoch is derived from it, the
+    number of topics dropped so far and the topic's name.
     """
 
     def __init__(
@@ -233,26 +258,25 @@ class MemoryHistory:
         self.max_event_size = max_event_size
         self.max_topics = max_topics
         self._topics: OrderedDict[str, _Topic] = OrderedDict()
-        self._generation = 0
-        self._fresh = ""
-        self._set_fresh(0)
+        # Topics dropped so far (mod 2**32): part of every new topic's epoch.
+        self._dropped = 0
 
-    def _set_fresh(self, dropped: int) -> None:
-        # The epoch of positions in topics not held: it changes whenever a topic is
-        # dropped, which invalidates fresh positions handed out before.  "_" keeps
-        # it apart from the "-" of per-topic generations.
-        self._dropped = dropped
-        self._fresh = f"{self.epoch}_{dropped:x}"
+    def _new_epoch(self, topic: str) -> str:
+        """The epoch *topic* gets if it is created now (see the class)."""
+        tag = crc32(topic.encode("utf-8", "surrogatepass"))
+        return f"{self.epoch}_{self._dropped:x}{_base36(tag % _TAG_SPACE)}"
 
     def _topic(self, topic: str) -> _Topic:
         state = self._held(topic)
         if state is not None:
             return state
+        # The epoch readers of the topic were told (before this append, which may
+        # drop another topic: that one did not live and die in between).
+        epoch = self._new_epoch(topic)
         if len(self._topics) >= self.max_topics:
             self._topics.popitem(last=False)
-            self._set_fresh(self._dropped + 1)
-        self._generation += 1
-        state = _Topic(f"{self.epoch}-{self._generation:x}")
+            self._dropped = (self._dropped + 1) % 2**32
+        state = _Topic(epoch)
         self._topics[topic] = state
         return state
 
@@ -298,24 +322,25 @@ class MemoryHistory:
         """
         state = self._held(topic)
         if state is None:
-            return _trusted_position(self._fresh, 0)
+            return _trusted_position(self._new_epoch(topic), 0)
         return _trusted_position(state.epoch, state.last)
 
     def read(self, topic: str, after: Position | str, limit: int = 1000) -> Replay | Reset:
         """The events of *topic* after *after*, at most *limit* of them, or a reset.
 
         *after* is a :class:`~tidings.cursor.Position`, its wire form, or
-        :data:`~tidings.cursor.EARLIEST` for everything retained.  A malformed string,
-        a position of another epoch, one ahead of the head, or one whose successors
-        were evicted gives a :class:`Reset` carrying the current head.
+        :data:`~tidings.cursor.EARLIEST` for everything retained.  A position of
+        another epoch, or one whose successors were evicted, gives a :class:`Reset`
+        whose cursor is just before the earliest event retained, so that reading on
+        from it loses nothing more; a malformed string or a position ahead of the
+        head gives one at the head.
         """
         if limit < 1:
             raise LocalProtocolError("limit must be >= 1")
         state = self._held(topic)
-        fresh = self._fresh
-        # A topic not held reads as an empty one in the fresh epoch.
+        # A topic not held reads as an empty one in the epoch it would get now.
         if state is None:
-            epoch, first, last = fresh, 1, 0
+            epoch, first, last = self._new_epoch(topic), 1, 0
         else:
             epoch, first, last = state.epoch, state.first, state.last
         if isinstance(after, str):
@@ -326,15 +351,13 @@ class MemoryHistory:
                     after = Position.parse(after)
                 except InvalidCursor:
                     return Reset(_trusted_position(epoch, last), ResetReason.MALFORMED)
-        if after.epoch == fresh and after.offset == 0:
-            # Handed out before the topic existed: everything of it comes after.
-            after = Position(epoch, 0)
+        # A reset continues with every event still retained after the loss.
         if after.epoch != epoch:
-            return Reset(_trusted_position(epoch, last), ResetReason.UNKNOWN_EPOCH)
+            return Reset(_trusted_position(epoch, first - 1), ResetReason.UNKNOWN_EPOCH)
         if after.offset > last:
             return Reset(_trusted_position(epoch, last), ResetReason.UNKNOWN_POSITION)
         if after.offset < first - 1:
-            return Reset(_trusted_position(epoch, last), ResetReason.EVICTED)
+            return Reset(_trusted_position(epoch, first - 1), ResetReason.EVICTED)
         begin = after.offset + 1
         end = min(begin + limit, last + 1)
         if begin == end:

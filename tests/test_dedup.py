@@ -1,0 +1,34 @@
+"""The bounded memory of recent idempotency keys (WebSocket ``msg_id``, HTTP
+``Idempotency-Key``)."""
+
+import pytest
+
+from tidings.cursor import Position
+from tidings.dedup import PublishDeduplicator
+from tidings.errors import LocalProtocolError
+
+
+def test_dedup_window_is_bounded_by_count() -> None:
+    dedup = PublishDeduplicator(max_entries=2)
+    for i in range(3):
+        dedup.remember("t", f"m{i}", Position("e", i + 1), 0.0)
+    assert len(dedup) == 2
+    assert dedup.lookup("t", "m0", 0.0) is None
+    assert dedup.lookup("t", "m2", 0.0) == Position("e", 3)
+
+
+def test_dedup_window_is_bounded_by_age() -> None:
+    dedup = PublishDeduplicator(max_age=10.0)
+    dedup.remember("t", "old", Position("e", 1), 0.0)
+    dedup.remember("t", "new", Position("e", 2), 5.0)
+    assert dedup.lookup("t", "old", 9.9) == Position("e", 1)
+    assert dedup.lookup("t", "old", 10.0) is None
+    assert dedup.lookup("t", "new", 10.0) == Position("e", 2)
+    assert len(dedup) == 1
+
+
+def test_dedup_rejects_bad_limits() -> None:
+    with pytest.raises(LocalProtocolError):
+        PublishDeduplicator(max_entries=0)
+    with pytest.raises(LocalProtocolError):
+        PublishDeduplicator(max_age=float("inf"))

@@ -1,8 +1,9 @@
 """Trio adapters: the hub, the HTTP/1.1 + HTTP/2 server and the clients.
 
-The server side is :class:`Hub` (topics, history, live subscribers), :func:`serve`
-/ :class:`Server` (listening, limits, drain) and :class:`ServerConfig`; the client
-side is :func:`open_event_stream`.
+The server side is :class:`Hub` (the pump between a :class:`History` and live
+subscribers; :class:`LocalHistory` keeps events in memory), :func:`serve` /
+:class:`Server` (listening, limits, drain) and :class:`ServerConfig`; the client side
+is :func:`open_event_stream`, :func:`open_long_poll` and :func:`open_session`.
 """
 
 from tidings.trio._config import ServerConfig
@@ -15,7 +16,14 @@ from tidings.trio.client import (
     EventStreamFailed,
     open_event_stream,
 )
-from tidings.trio.hub import Batch, CloseReason, Hub, LiveEvent, Subscription
+from tidings.trio.history import (
+    Feed,
+    History,
+    HistoryUnavailable,
+    ImmediateHistory,
+    LocalHistory,
+)
+from tidings.trio.hub import Batch, CloseReason, DirectSink, Hub, LiveEvent, Subscription, Watch
 from tidings.trio.longpoll_client import LongPoll, open_long_poll
 from tidings.trio.server import Server, serve, serve_stream, server_ssl_context
 from tidings.trio.session_client import (
@@ -32,8 +40,14 @@ __all__ = [
     "EventStreamClosed",
     "EventStreamError",
     "EventStreamFailed",
+    "DirectSink",
+    "Feed",
+    "History",
+    "HistoryUnavailable",
     "Hub",
+    "ImmediateHistory",
     "LiveEvent",
+    "LocalHistory",
     "LongPoll",
     "PublishRejected",
     "Server",
@@ -41,6 +55,7 @@ __all__ = [
     "SessionClosed",
     "Subscription",
     "Waiter",
+    "Watch",
     "WebSocketConfig",
     "WebSocketRefusal",
     "WebSocketSession",

@@ -1,62 +1,50 @@
-"""The hub: topics, their history, and the live subscribers that follow them.
+"""The hub: the pump between a history, its live feed, and the subscribers of each topic.
 
-:meth:`Hub.publish` stores an event in the history and hands the *same* object to
-every subscriber of the topic, waking each at once.  Each subscriber has a small
-bounded buffer; one that falls further behind is cut off (its connection closes
-and the client resumes by ID) instead of growing memory or slowing the publisher.
+:meth:`Hub.publish` stores an event in the :class:`~tidings.trio.history.History`;
+the history's feed hands it back to the hub, which gives the *same* object to every
+subscriber of the topic, waking each at once.  The hub decides nothing about gaps,
+duplicates or resets: each :class:`Subscription` drives a
+:class:`~tidings.follow.Follower` (the follow machine of the core) and does what it
+says -- read the history, deliver events, announce a reset.
 
-A :class:`Subscription` is also the follower that turns "resume after this ID"
-into a gap-free sequence: it subscribes first, then reads the history, then drops
-live events it already replayed (DESIGN §2).  A live event that is not exactly the
-next position (another epoch, a hole) makes it re-read the history, which either
-fills the hole or yields an explicit reset; it never jumps silently.
+Each subscriber has a small bounded buffer.  One that falls further behind loses
+its buffered live events, not its place: its follower reads them from the history
+instead (and if the history evicted them meanwhile, the subscriber gets a reset at
+the place of the loss), so a slow consumer costs no memory and never slows the
+publisher or the other subscribers.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
-from tidings.cursor import Position, new_epoch
+from tidings.cursor import Position
 from tidings.errors import LocalProtocolError
+from tidings.follow import CaughtUp, Deliver, FollowAction, Follower, ReadHistory
 from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
+from tidings.names import check_event_type, check_topic, is_valid_topic
 from tidings.trio._sync import Waiter
+from tidings.trio.history import History, ImmediateHistory, LocalHistory
 
 __all__ = [
     "Batch",
     "CloseReason",
     "DirectSink",
-    "History",
     "Hub",
     "LiveEvent",
     "Subscription",
+    "Watch",
 ]
 
 # Accounting overhead per buffered event, so that empty events are bounded too.
 _ITEM_OVERHEAD = 64
-
-
-class History(Protocol):
-    """What the hub needs from a history (:class:`~tidings.history.MemoryHistory`)."""
-
-    def append(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
-        """Store an event and return it with its position."""
-        ...
-
-    def head(self, topic: str) -> Position:
-        """The position of the newest event of *topic*."""
-        ...
-
-    def read(self, topic: str, after: Position | str, limit: int = ...) -> Replay | Reset:
-        """The events after *after*, or a reset."""
-        ...
 
 
 class LiveEvent:
@@ -66,20 +54,17 @@ class LiveEvent:
     per wire format (SSE, JSON, ...) no matter how many clients receive it.
     """
 
-    __slots__ = ("_key", "_more", "_value", "size", "stored")
+    __slots__ = ("_key", "_more", "_value", "position", "size", "stored")
 
     def __init__(self, stored: StoredEvent, size: int = 0) -> None:
         self.stored = stored
+        #: The event's position (the follow machine's key).
+        self.position: Position = stored[0]
         #: Bytes charged against a subscriber's buffer for this event.
         self.size = size
         self._key: object = None
         self._value = b""
         self._more: dict[object, bytes] | None = None
-
-    @property
-    def position(self) -> Position:
-        """The event's position."""
-        return self.stored.position
 
     def encoded(self, encoder: Callable[[StoredEvent], bytes]) -> bytes:
         """``encoder(self.stored)``, computed once per encoder and then reused."""
@@ -98,7 +83,7 @@ class LiveEvent:
         return cached
 
     def __repr__(self) -> str:
-        return f"<LiveEvent {self.stored.position} event={self.stored.event!r}>"
+        return f"<LiveEvent {self.position} event={self.stored.event!r}>"
 
 
 class DirectSink(Protocol):
@@ -130,22 +115,27 @@ class DirectSink(Protocol):
 
 
 class CloseReason(enum.Enum):
-    """Why a :class:`Subscription` stopped receiving events."""
+    """Why a :class:`Subscription` (or :class:`Watch`) stopped receiving events."""
 
-    #: Its buffer overflowed: the consumer was too slow and must resume by ID.
-    OVERFLOW = "overflow"
     #: The server is draining; the consumer should end its stream gracefully.
     DRAIN = "drain"
+    #: Cut off by the server (an operator's or application's decision): the
+    #: connection ends abruptly, and the client resumes by its last ID.
+    CUT = "cut"
     #: It was closed by its owner (or the hub).
     CLOSED = "closed"
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """What a subscription has to deliver now: an optional reset, then events in order."""
+    """What a subscription has to deliver now, in this order: an optional reset (events
+    were lost before ``reset.cursor``), then ``events``; then, when ``caught_up`` is
+    set, the initial replay is over there (once per subscription; a WebSocket server
+    announces it with ``subscribed``, other transports ignore it)."""
 
     events: Sequence[LiveEvent]
     reset: Reset | None = None
+    caught_up: Position | None = None
 
 
 def _event_size(data: str, event: str | None) -> int:
@@ -155,25 +145,45 @@ def _event_size(data: str, event: str | None) -> int:
     return size
 
 
-def _default_history() -> MemoryHistory:
-    return MemoryHistory(new_epoch(random.SystemRandom()))
+def _as_history(history: History | MemoryHistory | None) -> History:
+    if history is None:
+        return LocalHistory()
+    if isinstance(history, MemoryHistory):
+        return LocalHistory(history)
+    if not isinstance(history, History):
+        raise LocalProtocolError(f"not a History: {history!r}")
+    return history
+
+
+class _Registrant(Protocol):
+    """What the hub fans an event out to (:class:`Subscription`, :class:`Watch`)."""
+
+    topic: str
+
+    def _push(self, item: LiveEvent) -> None: ...
+
+    def _lost(self) -> None: ...
 
 
 class Hub:
-    """Topics → history + live subscribers.
+    """Topics: their history, and the live subscribers that follow them.
 
-    *history* defaults to a :class:`~tidings.history.MemoryHistory` with a fresh
-    random epoch and its default limits.  *max_pending_events* and
-    *max_pending_bytes* bound each subscriber's buffer of not-yet-sent events (they
-    can be overridden per subscription); *replay_page* is how many events a
-    subscription reads from the history at once when replaying.
+    *history* is where events are stored and read back: a
+    :class:`~tidings.trio.history.History` (the extension point), or a
+    :class:`~tidings.history.MemoryHistory` to keep in this process (wrapped in a
+    :class:`~tidings.trio.history.LocalHistory`); the default is a fresh one with
+    default limits.  *max_pending_events* and *max_pending_bytes* bound each
+    subscriber's buffer of not-yet-sent live events (per subscription overrides are
+    possible); *replay_page* is how many events a subscription reads from the
+    history at once.
 
-    Any non-empty string is a topic; checking names is the server's job.
+    Topic names and event types follow :mod:`tidings.names` (the rule every transport
+    shares); anything else raises :class:`~tidings.errors.LocalProtocolError`.
     """
 
     def __init__(
         self,
-        history: History | None = None,
+        history: History | MemoryHistory | None = None,
         *,
         max_pending_events: int = 512,
         max_pending_bytes: int = 1024 * 1024,
@@ -183,48 +193,98 @@ class Hub:
             raise LocalProtocolError(
                 "max_pending_events, max_pending_bytes and replay_page must be >= 1"
             )
-        self.history: History = history if history is not None else _default_history()
+        #: Where events are stored and read back.
+        self.history: History = _as_history(history)
+        self._immediate: ImmediateHistory | None = (
+            self.history if isinstance(self.history, ImmediateHistory) else None
+        )
         self.max_pending_events = max_pending_events
         self.max_pending_bytes = max_pending_bytes
         self.replay_page = replay_page
-        self._subscribers: dict[str, set[Subscription]] = {}
+        self._subscribers: dict[str, set[_Registrant]] = {}
+        # Topics whose feed is being set up (History.watch), and those that are fed.
+        self._watching: dict[str, trio.Event] = {}
         # Sinks holding queued bytes (an ordered set), and whether a task will flush.
         self._dirty: dict[DirectSink, None] = {}
         self._flusher_running = False
+        self._publishing = False
+        self.history.bind(self)
 
-    async def publish(self, topic: str, data: str, event: str | None = None) -> Position:
-        """Store an event and wake every subscriber of *topic*; return its position.
+    # -- publishing ----------------------------------------------------------------
 
-        Never waits for subscribers: a slow one is cut off instead.  This is a Trio
-        checkpoint; :meth:`publish_nowait` is the synchronous form.
+    async def publish(
+        self, topic: str, data: str, event: str | None = None, *, key: str | None = None
+    ) -> Position:
+        """Store an event; every subscriber of *topic* gets it.  Returns its position.
+
+        *key* (an idempotency key, such as a WebSocket ``msg_id`` or an HTTP
+        ``Idempotency-Key``) makes a resend store nothing: within the history's
+        de-duplication window it returns the position of the first publish.
+
+        Never waits for subscribers: a slow one catches up from the history instead.
+        Raises :class:`~tidings.errors.LocalProtocolError` for a non-string *data*,
+        a bad *event* type or an event larger than the history accepts, and
+        :class:`~tidings.trio.history.HistoryUnavailable` when the history's store
+        cannot be reached.
         """
+        _check_event(topic, data, event)
+        immediate = self._immediate
+        if immediate is None:
+            stored = await self.history.append(topic, data, event, key=key)
+            return stored.position
         await trio.lowlevel.checkpoint_if_cancelled()
-        stored = self._publish(topic, data, event)
+        self._publishing = True
+        try:
+            stored = immediate.append_nowait(topic, data, event, key=key)
+        finally:
+            self._publishing = False
         self._flush()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stored.position
 
-    def publish_nowait(self, topic: str, data: str, event: str | None = None) -> Position:
+    def publish_nowait(
+        self, topic: str, data: str, event: str | None = None, *, key: str | None = None
+    ) -> Position:
         """Synchronous :meth:`publish` (for callbacks and bursts).
 
         Idle subscribers get the events of a run of calls in one write each, once the
-        calling task yields.  Raises :class:`~tidings.errors.LocalProtocolError` for a
-        non-string *data*, an *event* type containing CR or LF, or an event larger
-        than the history accepts.
+        calling task yields.  Only for histories that answer at once
+        (:class:`~tidings.trio.history.ImmediateHistory`, such as the default).
         """
-        return self.append(topic, data, event).position
+        return self.append(topic, data, event, key=key).position
 
-    def append(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
-        """:meth:`publish_nowait`, returning the whole stored event.
+    def append(
+        self, topic: str, data: str, event: str | None = None, *, key: str | None = None
+    ) -> StoredEvent:
+        """:meth:`publish_nowait`, returning the whole stored event."""
+        immediate = self._immediate
+        if immediate is None:
+            raise LocalProtocolError(
+                f"{type(self.history).__name__} cannot store without waiting: use publish()"
+            )
+        _check_event(topic, data, event)
+        return immediate.append_nowait(topic, data, event, key=key)
 
-        For code that stands in for a history's ``append`` (the WebSocket endpoint
-        stores clients' publishes this way, so that they reach every subscriber).
-        """
-        stored = self._publish(topic, data, event)
-        if self._dirty and not self._flusher_running:
+    # -- the history's feed (tidings.trio.history.Feed) ----------------------------
+
+    def on_event(self, topic: str, stored: StoredEvent) -> None:
+        """*stored* was appended to *topic*: hand it to every registered follower."""
+        subscribers = self._subscribers.get(topic)
+        if not subscribers:
+            return
+        item = LiveEvent(stored, _event_size(stored.data, stored.event))
+        for subscriber in subscribers:
+            subscriber._push(item)
+        if self._dirty and not self._publishing and not self._flusher_running:
             self._flusher_running = True
             trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")
-        return stored
+
+    def on_lost(self, topic: str | None) -> None:
+        """The feed may have missed events of *topic* (all topics for ``None``)."""
+        topics = list(self._subscribers) if topic is None else [topic]
+        for name in topics:
+            for subscriber in list(self._subscribers.get(name, ())):
+                subscriber._lost()
 
     def _flush(self) -> None:
         dirty = self._dirty
@@ -241,19 +301,7 @@ class Hub:
         finally:
             self._flusher_running = False
 
-    def _publish(self, topic: str, data: str, event: str | None) -> StoredEvent:
-        if not isinstance(data, str):
-            raise LocalProtocolError(f"data must be a str, not {type(data).__name__}")
-        if event is not None and (not isinstance(event, str) or "\n" in event or "\r" in event):
-            raise LocalProtocolError(f"invalid event type {event!r}")
-        stored = self.history.append(topic, data, event)
-        subscribers = self._subscribers.get(topic)
-        if subscribers:
-            item = LiveEvent(stored, _event_size(data, event))
-            overflowed = [subscription for subscription in subscribers if subscription._push(item)]
-            for subscription in overflowed:
-                self._remove(subscription)
-        return stored
+    # -- following -----------------------------------------------------------------
 
     def subscribe(
         self,
@@ -263,33 +311,49 @@ class Hub:
         waiter: Waiter | None = None,
         max_pending_events: int | None = None,
         max_pending_bytes: int | None = None,
+        follower: Follower[Any] | None = None,
     ) -> Subscription:
         """Start following *topic*; use the result as a context manager.
 
         *after* is where to resume: ``None`` for live from now, a position or its
         wire form (for example a ``Last-Event-ID``; anything malformed gives a reset,
         never an error), or :data:`~tidings.cursor.EARLIEST` for everything
-        retained.  The subscription is registered before anything is read, so no
-        event published in between can be missed.
+        retained.  Alternatively pass a *follower* made elsewhere (a WebSocket
+        session machine makes one per topic).  The subscription is registered before
+        anything is read, so no event published in between can be missed.
         """
-        if not isinstance(topic, str) or not topic:
-            raise LocalProtocolError("topic must be a non-empty str")
+        check_topic(topic)
+        if follower is None:
+            max_events = (
+                self.max_pending_events if max_pending_events is None else max_pending_events
+            )
+            follower = Follower(
+                _cursor_text(after), page_size=self.replay_page, max_buffered=max_events
+            )
+        elif after is not None:
+            raise LocalProtocolError("pass either after or follower, not both")
         subscription = Subscription(
             self,
             topic,
+            follower,
             waiter if waiter is not None else Waiter(),
             self.max_pending_events if max_pending_events is None else max_pending_events,
             self.max_pending_bytes if max_pending_bytes is None else max_pending_bytes,
         )
-        if after is None:
-            subscription._set_last(self.history.head(topic))
-        else:
-            subscription._resume = _cursor_text(after)
-        self._subscribers.setdefault(topic, set()).add(subscription)
+        self._register(subscription)
+        subscription._start()
         return subscription
 
+    def watch(self, topic: str, *, waiter: Waiter | None = None) -> Watch:
+        """A wake-up for each event published on *topic* from now on (no event is
+        kept: a held long poll reads what it answers from the history)."""
+        check_topic(topic)
+        watch = Watch(self, topic, waiter if waiter is not None else Waiter())
+        self._register(watch)
+        return watch
+
     def subscriber_count(self, topic: str | None = None) -> int:
-        """Live subscriptions of *topic*, or of all topics."""
+        """Live subscriptions (and watches) of *topic*, or of all topics."""
         if topic is not None:
             return len(self._subscribers.get(topic, ()))
         return sum(len(subs) for subs in self._subscribers.values())
@@ -298,19 +362,53 @@ class Hub:
         """Topics that currently have at least one subscription."""
         return list(self._subscribers)
 
-    def _remove(self, subscription: Subscription) -> None:
-        subscribers = self._subscribers.get(subscription.topic)
+    def _register(self, registrant: _Registrant) -> None:
+        topic = registrant.topic
+        subscribers = self._subscribers.get(topic)
+        if subscribers is None:
+            subscribers = self._subscribers[topic] = set()
+        subscribers.add(registrant)
+
+    def _remove(self, registrant: _Registrant) -> None:
+        topic = registrant.topic
+        subscribers = self._subscribers.get(topic)
         if subscribers is not None:
-            subscribers.discard(subscription)
+            subscribers.discard(registrant)
             if not subscribers:
-                del self._subscribers[subscription.topic]
+                del self._subscribers[topic]
+                if self._watching.pop(topic, None) is not None:
+                    self.history.unwatch(topic)
+
+    async def _watch(self, topic: str) -> None:
+        """Make sure the history feeds *topic* (before a follower's first read)."""
+        ready = self._watching.get(topic)
+        if ready is None:
+            ready = self._watching[topic] = trio.Event()
+            try:
+                await self.history.watch(topic)
+            except BaseException:
+                del self._watching[topic]
+                ready.set()
+                raise
+            ready.set()
+        else:
+            await ready.wait()
 
 
-def _cursor_text(after: Position | str | bytes) -> Position | str:
+def _check_event(topic: str, data: object, event: str | None) -> None:
+    if not is_valid_topic(topic):
+        check_topic(topic)
+    if not isinstance(data, str):
+        raise LocalProtocolError(f"data must be a str, not {type(data).__name__}")
+    if event is not None:
+        check_event_type(event)
+
+
+def _cursor_text(after: Position | str | bytes | None) -> Position | str | None:
     if isinstance(after, bytes):
         # Decoding never fails; anything that was not ASCII is then malformed.
         return after.decode("ascii", "replace")
-    if isinstance(after, Position | str):
+    if after is None or isinstance(after, Position | str):
         return after
     raise LocalProtocolError(f"after must be a Position, str or bytes, not {type(after).__name__}")
 
@@ -330,140 +428,196 @@ class Subscription:
                 else:
                     await sub.wait()
 
-    Events arrive in position order with neither gaps nor duplicates; when that is
-    impossible a batch carries a :class:`~tidings.history.Reset` first.
+    What to send comes from the subscription's :attr:`follower` (the follow
+    machine): events in position order with neither gaps nor duplicates, and a
+    reset where events were lost.  The subscription performs the follower's history
+    reads: at once when the history answers without waiting, otherwise in
+    :meth:`wait`.
     """
 
     __slots__ = (
-        "_epoch",
+        "_actions",
+        "_dropped",
         "_hub",
         "_max_bytes",
         "_max_events",
-        "_offset",
-        "_pending",
-        "_pending_bytes",
-        "_resume",
+        "_raw",
+        "_raw_bytes",
+        "_ready",
+        "_ready_bytes",
+        "caught_up",
         "closed",
         "delivered",
-        "on_overflow",
+        "follower",
+        "overflows",
         "sink",
         "topic",
         "waiter",
     )
 
     def __init__(
-        self, hub: Hub, topic: str, waiter: Waiter, max_events: int, max_bytes: int
+        self,
+        hub: Hub,
+        topic: str,
+        follower: Follower[LiveEvent],
+        waiter: Waiter,
+        max_events: int,
+        max_bytes: int,
     ) -> None:
         if max_events < 1 or max_bytes < 1:
             raise LocalProtocolError("max_pending_events and max_pending_bytes must be >= 1")
         self._hub = hub
         #: The topic followed.
         self.topic = topic
+        #: The follow machine deciding what to send.
+        self.follower = follower
         #: The waiter woken when something is ready (shared if one was passed in).
         self.waiter = waiter
         #: Why the subscription stopped, or ``None`` while it is live.
         self.closed: CloseReason | None = None
-        #: Called (from the publisher's task) when the buffer overflows, so that the
-        #: consumer can abandon a blocked send.
-        self.on_overflow: Callable[[], None] | None = None
         #: Set by an idle consumer that can take events synchronously; detached
         #: (and interrupted) as soon as an event cannot go that way.
         self.sink: DirectSink | None = None
         #: Events delivered so far (by batches or directly), a cheap progress mark.
         self.delivered = 0
+        #: Times the buffer overflowed (live events then came from the history).
+        self.overflows = 0
+        #: Where the initial replay ended, once it has (see :attr:`Batch.caught_up`;
+        #: set at once, with no batch, for "live from now" on a history that
+        #: answers at once).
+        self.caught_up: Position | None = None
         self._max_events = max_events
         self._max_bytes = max_bytes
-        self._pending: list[LiveEvent] = []
-        self._pending_bytes = 0
-        self._resume: Position | str | None = None
-        self._epoch = ""
-        self._offset = 0
+        # Live events the follower accepted, not yet taken by the consumer.
+        self._ready: list[LiveEvent] = []
+        # Live events the follower has not seen yet (it decides in next_batch).
+        self._raw: list[LiveEvent] = []
+        self._ready_bytes = 0
+        self._raw_bytes = 0
+        # Live events were dropped (buffer full, feed lost): tell the follower.
+        self._dropped = False
+        # The follower's actions not yet carried out, in order.  Invariant: _ready
+        # and _actions are never both non-empty (accepted events are newer).
+        self._actions: list[FollowAction[LiveEvent]] = []
 
     # -- owner API -----------------------------------------------------------------
 
     @property
     def last(self) -> Position | None:
-        """The position of the last event delivered (or the head it resumed from).
-
-        ``None`` until the first :meth:`next_batch` when resuming from a cursor.
-        """
-        if not self._epoch:
-            return None
-        return Position(self._epoch, self._offset)
+        """The position of the last event the follower delivered (or the place it
+        continues from); ``None`` until the history first answered."""
+        return self.follower.last
 
     @property
     def pending(self) -> int:
         """Live events buffered and not yet taken by :meth:`next_batch`."""
-        return len(self._pending)
+        return len(self._ready) + len(self._raw)
+
+    @property
+    def needs_read(self) -> bool:
+        """Whether a history read must be awaited (:meth:`wait` does it) before
+        :meth:`next_batch` can go on."""
+        actions = self._actions
+        return bool(actions) and type(actions[0]) is ReadHistory and self._hub._immediate is None
 
     def next_batch(self) -> Batch | None:
         """What to deliver now, or ``None`` when there is nothing (then :meth:`wait`).
 
-        Never blocks.  While replaying, each call reads one page of history; live
-        events that the replay already covered are dropped.
+        Never blocks.  While replaying, each call reads at most one page of history.
         """
         self.waiter.clear()
-        if self._resume is not None:
-            return self._read_history()
-        pending = self._pending
-        if not pending:
+        ready = self._ready
+        if ready:
+            self._ready = []
+            self._ready_bytes = 0
+            self.delivered += len(ready)
+            return Batch(ready)
+        follower = self.follower
+        actions = self._actions
+        if self._dropped:
+            self._dropped = False
+            actions += follower.overflow()
+        raw = self._raw
+        if raw:
+            self._raw = []
+            self._raw_bytes = 0
+            actions += follower.live_many(raw)
+        if not actions:
             return None
-        self._pending = []
-        self._pending_bytes = 0
-        epoch = self._epoch
-        offset = self._offset
-        first = pending[0].stored.position
-        last = pending[-1].stored.position
-        if first.epoch != epoch and self._rebase(first):
-            epoch = self._epoch
-        # Fast path: offsets grow by exactly one within an epoch and an epoch never
-        # comes back, so matching ends mean everything in between is in order.
-        if (
-            first.epoch == epoch
-            and last.epoch == epoch
-            and first.offset == offset + 1
-            and last.offset == offset + len(pending)
-        ):
-            self._offset = last.offset
-            self.delivered += len(pending)
-            return Batch(pending)
-        out: list[LiveEvent] = []
-        for item in pending:
-            position = item.stored.position
-            if position.epoch == epoch:
-                if position.offset <= offset:
-                    continue  # already delivered by the replay
-                if position.offset == offset + 1:
-                    out.append(item)
-                    offset += 1
-                    continue
-            # A hole or another epoch: drop the rest (the history has it, or says
-            # it was lost) and re-read from the last delivered position.
-            self._resume = Position(epoch, offset)
-            break
-        self._offset = offset
-        if out:
-            self.delivered += len(out)
-            return Batch(out)
-        if self._resume is not None:
-            return self._read_history()
-        return None
+        reset: Reset | None = None
+        events: list[LiveEvent] = []
+        caught_up: Position | None = None
+        index = 0
+        while index < len(actions):
+            action = actions[index]
+            kind = type(action)
+            if kind is Deliver:
+                assert isinstance(action, Deliver)
+                delivered = action.events
+                if delivered and type(delivered[0]) is not LiveEvent:
+                    events += [LiveEvent(stored) for stored in delivered]  # type: ignore[arg-type]
+                else:
+                    events += delivered  # type: ignore[arg-type]
+            elif kind is ReadHistory:
+                if events:
+                    break  # one page per batch
+                assert isinstance(action, ReadHistory)
+                answer = self._read_now(action)
+                if answer is None:
+                    break  # wait() reads it
+                actions[index : index + 1] = follower.history(answer)
+                continue
+            elif kind is CaughtUp:
+                assert isinstance(action, CaughtUp)
+                caught_up = self.caught_up = action.cursor
+                index += 1
+                break  # announced before anything live
+            else:
+                assert isinstance(action, Reset)
+                if reset is not None or events:
+                    break
+                reset = action
+            index += 1
+        del actions[:index]
+        if reset is None and not events and caught_up is None:
+            return None
+        self.delivered += len(events)
+        return Batch(events, reset, caught_up)
 
     async def wait(self, deadline: float = math.inf) -> bool:
         """Wait until something may be ready, the subscription closes, or *deadline*.
 
-        Returns ``False`` only when the deadline passed with nothing new.
+        Performs a history read that :meth:`next_batch` left to it.  Returns
+        ``False`` only when the deadline passed with nothing new.
         """
-        if self._pending or self._resume is not None or self.closed is not None:
+        if self.needs_read:
+            await self.read()
+            return True
+        if self._ready or self._raw or self._dropped or self._actions or self.closed is not None:
             await trio.lowlevel.checkpoint()
             return True
         return await self.waiter.wait(deadline)
 
+    async def read(self) -> None:
+        """Perform the history read :meth:`next_batch` is waiting for (if any)."""
+        if not self.needs_read:
+            await trio.lowlevel.checkpoint()
+            return
+        action = self._actions[0]
+        assert isinstance(action, ReadHistory)
+        hub = self._hub
+        await hub._watch(self.topic)
+        if action.after is None:
+            answer: Replay | Reset = Replay((), await hub.history.head(self.topic))
+        else:
+            answer = await hub.history.read(self.topic, action.after, action.limit)
+        if self._actions and self._actions[0] is action:
+            self._actions[0:1] = self.follower.history(answer)
+
     def close(self, reason: CloseReason = CloseReason.CLOSED) -> None:
         """Stop receiving events and wake the consumer; idempotent.
 
-        Events already buffered stay available to :meth:`next_batch` except after an
-        overflow, whose buffer is dropped.
+        What was already decided stays available to :meth:`next_batch`.
         """
         if self.closed is None:
             self.closed = reason
@@ -493,8 +647,10 @@ class Subscription:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-        self._pending = []
-        self._pending_bytes = 0
+        self._ready = []
+        self._raw = []
+        self._actions = []
+        self._ready_bytes = self._raw_bytes = 0
 
     def __repr__(self) -> str:
         state = self.closed.value if self.closed is not None else "live"
@@ -502,77 +658,167 @@ class Subscription:
 
     # -- internals -----------------------------------------------------------------
 
-    def _set_last(self, position: Position) -> None:
-        self._epoch = position.epoch
-        self._offset = position.offset
+    def _start(self) -> None:
+        """Begin following; the first read is made at once when it can be."""
+        actions = self._actions = self.follower.begin()
+        action = actions[0] if actions else None
+        if (
+            self._hub._immediate is not None
+            and isinstance(action, ReadHistory)
+            and action.after is None
+        ):
+            # Live from now: the head must be taken now, not at the first batch.
+            answer = self._read_now(action)
+            assert answer is not None
+            actions[0:1] = self.follower.history(answer)
+            if actions and type(actions[0]) is CaughtUp:
+                # Known at once: reported by caught_up, not by a batch of nothing.
+                self.caught_up = actions.pop(0).cursor  # type: ignore[union-attr]
 
-    def _rebase(self, position: Position) -> bool:
-        """Follow *position*, the first event of a new epoch, from "before anything".
-
-        A subscription at offset 0 has seen no event of its epoch (a topic the
-        history did not hold yet has a fresh epoch of its own), and it was registered
-        before that position was read, so every event since reached it live: the
-        first event of another epoch is then the next one, not a gap.
-        """
-        if self._offset != 0 or position.offset != 1:
-            return False
-        self._epoch = position.epoch
-        return True
-
-    def _read_history(self) -> Batch | None:
-        after = self._resume
-        assert after is not None
-        self._resume = None
-        # Everything buffered so far is in the history after the last read (or was
-        # evicted, which this read reports), so drop it: reading and dropping happen
-        # with no checkpoint in between.
-        self._pending = []
-        self._pending_bytes = 0
-        result = self._hub.history.read(self.topic, after, self._hub.replay_page)
-        if isinstance(result, Reset):
-            self._set_last(result.head)
-            return Batch((), result)
-        self._set_last(result.cursor)
-        if result.more:
-            self._resume = result.cursor
-        if not result.events:
+    def _read_now(self, action: ReadHistory) -> Replay | Reset | None:
+        immediate = self._hub._immediate
+        if immediate is None:
             return None
-        self.delivered += len(result.events)
-        return Batch([LiveEvent(stored) for stored in result.events])
+        if action.after is None:
+            return Replay((), immediate.head_nowait(self.topic))
+        return immediate.read_nowait(self.topic, action.after, action.limit)
 
-    def _push(self, item: LiveEvent) -> bool:
-        """Buffer *item*; ``True`` when that overflowed (the caller unregisters us)."""
+    def _push(self, item: LiveEvent) -> None:
+        """A live event from the hub (in the publisher's task)."""
         if self.closed is not None:
-            return False
-        pending = self._pending
+            return
+        ready = self._ready
+        if (
+            not self._raw
+            and not self._actions
+            and len(ready) < self._max_events
+            and self._ready_bytes + item.size <= self._max_bytes
+            and self.follower.accept(item.position)
+        ):
+            # The follower says: deliver it now.  Straight to an idle consumer's
+            # socket if it has a sink, else into the buffer for next_batch().
+            sink = self.sink
+            if sink is not None:
+                if not ready and sink.deliver(item):
+                    self.delivered += 1
+                    self._hub._dirty[sink] = None
+                    return
+                self.sink = None
+                sink.interrupt()
+            ready.append(item)
+            self._ready_bytes += item.size
+            self.waiter.wake()
+            return
+        # Not for now: the follower decides in the consumer's task.
         sink = self.sink
         if sink is not None:
-            position = item.stored.position
-            if (
-                not pending
-                and self._resume is None
-                and position.offset == self._offset + 1
-                and (position.epoch == self._epoch or self._rebase(position))
-                and sink.deliver(item)
-            ):
-                self._offset = position.offset
-                self.delivered += 1
-                self._hub._dirty[sink] = None
-                return False
             self.sink = None
             sink.interrupt()
-        pending.append(item)
-        self._pending_bytes += item.size
-        if len(pending) > self._max_events or self._pending_bytes > self._max_bytes:
-            self._overflow()
-            return True
+        raw = self._raw
+        raw.append(item)
+        self._raw_bytes += item.size
+        if (
+            len(raw) + len(ready) > self._max_events
+            or self._raw_bytes + self._ready_bytes > self._max_bytes
+        ):
+            self._lost()
+            return
         self.waiter.wake()
-        return False
 
-    def _overflow(self) -> None:
-        self.closed = CloseReason.OVERFLOW
-        self._pending = []
-        self._pending_bytes = 0
+    def _lost(self) -> None:
+        """Live events did not fit (or the feed lost some): drop what the follower has
+        not seen; it reads them from the history."""
+        self._raw = []
+        self._raw_bytes = 0
+        self._dropped = True
+        self.overflows += 1
         self.wake()
-        if self.on_overflow is not None:
-            self.on_overflow()
+
+
+class Watch:
+    """A wake-up on each event published on one topic, from :meth:`Hub.watch`.
+
+    Keeps no events: :attr:`woken` says that something was published since it was
+    last cleared.  A held long poll waits on one and reads its answer from the
+    history.  Like a subscription it may carry a :attr:`sink`, offered each event
+    first.
+    """
+
+    __slots__ = ("_hub", "closed", "sink", "topic", "waiter", "woken")
+
+    def __init__(self, hub: Hub, topic: str, waiter: Waiter) -> None:
+        self._hub = hub
+        #: The topic watched.
+        self.topic = topic
+        #: Woken on each publish.
+        self.waiter = waiter
+        #: Why the watch stopped, or ``None``.
+        self.closed: CloseReason | None = None
+        #: Offered each event first; detached (and interrupted) when it refuses.
+        self.sink: DirectSink | None = None
+        #: Something was published since :meth:`clear`.
+        self.woken = False
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups."""
+        self.woken = False
+        self.waiter.clear()
+
+    async def wait(self, deadline: float = math.inf) -> bool:
+        """Wait for a publish (or a close) until *deadline*; ``False`` on timeout."""
+        if self.woken or self.closed is not None:
+            await trio.lowlevel.checkpoint()
+            return True
+        return await self.waiter.wait(deadline)
+
+    def close(self, reason: CloseReason = CloseReason.CLOSED) -> None:
+        """Stop watching and wake the waiter; idempotent."""
+        if self.closed is None:
+            self.closed = reason
+        self._hub._remove(self)
+        self.wake()
+
+    def detach(self, sink: DirectSink | None) -> None:
+        """Stop using *sink*, unless the hub already did."""
+        if self.sink is sink:
+            self.sink = None
+
+    def wake(self) -> None:
+        """Wake the waiter and interrupt the sink."""
+        self.waiter.wake()
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            sink.interrupt()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _push(self, item: LiveEvent) -> None:
+        if self.closed is not None:
+            return
+        sink = self.sink
+        if sink is not None:
+            if sink.deliver(item):
+                self._hub._dirty[sink] = None
+                return
+            self.sink = None
+            sink.interrupt()
+        self.woken = True
+        self.waiter.wake()
+
+    def _lost(self) -> None:
+        self.woken = True
+        self.wake()
+
+    def __repr__(self) -> str:
+        state = self.closed.value if self.closed is not None else "live"
+        return f"<Watch {self.topic!r} {state} woken={self.woken}>"

@@ -5,6 +5,7 @@ import pytest
 
 from tidings.cursor import Position
 from tidings.errors import LocalProtocolError, RemoteProtocolError
+from tidings.follow import ReadHistory
 from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
 from tidings.longpoll import (
     LongPollServer,
@@ -14,6 +15,7 @@ from tidings.longpoll import (
     error_answer,
     parse_poll_request,
 )
+from tidings.longpoll.server import answer_read
 
 
 def history_with(count: int, *, max_events: int = 1000) -> MemoryHistory:
@@ -187,22 +189,26 @@ def test_conditional_earliest_on_empty_topic_times_out_with_200_and_a_real_curso
     assert body(answer)["cursor"] == str(history.head("t"))
 
 
-def test_other_epoch_answers_a_reset_with_the_head() -> None:
+def test_other_epoch_answers_a_reset_before_everything_retained() -> None:
+    # The reset is answered alone; polling on from its cursor gets every retained event.
     history = history_with(4)
     server = LongPollServer("t", PollRequest(Position("elsewhere", 2)), now=0.0)
     answer = answered(server.poll(history, 0.0))
     assert answer.status == 200
-    assert body(answer) == {"events": [], "cursor": str(history.head("t")), "reset": True}
-    assert header(answer, b"etag") == f'"{history.head("t")}"'.encode()
+    cursor = Position(history.head("t").epoch, 0)
+    assert body(answer) == {"events": [], "cursor": str(cursor), "reset": True}
+    assert header(answer, b"etag") == f'"{cursor}"'.encode()
+    after = answered(LongPollServer("t", PollRequest(cursor), now=0.0).poll(history, 0.0))
+    assert [e["data"] for e in body(after)["events"]] == [f"event {i}" for i in range(1, 5)]
 
 
-def test_evicted_position_answers_a_reset_with_the_head() -> None:
+def test_evicted_position_answers_a_reset_before_the_earliest_retained() -> None:
     history = history_with(10, max_events=3)
     epoch = history.head("t").epoch
     answer = answered(
         LongPollServer("t", PollRequest(Position(epoch, 2)), now=0.0).poll(history, 0.0)
     )
-    assert body(answer) == {"events": [], "cursor": f"{epoch}.10", "reset": True}
+    assert body(answer) == {"events": [], "cursor": f"{epoch}.7", "reset": True}
 
 
 def test_position_ahead_of_the_head_answers_a_reset() -> None:
@@ -249,12 +255,45 @@ def test_error_answer_needs_an_error_status() -> None:
 def test_receive_read_drives_the_server_without_a_history() -> None:
     head = Position("ep", 4)
     server = LongPollServer("t", PollRequest(None, timeout=2.0), now=0.0)
+    assert server.read == ReadHistory(None, PollRequest().limit)  # the head first
     assert server.receive_read(Replay((), head), 0.0) is None
+    assert server.read is None  # held: nothing to read until something is published
     assert server.read_after == head
     assert server.limit == PollRequest().limit
+    assert server.published() == ReadHistory(head, PollRequest().limit)
     event = StoredEvent(Position("ep", 5), "x")
     answer = answered(server.receive_read(Replay((event,), event.position), 1.0))
     assert body(answer)["cursor"] == "ep.5"
+    with pytest.raises(LocalProtocolError):
+        server.receive_read(Replay((), head), 1.0)
+
+
+def test_answer_now_says_nothing_new_before_the_deadline() -> None:
+    server = LongPollServer("t", PollRequest(Position("ep", 1), timeout=30.0), now=0.0)
+    assert server.receive_read(Replay((), Position("ep", 1)), 0.0) is None
+    answer = server.answer_now()
+    assert body(answer) == {"events": [], "cursor": "ep.1", "reset": False}
+    assert server.next_deadline() is None
+
+
+def test_one_answer_computed_for_many_held_requests_is_the_answer_each_would_give() -> None:
+    history = history_with(2)
+    head = history.head("t")
+    servers = [LongPollServer("t", PollRequest(head, timeout=9.0), now=0.0) for _ in range(3)]
+    for server in servers:
+        assert server.poll(history, 0.0) is None
+    history.append("t", "new")
+    read = servers[0].published()
+    assert read is not None
+    assert isinstance(read.after, Position)
+    result = history.read("t", read.after, read.limit)
+    shared = answer_read(read.after, result, read.limit)
+    assert shared is not None
+    assert servers[1].poll(history, 1.0) == shared
+    for server in servers[2:]:
+        server.published()
+        assert server.receive_answer(result, shared) is shared
+        assert server.answer is shared
 
 
 def test_receive_read_of_a_reset_answers_a_reset() -> None:
@@ -311,3 +350,20 @@ def test_many_held_requests_are_all_answered_by_one_publish() -> None:
     answers = [answered(server.poll(history, 0.1)) for server in servers]
     assert len({a.body for a in answers}) == 1
     assert [e["data"] for e in body(answers[0])["events"]] == ["wake"]
+
+
+def test_misuse_of_the_read_protocol_raises() -> None:
+    server = LongPollServer("t", PollRequest(Position("ep", 1), timeout=9.0), now=0.0)
+    assert "held" in repr(server)
+    with pytest.raises(LocalProtocolError):
+        server.receive_read("nonsense", 0.0)  # type: ignore[arg-type]
+    server.receive_read(Replay((), Position("ep", 1)), 0.0)
+    with pytest.raises(LocalProtocolError):
+        server.receive_answer(Replay((), Position("ep", 1)), server.answer_now())
+    assert "answered 200" in repr(server)
+
+
+def test_a_publish_while_a_read_is_pending_asks_for_that_read_only() -> None:
+    server = LongPollServer("t", PollRequest(Position("ep", 1), timeout=9.0), now=0.0)
+    pending = server.read
+    assert server.published() == pending

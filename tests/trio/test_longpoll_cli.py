@@ -41,13 +41,21 @@ async def test_tail_over_poll_prints_replayed_and_live_events_as_json_lines(
 async def test_tail_over_poll_prints_a_reset_line_for_an_evicted_cursor(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    first = (await hub.publish("news", "old")).format()
+    first = await hub.publish("news", "old")
     for i in range(120):  # the fixture's history keeps 100
-        head = (await hub.publish("news", str(i))).format()
-    process = await start_tail(nursery, server.url + "/topics/news/poll", "--last-event-id", first)
+        head = await hub.publish("news", str(i))
+    process = await start_tail(
+        nursery, server.url + "/topics/news/poll", "--last-event-id", first.format()
+    )
     assert process.stdout is not None
+    lines = Lines(process.stdout)
     with trio.fail_after(TIMEOUT):
-        assert json.loads(await Lines(process.stdout).next()) == {"reset": True, "cursor": head}
+        # The reset stands where events were lost; the 100 retained ones follow.
+        cursor = f"{first.epoch}.{head.offset - 100}"
+        assert json.loads(await lines.next()) == {"reset": True, "cursor": cursor}
+        replayed = [json.loads(await lines.next()) for _ in range(100)]
+        assert replayed[0]["data"] == "20"
+        assert replayed[-1]["id"] == head.format()
         process.send_signal(signal.SIGINT)
         assert await process.wait() == 0
 

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from tidings.backoff import Backoff, NoJitter
-from tidings.cursor import new_epoch
+from tidings.cursor import Position, new_epoch
 from tidings.errors import LocalProtocolError, RemoteProtocolError
 from tidings.history import MemoryHistory
 from tidings.longpoll import AdaptivePoller, PollEvent, PollRejected, PollReset
@@ -70,13 +70,17 @@ async def test_a_start_cursor_that_was_evicted_yields_a_reset_then_live_events(
     first = await hub.publish("t", "0")
     for i in range(1, 120):  # the fixture's history keeps 100
         head = await hub.publish("t", str(i))
+    cursor = Position(head.epoch, head.offset - 100).format()
     with trio.fail_after(5):
         async with open_long_poll(server.url + POLL, cursor=first.format(), http2=True) as poll:
             reset = await take(poll, 1)
+            assert poll.cursor == cursor
+            retained = await take(poll, 100)  # every event still retained follows
             assert poll.cursor == head.format()
             fresh = await take_live(poll, hub, "fresh")
             assert poll.http_version == "2"
-    assert reset == [PollReset(head.format())]
+    assert reset == [PollReset(cursor)]
+    assert [item.data for item in retained] == [str(i) for i in range(20, 120)]  # type: ignore[union-attr]
     assert isinstance(fresh[0], PollEvent)
     assert fresh[0].data == "fresh"
 
@@ -84,7 +88,7 @@ async def test_a_start_cursor_that_was_evicted_yields_a_reset_then_live_events(
 async def test_timeout_answers_are_followed_by_new_polls_without_loss(
     autojump_clock: trio.testing.MockClock, server: Server, hub: Hub
 ) -> None:
-    start = hub.history.head("t").format()
+    start = hub.history.memory.head("t").format()
     async with open_long_poll(server.url + POLL, cursor=start, hold=2) as poll:
 
         async def later() -> None:
@@ -163,7 +167,7 @@ async def test_a_200_that_is_not_a_poll_answer_is_a_protocol_error(server: Serve
 
 async def test_a_drain_sends_the_client_back_without_loss(nursery: trio.Nursery, hub: Hub) -> None:
     first: Server = await nursery.start(partial(serve, hub, 0))
-    start = hub.history.head("t").format()
+    start = hub.history.memory.head("t").format()
     with trio.fail_after(5):
         async with open_long_poll(
             first.url + POLL, cursor=start, backoff=FAST, min_interval=0.01
@@ -221,7 +225,7 @@ async def test_no_event_is_lost_or_repeated_when_connections_are_cut(
     with trio.fail_after(60):
         async with open_long_poll(
             proxy.url("/topics/chaos/poll"),
-            cursor=hub.history.head("chaos").format(),
+            cursor=hub.history.memory.head("chaos").format(),
             http2=http2,
             backoff=FAST,
             limit=500,

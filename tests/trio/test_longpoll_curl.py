@@ -89,7 +89,7 @@ async def test_curl_with_if_none_match_gets_the_events_after_its_cursor(
 async def test_curl_held_request_is_answered_by_a_publish(
     curl: str, server: Server, hub: Hub, flag: str, version: str
 ) -> None:
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     results: list[tuple[int, dict[str, str], bytes]] = []
 
     async def poll() -> None:

@@ -87,7 +87,7 @@ async def test_earliest_returns_everything_retained_and_limit_caps_an_answer(
 async def test_a_held_request_is_answered_as_soon_as_an_event_is_published(
     server: Server, hub: Hub, connect: Connect
 ) -> None:
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     client = await connect(server)
     got: list[tuple[int, dict[bytes, bytes], bytes]] = []
 
@@ -130,7 +130,7 @@ async def test_answers_sent_by_the_publisher_are_the_usual_bytes_and_keep_alive(
     clients = [await connect(server) for _ in range(3)]
     with trio.fail_after(10):
         for _ in range(2):  # a second round on the same connections (keep-alive)
-            cursor = hub.history.head("t").format()
+            cursor = hub.history.memory.head("t").format()
             for client in clients:
                 await client.stream.send_all(
                     f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n\r\n".encode()
@@ -155,7 +155,7 @@ async def test_a_burst_of_publishes_answers_held_requests_with_the_first_and_los
     server: Server, hub: Hub, connect: Connect
 ) -> None:
     clients = [await connect(server) for _ in range(2)]
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     with trio.fail_after(10):
         for client in clients:
             await client.send("GET", f"{POLL}?cursor={cursor}")
@@ -183,7 +183,7 @@ async def test_a_burst_of_publishes_answers_held_requests_with_the_first_and_los
 async def test_a_held_request_outside_the_common_case_is_answered_as_usual(
     server: Server, hub: Hub, connect: Connect, version: str, header: str
 ) -> None:
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     client = await connect(server)
     with trio.fail_after(5):
         await client.stream.send_all(
@@ -203,7 +203,7 @@ async def test_a_held_answer_larger_than_the_socket_takes_is_finished_by_its_tas
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", server.port))
     stream = trio.SocketStream(sock)
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     data = "x" * 900_000
     with trio.fail_after(10):
         await stream.send_all(f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n\r\n".encode())
@@ -293,7 +293,7 @@ async def test_the_servers_configured_maximum_hold_is_clamped_to(
 async def test_a_request_pipelined_behind_a_held_poll_is_answered_after_it(
     server: Server, hub: Hub, connect: Connect
 ) -> None:
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     client = await connect(server)
     raw = b""
     with trio.fail_after(5):
@@ -354,37 +354,41 @@ async def test_a_malformed_request_is_a_400_with_a_json_error(
     assert hub.subscriber_count() == 0
 
 
-async def test_an_evicted_cursor_gets_a_reset_with_the_head(
+async def test_an_evicted_cursor_gets_a_reset_before_the_earliest_retained(
     server: Server, hub: Hub, connect: Connect
 ) -> None:
     first = await hub.publish("t", "0")
     for i in range(1, 150):  # the fixture's history keeps 100
         last = await hub.publish("t", str(i))
     client = await connect(server)
+    cursor = Position(last.epoch, last.offset - 100)
     with trio.fail_after(5):
         status, headers, body = await client.request("GET", f"{POLL}?cursor={first}")
-    assert status == 200
-    assert answer(body) == {"events": [], "cursor": last.format(), "reset": True}
-    assert headers[b"etag"] == f'"{last}"'.encode()
+        assert status == 200
+        assert answer(body) == {"events": [], "cursor": cursor.format(), "reset": True}
+        assert headers[b"etag"] == f'"{cursor}"'.encode()
+        # Polling on from the reset's cursor gets every event still retained.
+        _, _, body = await client.request("GET", f"{POLL}?cursor={cursor}&limit=1000")
+    assert [e["data"] for e in answer(body)["events"]] == [str(i) for i in range(50, 150)]
 
 
-async def test_an_unknown_epoch_gets_a_reset_with_the_head(
+async def test_an_unknown_epoch_gets_a_reset_before_everything_retained(
     server: Server, hub: Hub, connect: Connect
 ) -> None:
-    head = hub.history.head("t")
+    stored = await hub.publish("t", "x")
     other = Position("otherepoch", 3).format()
     client = await connect(server)
     with trio.fail_after(5):
         status, _, body = await client.request("GET", f"{POLL}?cursor={other}")
     assert status == 200
-    assert answer(body) == {"events": [], "cursor": head.format(), "reset": True}
+    assert answer(body) == {"events": [], "cursor": f"{stored.epoch}.0", "reset": True}
 
 
 # -- HTTP/2 ---------------------------------------------------------------------------
 
 
 async def test_http2_answers_at_once_and_after_a_hold(server: Server, hub: Hub) -> None:
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     stored = await hub.publish("t", "one")
     url = f"{server.url}{POLL}?cursor={cursor}"
     with trio.fail_after(5):
@@ -440,7 +444,7 @@ async def test_one_publish_answers_a_thousand_held_requests_and_leavers_leave_no
 ) -> None:
     count, leavers = 1000, 200
     _raise_fd_limit(2 * (count + leavers) + 256)
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     clients = [await connect(server) for _ in range(count + leavers)]
     stayers, goers = clients[:count], clients[count:]
     bodies: list[bytes] = []
@@ -475,7 +479,7 @@ async def test_one_publish_answers_a_thousand_held_requests_and_leavers_leave_no
 async def test_a_drain_answers_held_requests_at_once(
     server: Server, hub: Hub, connect: Connect
 ) -> None:
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     plain, conditional = await connect(server), await connect(server)
     got: dict[str, tuple[int, dict[bytes, bytes], bytes]] = {}
 
@@ -546,7 +550,7 @@ async def test_over_tls_a_held_poll_is_woken_and_a_leaver_is_released(
     bodies: list[bytes] = []
 
     async def poll() -> None:
-        url = f"{server.url}{POLL}?cursor={hub.history.head('t')}"
+        url = f"{server.url}{POLL}?cursor={hub.history.memory.head('t')}"
         async with open_request("GET", url, http2=http2, ssl_context=client_context) as response:
             assert response.http_version == ("2" if http2 else "1.1")
             bodies.append(await response.read())
@@ -572,7 +576,7 @@ async def test_an_answer_just_before_a_drain_ends_the_connection_cleanly(
     server: Server, hub: Hub, connect: Connect, extra: str
 ) -> None:
     """A keep-alive answer written just before a drain: the next request sees EOF, not RST."""
-    cursor = hub.history.head("t").format()
+    cursor = hub.history.memory.head("t").format()
     client = await connect(server)
     with trio.fail_after(5):
         request = f"GET {POLL}?cursor={cursor} HTTP/1.1\r\nhost: t\r\n{extra}\r\n"

@@ -1,10 +1,14 @@
 """The server side of one long poll: answer now, or hold until something happens.
 
 A :class:`LongPollServer` is made per request, like an h11 connection is made per
-socket.  It owns no clock and no waiting: the adapter calls :meth:`~LongPollServer.poll`
-when the request arrives and again whenever the topic may have changed (a publish),
-and :meth:`~LongPollServer.handle_timer` when :meth:`~LongPollServer.next_deadline`
-passes.  Each call returns a finished :class:`PollAnswer` or ``None`` (keep holding).
+socket.  It owns no clock, no waiting and no history: what to read, and whether a
+read's answer is events, a reset or "nothing yet", is decided by the follow machine
+(:class:`~tidings.follow.Follower`) it drives.  The adapter performs the reads it
+asks for (:attr:`~LongPollServer.read`), tells it when the topic may have changed
+(:meth:`~LongPollServer.published`), calls :meth:`~LongPollServer.handle_timer` when
+:meth:`~LongPollServer.next_deadline` passes, and :meth:`~LongPollServer.answer_now`
+when it must answer at once (the server drains).  Each returns a finished
+:class:`PollAnswer` or ``None`` (keep holding).
 
 Answers are plain data: status, headers, body bytes.  The body is built by hand from
 pre-escaped pieces, because a wake-up can answer thousands of held requests at once.
@@ -19,15 +23,17 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from typing import Protocol
 
-from tidings.cursor import EARLIEST, Position
+from tidings.cursor import Position
 from tidings.errors import LocalProtocolError
+from tidings.follow import Deliver, Follower, ReadHistory
 from tidings.history import Replay, Reset, StoredEvent
-from tidings.longpoll.request import Cursor, PollRequest
+from tidings.longpoll.request import PollRequest
 
 __all__ = [
     "LongPollServer",
     "PollAnswer",
     "ReadableHistory",
+    "answer_read",
     "encode_poll_body",
     "error_answer",
 ]
@@ -96,6 +102,37 @@ def _ok(events: Sequence[StoredEvent], cursor: Position, reset: bool) -> PollAns
     return PollAnswer(200, _headers_200(cursor, len(body)), body)
 
 
+def _answer(actions: Sequence[object], cursor: Position | None) -> PollAnswer | None:
+    """The answer to what a follower said after a read: a reset (answered alone: the
+    client polls on from its cursor and gets the retained events), events, or
+    ``None`` for nothing yet."""
+    events: list[StoredEvent] = []
+    for action in actions:
+        if isinstance(action, Reset):
+            return _ok((), action.cursor, reset=True)
+        if isinstance(action, Deliver):
+            events += action.events
+    if events:
+        assert cursor is not None
+        return _ok(events, cursor, reset=False)
+    return None
+
+
+def answer_read(after: Position, read: Replay | Reset, limit: int) -> PollAnswer | None:
+    """The answer :meth:`LongPollServer.receive_read` gives to *read* (made after
+    *after*, with *limit*) for every request that holds at *after*: events or a reset
+    answer at once, "nothing yet" gives ``None``.
+
+    A pure function of its arguments, so an adapter waking many held requests that
+    read the same thing can compute the answer once and hand it to each
+    (:meth:`LongPollServer.receive_answer`).
+    """
+    follower: Follower[StoredEvent] = Follower(after, page_size=limit)
+    follower.begin()
+    actions = follower.history(read)
+    return _answer(actions, follower.last)
+
+
 def error_answer(message: str, status: int = 400) -> PollAnswer:
     """A JSON error answer ``{"error": message}`` (for a rejected request).
 
@@ -116,24 +153,24 @@ def error_answer(message: str, status: int = 400) -> PollAnswer:
 class LongPollServer:
     """Decides the answer to one poll request on one topic.
 
-    Drive it like this (the adapter subscribes to wake-ups *before* the first poll, so
-    a publish that lands in between is not missed)::
+    Drive it like this (the adapter registers for wake-ups *before* the first read,
+    so a publish that lands in between is not missed)::
 
         server = LongPollServer(topic, request, now)
-        answer = server.poll(history, now)
+        answer = None
         while answer is None:
-            # wait for a publish on the topic or for server.next_deadline()
-            answer = server.poll(history, now)      # after a publish
-            answer = server.handle_timer(now)       # after the deadline
+            if server.read is not None:               # a read to make
+                answer = server.receive_read(read the history as server.read says, now)
+            else:                                     # wait for a publish or the deadline
+                on a publish:       server.published()  (then read again)
+                on the deadline:    answer = server.handle_timer(now)
+                when draining:      answer = server.answer_now()
         send(answer)
 
-    With a history whose reads are asynchronous, read it yourself and pass the result
-    to :meth:`receive_read` instead of :meth:`poll`: read after :attr:`read_after`
-    with :attr:`limit`; when :attr:`read_after` is ``None`` (live from now) pass
-    ``Replay((), head)`` built from the topic's head.
+    :meth:`poll` does the read itself for a synchronous history.
     """
 
-    __slots__ = ("_after", "_answer", "_deadline", "request", "topic")
+    __slots__ = ("_answer", "_deadline", "_follower", "_read", "request", "topic")
 
     def __init__(self, topic: str, request: PollRequest, now: float) -> None:
         if not isinstance(now, int | float) or not math.isfinite(now):
@@ -142,18 +179,26 @@ class LongPollServer:
         self.topic = topic
         #: The validated request.
         self.request = request
-        self._after: Cursor = request.cursor
         self._deadline = now + request.timeout
         self._answer: PollAnswer | None = None
+        self._follower: Follower[StoredEvent] = Follower(request.cursor, page_size=request.limit)
+        (first,) = self._follower.begin()
+        assert isinstance(first, ReadHistory)
+        self._read: ReadHistory | None = first
 
     @property
-    def read_after(self) -> Cursor:
-        """Where the next read starts: a position, ``"earliest"``, or ``None`` (head).
+    def read(self) -> ReadHistory | None:
+        """The history read to make now (``after`` ``None``: the head only, answer
+        ``Replay((), head)``), or ``None`` while waiting or once answered."""
+        return None if self._answer is not None else self._read
 
-        Becomes a concrete position after the first read that found nothing, so later
-        reads neither skip events published in between nor start over.
-        """
-        return self._after
+    @property
+    def read_after(self) -> Position | str | None:
+        """Where the next read starts: the pending read's ``after``, else the place
+        the request holds at (a position once the first read was answered)."""
+        if self._read is not None:
+            return self._read.after
+        return self._follower.last
 
     @property
     def limit(self) -> int:
@@ -174,33 +219,65 @@ class LongPollServer:
             raise LocalProtocolError("this poll has already been answered")
 
     def poll(self, history: ReadableHistory, now: float) -> PollAnswer | None:
-        """Read *history* and answer if there is something (or the time is up)."""
+        """Read a synchronous *history* and act on it: call it when the request
+        arrives and again whenever the topic may have changed (a publish)."""
         self._check_open()
-        after = self._after
-        if after is None:
-            after = history.head(self.topic)
-            self._after = after
-        return self.receive_read(history.read(self.topic, after, self.request.limit), now)
+        read = self._read if self._read is not None else self.published()
+        if read is None:
+            return None
+        if read.after is None:
+            result: Replay | Reset = Replay((), history.head(self.topic))
+        else:
+            result = history.read(self.topic, read.after, read.limit)
+        return self.receive_read(result, now)
 
     def receive_read(self, result: Replay | Reset, now: float) -> PollAnswer | None:
-        """Act on a read done by the caller: answer events or a reset, else hold.
+        """The answer to :attr:`read`: answer events or a reset, else hold.
 
         An empty :class:`~tidings.history.Replay` after the deadline answers as the
         timer would.
         """
         self._check_open()
-        if isinstance(result, Reset):
-            self._answer = _ok((), result.head, reset=True)
-            return self._answer
-        if not isinstance(result, Replay):
+        if self._read is None:
+            raise LocalProtocolError("receive_read() without a pending read")
+        if not isinstance(result, Replay | Reset):
             raise LocalProtocolError(f"expected a Replay or a Reset, got {result!r}")
-        if result.events:
-            self._answer = _ok(result.events, result.cursor, reset=False)
-            return self._answer
-        self._after = result.cursor
+        self._read = None
+        actions = self._follower.history(result)
+        answer = _answer(actions, self._follower.last)
+        if answer is not None:
+            self._answer = answer
+            return answer
         if now >= self._deadline:
-            return self._timed_out()
+            return self._nothing_new()
         return None
+
+    def receive_answer(self, result: Replay | Reset, answer: PollAnswer) -> PollAnswer:
+        """Record *answer*, computed once by :func:`answer_read` for *result* (the
+        answer to :attr:`read`) on behalf of every request holding at the same place.
+
+        Equivalent to :meth:`receive_read` for a result with events or a reset
+        (whose answer does not depend on the time or on the request); the machine
+        still takes the result, so its state is the same either way.
+        """
+        self._check_open()
+        if self._read is None:
+            raise LocalProtocolError("receive_answer() without a pending read")
+        self._read = None
+        self._follower.history(result)
+        self._answer = answer
+        return answer
+
+    def published(self) -> ReadHistory | None:
+        """Something was published on the topic: the read to make (see :attr:`read`)."""
+        self._check_open()
+        if self._read is None:
+            actions = self._follower.overflow()
+            if actions:
+                read = actions[0]
+                assert isinstance(read, ReadHistory)
+                self._read = read
+        return self._read
 
     def handle_timer(self, now: float) -> PollAnswer | None:
         """At or after the deadline, answer "nothing new"; before it, ``None``.
@@ -211,13 +288,18 @@ class LongPollServer:
         self._check_open()
         if now < self._deadline:
             return None
-        return self._timed_out()
+        return self._nothing_new()
 
-    def _timed_out(self) -> PollAnswer:
-        after = self._after
-        if after is None or after == EARLIEST:
-            raise LocalProtocolError("handle_timer() before the first poll() or receive_read()")
-        assert isinstance(after, Position)
+    def answer_now(self) -> PollAnswer:
+        """Answer "nothing new" at once, deadline or not (the server drains; the
+        client comes straight back, elsewhere)."""
+        self._check_open()
+        return self._nothing_new()
+
+    def _nothing_new(self) -> PollAnswer:
+        after = self._follower.last
+        if after is None:
+            raise LocalProtocolError("no read was answered yet: nothing to say")
         text = after.format()
         if self.request.conditional and text == self.request.cursor_text:
             headers = (
@@ -231,4 +313,4 @@ class LongPollServer:
 
     def __repr__(self) -> str:
         state = "held" if self._answer is None else f"answered {self._answer.status}"
-        return f"<LongPollServer topic={self.topic!r} after={self._after!s} {state}>"
+        return f"<LongPollServer topic={self.topic!r} after={self.read_after!s} {state}>"

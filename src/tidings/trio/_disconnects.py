@@ -9,7 +9,7 @@ each socket that turned readable (the client closed, reset, or sent more).  A he
 poll then waits on a plain :class:`~tidings.trio.Waiter`, which a publish wakes for
 a few microseconds, and unregisters with one system call.
 
-Linux only (``select.epoll``); :func:`watcher_for` returns ``None`` elsewhere and
+Linux only (``select.epoll``); :func:`new_watcher` returns ``None`` elsewhere and
 callers fall back to watching the socket in their own task.
 """
 
@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import logging
 import select
-import weakref
 from collections.abc import Callable
 
 import trio
 
-__all__ = ["DisconnectWatcher", "watcher_for"]
+__all__ = ["DisconnectWatcher", "new_watcher"]
 
 log = logging.getLogger("tidings.server")
 
 _EVENTS = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0)
-_watchers: weakref.WeakKeyDictionary[object, DisconnectWatcher] = weakref.WeakKeyDictionary()
 
 
 class DisconnectWatcher:
@@ -38,7 +36,7 @@ class DisconnectWatcher:
     Trio system task, started on the first registration and kept for the run.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_epoll", "_running")
+    __slots__ = ("_callbacks", "_epoll", "_running")
 
     def __init__(self) -> None:
         self._epoll: select.epoll | None = None
@@ -85,11 +83,8 @@ class DisconnectWatcher:
             epoll.close()
 
 
-def watcher_for(owner: object) -> DisconnectWatcher | None:
-    """The watcher shared by everything of *owner* (a server's app); ``None`` if unsupported."""
+def new_watcher() -> DisconnectWatcher | None:
+    """A watcher for one server's connections; ``None`` where epoll is missing."""
     if not hasattr(select, "epoll"):
         return None
-    watcher = _watchers.get(owner)
-    if watcher is None:
-        watcher = _watchers[owner] = DisconnectWatcher()
-    return watcher
+    return DisconnectWatcher()

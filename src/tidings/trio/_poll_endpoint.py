@@ -1,16 +1,17 @@
 """``GET /topics/{topic}/poll``: long polling, driven by :class:`~tidings.longpoll.LongPollServer`.
 
-Every decision (parse, answer now, hold, time out, ``304``, reset, ``400``) is the
-sans-IO machine's; this module only supplies the clock, the wake-ups and the socket:
+Every decision (parse, what to read, answer now, hold, time out, ``304``, reset,
+``400``) is the sans-IO machine's (which drives the follow machine); this module only
+supplies the clock, the wake-ups, the history reads and the socket:
 
 * the request is parsed with :func:`~tidings.longpoll.parse_poll_request`; a bad one
   gets the machine's JSON ``400``;
-* the history is read at once; with events waiting (or a reset) the answer goes out
-  without subscribing to anything, so immediate answers stay cheap;
-* otherwise the request subscribes to the topic *before* any checkpoint (Trio is
-  cooperative, so no publish can slip in between the read and the subscription)
-  and sleeps until a publish wakes it, its deadline passes, the client goes away
-  or the server drains.  No timer polls the history.
+* the request registers a :class:`~tidings.trio.hub.Watch` on the topic, then makes
+  the read the machine asks for; with events waiting (or a reset) the answer goes
+  out at once;
+* otherwise it sleeps until a publish wakes it (then it reads again, from where the
+  machine says), its deadline passes, the client goes away or the server drains.
+  No timer polls the history.
 
 Noticing the client leaving: on a plain HTTP/1.1 socket the request waits on its
 subscription's :class:`~tidings.trio.Waiter` (a publish wakes it in microseconds)
@@ -19,19 +20,18 @@ socket; elsewhere (TLS, HTTP/2) it uses ``Responder.watch_disconnect``.  Waking
 thousands of held requests that wait on their sockets would cost a cancellation
 each, an order of magnitude more.
 
-Answering a publish: on that plain HTTP/1.1 socket the held request also leaves an
-:class:`_AnswerSink` on its subscription, which writes the answer from the
-publisher's task (one history read and one answer per publish shared by all the
-requests that read the same thing, one ``write`` each) and only then wakes the
-request, whose machine is handed that same read and whose task finishes h11's
+Answering a publish: on that plain HTTP/1.1 socket, with a history that answers at
+once, the held request also leaves an :class:`_AnswerSink` on its watch, which
+writes the answer from the publisher's task (one history read and one answer per
+publish shared by all the requests that read the same thing -- the answer is a
+pure function of the read, :func:`~tidings.longpoll.server.answer_read` -- and one
+``write`` each) and only then wakes the request, whose task finishes h11's
 bookkeeping.  The last of thousands of held requests is then answered after a few
 tens of milliseconds instead of after thousands of task switches and h11 rounds.
 
-The subscription is a wake-up only: the answer is always read from the history, so
-its buffer is one event long; a burst that overflows it just closes it, which wakes
-the request too.  A drain answers every held request at once with "nothing new" (the
-empty ``200`` or ``304``, plus ``Connection: close`` on HTTP/1.1) so that clients
-come back, elsewhere, right away.  A held request keeps its connection busy, so it
+A drain answers every held request at once with "nothing new" (the empty ``200`` or
+``304``, plus ``Connection: close`` on HTTP/1.1) so that clients come back,
+elsewhere, right away.  A held request keeps its connection busy, so it
 counts toward :attr:`~tidings.trio.ServerConfig.max_connections` like any other.
 """
 
@@ -46,23 +46,20 @@ import trio
 
 from tidings.cursor import Position
 from tidings.errors import RemoteProtocolError
+from tidings.follow import ReadHistory
 from tidings.history import Replay, Reset
-from tidings.longpoll.request import Cursor, PollLimits, parse_poll_request
-from tidings.longpoll.server import LongPollServer, PollAnswer, error_answer
-from tidings.trio._disconnects import DisconnectWatcher, watcher_for
+from tidings.longpoll.request import PollLimits, parse_poll_request
+from tidings.longpoll.server import LongPollServer, PollAnswer, answer_read, error_answer
+from tidings.trio._disconnects import DisconnectWatcher
 from tidings.trio._h11 import H11Connection, H11Responder
 from tidings.trio._http import Request, Responder
 from tidings.trio._routes import Handler
-from tidings.trio.hub import LiveEvent, Subscription
+from tidings.trio.hub import Hub, LiveEvent, Watch
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
-__all__ = ["long_poll", "make_long_poll_handler"]
-
-# A held request needs only to learn *that* something was published; the events
-# are read from the history.  One buffered event is enough for that.
-_WAKE_BUFFER = 1
+__all__ = ["SharedReads", "long_poll", "make_long_poll_handler"]
 
 
 def _headers(app: App, answer: PollAnswer) -> list[tuple[bytes, bytes]]:
@@ -80,7 +77,7 @@ def make_long_poll_handler(limits: PollLimits | None = None) -> Handler:
     Without *limits* the handler grants the server's
     :attr:`~tidings.trio.ServerConfig.poll_limits` (the default route uses
     :data:`long_poll`, made that way); mount one made with explicit *limits* on a
-    custom :class:`~tidings.trio._routes.Router` to serve one route differently.
+    custom router to serve one route differently.
     """
 
     async def handler(app: App, request: Request, responder: Responder) -> None:
@@ -91,6 +88,17 @@ def make_long_poll_handler(limits: PollLimits | None = None) -> Handler:
     return handler
 
 
+async def _read(hub: Hub, topic: str, read: ReadHistory) -> Replay | Reset:
+    """Make *read* against the hub's history."""
+    if hub._immediate is not None:
+        await trio.lowlevel.checkpoint()
+        return _read_now(hub, topic, read)
+    await hub._watch(topic)
+    if read.after is None:
+        return Replay((), await hub.history.head(topic))
+    return await hub.history.read(topic, read.after, read.limit)
+
+
 async def _long_poll(app: App, request: Request, responder: Responder, limits: PollLimits) -> None:
     try:
         poll = parse_poll_request(request.query, request.headers, limits)
@@ -99,16 +107,27 @@ async def _long_poll(app: App, request: Request, responder: Responder, limits: P
         return
     topic = request.params["topic"]
     hub = app.hub
-    history = hub.history
-    now = trio.current_time()
-    server = LongPollServer(topic, poll, now)
-    answer = server.poll(history, now)
-    if answer is None and app.draining:
-        answer = _nothing_new(server)
-    if answer is None:
-        answer = await _hold(app, responder, server)
-        if answer is None:
-            return  # the client went away
+    server = LongPollServer(topic, poll, trio.current_time())
+    # Registered before the first read: a publish in between wakes it.
+    with hub.watch(topic) as watch:
+        app.subscriptions.add(watch)
+        try:
+            answer = None
+            read = server.read
+            if read is not None:
+                if hub._immediate is not None:
+                    # No checkpoint between registering and reading (Trio is cooperative).
+                    answer = server.receive_read(_read_now(hub, topic, read), trio.current_time())
+                else:
+                    answer = server.receive_read(await _read(hub, topic, read), trio.current_time())
+            if answer is None and app.draining:
+                answer = server.answer_now()
+            if answer is None:
+                answer = await _hold(app, responder, server, watch)
+                if answer is None:
+                    return  # the client went away
+        finally:
+            app.subscriptions.discard(watch)
     if isinstance(responder, H11Responder) and responder.nowait_pending:
         # Answered from the publisher's task (see _AnswerSink).
         await responder.finish_nowait(answer.status, _headers(app, answer), answer.body)
@@ -116,13 +135,13 @@ async def _long_poll(app: App, request: Request, responder: Responder, limits: P
         await _send(app, responder, answer)
 
 
-def _nothing_new(server: LongPollServer) -> PollAnswer:
-    """The timeout answer, now (the server is draining)."""
-    deadline = server.next_deadline()
-    assert deadline is not None
-    answer = server.handle_timer(deadline)
-    assert answer is not None
-    return answer
+def _read_now(hub: Hub, topic: str, read: ReadHistory) -> Replay | Reset:
+    """:func:`_read` without a checkpoint, for a history that answers at once."""
+    immediate = hub._immediate
+    assert immediate is not None
+    if read.after is None:
+        return Replay((), immediate.head_nowait(topic))
+    return immediate.read_nowait(topic, read.after, read.limit)
 
 
 class _WakeSink:
@@ -130,7 +149,7 @@ class _WakeSink:
 
     The hub offers it the first event published; refusing makes the hub detach and
     interrupt it, and the interruption is the wake-up of the held request.  A close
-    of the subscription (drain) interrupts it too.
+    of the watch (drain) interrupts it too.
     """
 
     __slots__ = ("scope", "woken")
@@ -150,47 +169,46 @@ class _WakeSink:
         self.scope.cancel()
 
 
-async def _wait_on_socket(
-    connection: H11Connection, subscription: Subscription, deadline: float
-) -> bool:
-    """Like ``subscription.wait(deadline)``, in the connection's own task.
+async def _wait_on_socket(connection: H11Connection, watch: Watch, deadline: float) -> bool:
+    """Like ``watch.wait(deadline)``, in the connection's own task.
 
     The task waits for the socket to become readable (the client leaving, which
     marks the connection gone) while the hub holds a :class:`_WakeSink`: one task,
     one cancel scope, no nursery per held request.
     """
-    if subscription.waiter.is_set or subscription.pending or subscription.closed is not None:
-        subscription.waiter.clear()
+    if watch.woken or watch.closed is not None:
         await trio.lowlevel.checkpoint()
         return True
     with trio.CancelScope(deadline=deadline) as scope:
         sink = _WakeSink(scope)
-        subscription.sink = sink
+        watch.sink = sink
         try:
             await connection.wait_gone()
         finally:
-            subscription.detach(sink)
+            watch.detach(sink)
     return sink.woken
 
 
-class _SharedReads:
+class SharedReads:
     """The reads (and answers) of held requests woken by one published event.
 
     Requests woken by the same event that read from the same position with the same
-    limit read the same thing, and their machines answer it alike: the first one's
-    read is made and answered, the others reuse both.  Valid only while that event
-    is being fanned out (the history does not change meanwhile).
+    limit read the same thing, and get the same answer
+    (:func:`~tidings.longpoll.server.answer_read` is a pure function of the read):
+    the first one's read is made and answered, the others reuse both.  Valid only
+    while that event is being fanned out (the history does not change meanwhile).
+    One per server (:class:`~tidings.trio._app.App`).
     """
 
     __slots__ = ("answers", "item")
 
     def __init__(self) -> None:
         self.item: LiveEvent | None = None
-        self.answers: dict[tuple[str, Cursor, int], tuple[Replay | Reset, PollAnswer]] = {}
+        self.answers: dict[tuple[str, Position, int], tuple[Replay | Reset, PollAnswer | None]] = {}
 
     def lookup(
-        self, item: LiveEvent, key: tuple[str, Cursor, int]
-    ) -> tuple[Replay | Reset, PollAnswer] | None:
+        self, item: LiveEvent, key: tuple[str, Position, int]
+    ) -> tuple[Replay | Reset, PollAnswer | None] | None:
         if item is not self.item:
             self.item = item
             self.answers = {}
@@ -201,112 +219,97 @@ class _SharedReads:
         self.answers = {}
 
 
-_shared_reads = _SharedReads()
-
-
 class _AnswerSink:
     """A :class:`~tidings.trio.hub.DirectSink` that answers its held request itself.
 
-    Offered the first event published, it reads the history for the request and
-    writes the answer to the socket right there, in the publisher's task
+    Offered the first event published, it makes the machine's next read and writes
+    the answer to the socket right there, in the publisher's task
     (:meth:`H11Responder.respond_nowait`), and takes the event; the request's task is
     woken only when the hub flushes its sinks, after the publisher has written to
-    every held request, and then hands its machine the same read (:attr:`read`),
-    which answers what was written, and finishes the bookkeeping.  Waking thousands
-    of held requests thus costs one write each (and next to no new objects, so no
-    garbage collection) before the last one is answered, rather than a task switch,
-    an h11 round and a write each.  When it cannot answer this way it refuses the
-    event: the hub then wakes the request, which answers as usual.
-
-    Only reads with events or a reset are answered here: a machine's answer to
-    those depends on the read alone (see :meth:`LongPollServer.receive_read`), not
-    on the time or on how the request was made.
+    every held request, and then finishes the bookkeeping.  Waking thousands of held
+    requests thus costs one write each (and next to no new objects, so no garbage
+    collection) before the last one is answered, rather than a task switch, an h11
+    round and a write each.  When it cannot answer this way it refuses the event:
+    the hub then wakes the request, which reads and answers as usual.
     """
 
-    __slots__ = ("answer", "app", "read", "responder", "server", "subscription")
+    __slots__ = ("app", "responder", "server", "watch", "written")
 
     def __init__(
-        self,
-        app: App,
-        responder: H11Responder,
-        server: LongPollServer,
-        subscription: Subscription,
+        self, app: App, responder: H11Responder, server: LongPollServer, watch: Watch
     ) -> None:
         self.app = app
         self.responder = responder
         self.server = server
-        self.subscription = subscription
-        #: The read the answer was written from; the machine has not seen it yet.
-        self.read: Replay | Reset | None = None
-        #: The answer written.
-        self.answer: PollAnswer | None = None
+        self.watch = watch
+        #: The answer went out from the publisher's task.
+        self.written = False
 
     def deliver(self, item: LiveEvent) -> bool:
         server = self.server
         responder = self.responder
-        if server.answer is not None or self.read is not None or responder.client_gone:
+        if server.answer is not None or self.written or responder.client_gone:
+            return False
+        immediate = self.app.hub._immediate
+        if immediate is None:
             return False
         # Nothing may escape into the publisher: on any error the request's task
         # takes over (and reads again, and meets the error itself).
         try:
-            key = (server.topic, server.read_after, server.limit)
-            shared = _shared_reads.lookup(item, key)
+            read = server.published()
+            if read is None or not isinstance(read.after, Position):
+                return False
+            key = (server.topic, read.after, read.limit)
+            shared = self.app.poll_reads.lookup(item, key)
             if shared is None:
-                after = server.read_after
-                if not isinstance(after, Position):
-                    return False
-                read = self.app.hub.history.read(server.topic, after, server.limit)
-                if isinstance(read, Replay) and not read.events:
-                    return False
-                # Any machine answers this read alike; this one decides for them all.
-                probe = LongPollServer(server.topic, server.request, 0.0)
-                answer = probe.receive_read(read, 0.0)
-                if answer is None:
-                    return False
-                _shared_reads.answers[key] = (read, answer)
-            else:
-                read, answer = shared
+                result = immediate.read_nowait(server.topic, read.after, read.limit)
+                shared = (result, answer_read(read.after, result, read.limit))
+                self.app.poll_reads.answers[key] = shared
+            result, answer = shared
+            if answer is None:
+                return False  # nothing for this request after all: it reads itself
             if not responder.respond_nowait(answer.status, _headers(self.app, answer), answer.body):
                 return False
         except Exception:
             return False
-        self.read = read
-        self.answer = answer
+        server.receive_answer(result, answer)
+        self.written = True
         return True
 
     def flush(self) -> None:
         # Every answer is out: drop the shared reads, wake the request (this
         # detaches the sink).
-        if _shared_reads.item is not None:
-            _shared_reads.clear()
-        self.subscription.wake()
+        reads = self.app.poll_reads
+        if reads.item is not None:
+            reads.clear()
+        self.watch.wake()
 
     def interrupt(self) -> None:
         pass
 
 
 class _WatchedWait:
-    """``subscription.wait(deadline)`` for a held request on a plain HTTP/1.1 socket.
+    """``watch.wait(deadline)`` for a held request on a plain HTTP/1.1 socket.
 
     The socket is registered with the server's :class:`DisconnectWatcher` while the
-    request waits on its subscription's waiter (with its :class:`_AnswerSink`, if
-    any, on the subscription), so a publish wakes it cheaply and the client leaving
-    wakes it too.  If the client sends more (pipelining) instead, the
-    request falls back to :func:`_wait_on_socket`, which takes those bytes in.
+    request waits on its watch's waiter (with its :class:`_AnswerSink`, if any, on
+    the watch), so a publish wakes it cheaply and the client leaving wakes it too.
+    If the client sends more (pipelining) instead, the request falls back to
+    :func:`_wait_on_socket`, which takes those bytes in.
     """
 
-    __slots__ = ("connection", "fallback", "fd", "readable", "sink", "subscription", "watcher")
+    __slots__ = ("connection", "fallback", "fd", "readable", "sink", "watch", "watcher")
 
     def __init__(
         self,
         watcher: DisconnectWatcher,
         connection: H11Connection,
-        subscription: Subscription,
+        watch: Watch,
         sink: _AnswerSink | None,
     ) -> None:
         self.watcher = watcher
         self.connection = connection
-        self.subscription = subscription
+        self.watch = watch
         self.sink = sink
         self.fd = connection.stream.socket.fileno()  # type: ignore[attr-defined]
         self.readable = False
@@ -314,20 +317,20 @@ class _WatchedWait:
 
     def _on_readable(self) -> None:
         self.readable = True
-        self.subscription.wake()
+        self.watch.wake()
 
     async def __call__(self, deadline: float) -> bool:
         if self.fallback:
-            return await _wait_on_socket(self.connection, self.subscription, deadline)
-        subscription = self.subscription
+            return await _wait_on_socket(self.connection, self.watch, deadline)
+        watch = self.watch
         sink = self.sink
         self.watcher.add(self.fd, self._on_readable)
-        subscription.sink = sink
+        watch.sink = sink
         try:
-            woken = await subscription.wait(deadline)
+            woken = await watch.wait(deadline)
         finally:
             self.watcher.discard(self.fd)
-            subscription.detach(sink)
+            watch.detach(sink)
         if self.readable:
             self.readable = False
             if not await self._client_left():
@@ -355,69 +358,63 @@ def _plain_h11(responder: Responder) -> H11Connection | None:
     return None
 
 
-async def _hold(app: App, responder: Responder, server: LongPollServer) -> PollAnswer | None:
+async def _hold(
+    app: App, responder: Responder, server: LongPollServer, watch: Watch
+) -> PollAnswer | None:
     """Wait for a publish, the deadline, a drain or the client leaving."""
     connection = _plain_h11(responder)
-    watcher = watcher_for(app) if connection is not None else None
+    watcher = app.disconnect_watcher() if connection is not None else None
+    if connection is not None:
+        wait: Callable[[float], Awaitable[bool]]
+        sink: _AnswerSink | None = None
+        if watcher is not None:
+            if (
+                isinstance(responder, H11Responder)
+                and responder.can_respond_nowait()
+                and app.hub._immediate is not None
+            ):
+                sink = _AnswerSink(app, responder, server, watch)
+            wait = _WatchedWait(watcher, connection, watch, sink)
+        else:
+            wait = partial(_wait_on_socket, connection, watch)
+        return await _hold_loop(app, responder, server, watch, wait)
+    # Cancelled (and left with answer None) when the client goes away.
+    # The block is cancelled (answer left None) when the client goes away.
     answer: PollAnswer | None = None
-    # No checkpoint between the read in _long_poll and this subscription.
-    with app.hub.subscribe(server.topic, None, max_pending_events=_WAKE_BUFFER) as subscription:
-        app.subscriptions.add(subscription)
-        try:
-            if connection is not None:
-                wait: Callable[[float], Awaitable[bool]]
-                if watcher is not None:
-                    sink = (
-                        _AnswerSink(app, responder, server, subscription)
-                        if isinstance(responder, H11Responder) and responder.can_respond_nowait()
-                        else None
-                    )
-                    wait = _WatchedWait(watcher, connection, subscription, sink)
-                else:
-                    sink = None
-                    wait = partial(_wait_on_socket, connection, subscription)
-                answer = await _hold_loop(app, responder, server, subscription, wait, sink)
-            else:
-                # Cancelled (and left with answer None) when the client goes away.
-                async with responder.watch_disconnect():
-                    answer = await _hold_loop(
-                        app, responder, server, subscription, subscription.wait
-                    )
-        finally:
-            app.subscriptions.discard(subscription)
-    return answer
+    async with responder.watch_disconnect():
+        answer = await _hold_loop(app, responder, server, watch, watch.wait)
+    return answer  # noqa: RET504
 
 
 async def _hold_loop(
     app: App,
     responder: Responder,
     server: LongPollServer,
-    subscription: Subscription,
+    watch: Watch,
     wait: Callable[[float], Awaitable[bool]],
-    sink: _AnswerSink | None = None,
 ) -> PollAnswer | None:
-    history = app.hub.history
+    hub = app.hub
     while True:
         deadline = server.next_deadline()
         assert deadline is not None
         woken = await wait(deadline)
         if responder.client_gone:
             return None
-        now = trio.current_time()
-        if sink is not None and sink.read is not None:
-            # Answered by the sink: the machine gets the read the answer came from.
-            answer = server.receive_read(sink.read, now)
-            assert answer == sink.answer, "a machine answered a shared read differently"
-            return answer
+        if server.answer is not None:
+            return server.answer  # answered by the _AnswerSink
         if not woken:
-            answer = server.handle_timer(now)
+            answer = server.handle_timer(trio.current_time())
+        elif watch.closed is not None:
+            # Closed by a drain: answer "nothing new" now; the client comes back.
+            answer = server.answer_now()
         else:
-            subscription.next_batch()  # forget the wake-up's event: we read
-            answer = server.poll(history, now)
-            if answer is None and subscription.closed is not None:
-                # Closed by a drain (or overflowed with nothing new to us): answer
-                # "nothing new" now; the client comes straight back.
-                answer = _nothing_new(server)
+            watch.clear()
+            read = server.published()
+            answer = None
+            if read is not None:
+                answer = server.receive_read(
+                    await _read(hub, server.topic, read), trio.current_time()
+                )
         if answer is not None:
             return answer
 

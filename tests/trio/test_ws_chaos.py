@@ -106,7 +106,7 @@ async def test_every_event_once_in_order_and_every_publish_stored_once(
     assert all(s.connections > 1 for s in sessions)
 
     # The history holds every publish exactly once.
-    stored = hub.history.read(TOPIC, EARLIEST, 2 * TOTAL)
+    stored = hub.history.memory.read(TOPIC, EARLIEST, 2 * TOTAL)
     assert isinstance(stored, Replay)
     counts = Counter(e.data for e in stored.events)
     expected = {f"s-{i}" for i in range(SERVER_MESSAGES)} | {

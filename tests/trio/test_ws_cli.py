@@ -44,13 +44,16 @@ async def test_tail_over_ws_prints_replayed_and_live_events_as_json_lines(
 async def test_tail_over_ws_prints_a_reset_line_for_an_unknown_cursor(
     nursery: trio.Nursery, server: Server, hub: Hub
 ) -> None:
-    head = (await hub.publish("news", "x")).format()
+    head = await hub.publish("news", "x")
     process = await start_tail(
         nursery, ws_url(server), "--topic", "news", "--last-event-id", "other.5"
     )
     assert process.stdout is not None
+    lines = Lines(process.stdout)
     with trio.fail_after(TIMEOUT):
-        assert json.loads(await Lines(process.stdout).next()) == {"reset": True, "cursor": head}
+        reset = json.loads(await lines.next())
+        assert reset == {"reset": True, "cursor": f"{head.epoch}.0"}
+        assert json.loads(await lines.next())["id"] == head.format()
         process.send_signal(signal.SIGINT)
         assert await process.wait() == 0
 

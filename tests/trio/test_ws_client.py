@@ -49,7 +49,7 @@ async def test_session_follows_topics_and_publish_returns_the_stored_id(
         ws_url(server.port), {"a": "earliest", "b": None}, rng=random.Random(1)
     ) as session:
         ident = await session.publish("b", "mine", event="note")
-        assert hub.history.head("b").format() == ident
+        assert hub.history.memory.head("b").format() == ident
         got = [await session.__anext__(), await session.__anext__()]
         assert sorted((m.topic, m.id) for m in got) == [("a", old.format()), ("b", ident)]
         assert session.positions == {"a": old.format(), "b": ident}
@@ -59,7 +59,10 @@ async def test_unknown_cursor_surfaces_as_a_reset(server: Server, hub: Hub) -> N
     head = await hub.publish("t", "x")
     async with open_session(ws_url(server.port), {"t": "zz.9"}) as session:
         reset = await session.__anext__()
-        assert reset == ResetMessage("t", head.format())
+        assert reset == ResetMessage("t", f"{head.epoch}.0", "unknown-epoch")
+        replayed = await session.__anext__()
+        assert isinstance(replayed, EventMessage)
+        assert replayed.id == head.format()
 
 
 async def test_session_resumes_every_topic_after_cuts_without_loss_or_duplicates(

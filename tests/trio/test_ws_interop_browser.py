@@ -86,7 +86,7 @@ async def test_browser_websocket_subscribes_publishes_and_receives(
     assert [e["id"] for e in result["events"]][:3] == before
     assert result["events"][3]["event"] == "hello"
     assert result["published"]["id"] == result["events"][3]["id"]
-    stored = hub.history.head(TOPIC)
+    stored = hub.history.memory.head(TOPIC)
     assert stored.offset == 4
 
 
@@ -107,7 +107,7 @@ async def test_browser_page_from_another_origin_is_refused(
     assert result["events"] == []
     assert result["errors"] == 1
     assert result["close"] == {"code": 1006, "clean": False}
-    assert hub.history.head(TOPIC).offset == 0
+    assert hub.history.memory.head(TOPIC).offset == 0
 
 
 async def run_page_with_routes(

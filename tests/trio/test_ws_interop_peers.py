@@ -61,7 +61,7 @@ async def test_python_websockets_client_speaks_tidings_v1(server: Server, hub: H
     assert events[0]["id"] == first.format()
     # The repeat got the original id and was not stored again.
     assert acks[0] == acks[1] == {"type": "published", "msg_id": "py-1", "id": events[1]["id"]}
-    assert hub.history.head("py").offset == 2
+    assert hub.history.memory.head("py").offset == 2
 
 
 def websockets_refused(url: str, origin: str) -> int:

@@ -110,12 +110,20 @@ async def test_many_topics_share_one_connection(server: Server, hub: Hub) -> Non
         assert (await recv(ws))["data"] == "still"
 
 
-async def test_unknown_cursor_gives_an_explicit_reset(server: Server, hub: Hub) -> None:
+async def test_unknown_cursor_gives_an_explicit_reset_then_what_is_retained(
+    server: Server, hub: Hub
+) -> None:
     head = await hub.publish("t", "x")
     async with open_ws(server) as ws:
         await send(ws, type="subscribe", topic="t", cursor="otherepoch.5")
-        assert await recv(ws) == {"type": "reset", "topic": "t", "cursor": head.format()}
-        assert (await recv(ws))["type"] == "subscribed"
+        assert await recv(ws) == {
+            "type": "reset",
+            "topic": "t",
+            "cursor": f"{head.epoch}.0",
+            "reason": "unknown-epoch",
+        }
+        assert (await recv(ws))["id"] == head.format()
+        assert await recv(ws) == {"type": "subscribed", "topic": "t", "cursor": head.format()}
 
 
 async def test_publish_is_acknowledged_and_a_repeat_is_stored_once(
@@ -130,7 +138,7 @@ async def test_publish_is_acknowledged_and_a_repeat_is_stored_once(
     async with open_ws(server) as ws:
         await send(ws, type="publish", topic="t", msg_id="m-1", data="hello")
         assert await recv(ws) == ack
-    assert hub.history.head("t").offset == 1
+    assert hub.history.memory.head("t").offset == 1
 
 
 async def test_ws_publishes_reach_sse_and_http_publishes_reach_ws(
@@ -366,7 +374,8 @@ async def test_publish_to_a_topic_no_url_can_name_is_rejected(server: Server, hu
         await send(ws, type="publish", topic="a b/c", msg_id="m", data="x")
         error = await recv(ws)
         assert error["type"] == "error"
-        assert error["msg_id"] == "m"
+        assert error["code"] == "malformed"
+        assert "topic names are 1-128 characters" in error["message"]
     assert hub.subscriber_count() == 0
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from tidings.errors import LocalProtocolError
 from tidings.session import DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT
 from tidings.trio._http import Headers, Request
-from tidings.ws.dedup import DEFAULT_DEDUP_MAX_AGE, DEFAULT_DEDUP_MAX_ENTRIES
 from tidings.ws.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from tidings.ws.server import DEFAULT_MAX_ERRORS, DEFAULT_MAX_TOPICS
 
@@ -75,16 +74,13 @@ class WebSocketConfig:
     drain_close_code: int = 1001
     #: Seconds the closing handshake may take before the connection is cut.
     close_timeout: float = 5.0
-    #: The server-wide window of publish ``msg_id`` values (exactly-once publishing).
-    dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES
-    dedup_max_age: float = DEFAULT_DEDUP_MAX_AGE
 
     def __post_init__(self) -> None:
         for name in ("max_message_size", "max_topics", "max_errors", "max_queued_bytes"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise LocalProtocolError(f"{name} must be an int >= 1")
-        for name in ("ping_interval", "pong_timeout", "close_timeout", "dedup_max_age"):
+        for name in ("ping_interval", "pong_timeout", "close_timeout"):
             if not getattr(self, name) > 0:
                 raise LocalProtocolError(f"{name} must be > 0")
         if self.drain_close_code not in (1001, 1012, 1013):

@@ -18,12 +18,13 @@ session and no task switch.
 
 Live events are encoded once per event for all sessions: the WebSocket frame a
 server sends is not masked, so the very bytes are shared (:meth:`LiveEvent.encoded`).
-A session whose subscription overflows (the client reads too slowly) catches up from
-the history instead of being dropped; one whose socket stays blocked for
-``write_timeout`` is cut.  Publishes go through :meth:`Hub.publish_nowait`, so they
-reach SSE and long-poll subscribers too; one
-:class:`~tidings.ws.PublishDeduplicator` per hub makes them exactly-once, also across
-a server restart that keeps the hub.
+Each topic's subscription drives the follower the session machine made for it (the
+follow machine decides what to send); a session whose subscription overflows (the
+client reads too slowly) catches up from the history instead of being dropped; one
+whose socket stays blocked for ``write_timeout`` is cut.  Publishes go through the
+hub with the ``msg_id`` as idempotency key, so they reach SSE and long-poll
+subscribers too and are stored once however often a client resends them (within the
+history's de-duplication window).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import binascii
 import logging
 import math
 import os
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -44,34 +44,23 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import FrameProtocol
 from wsproto.utilities import generate_accept_token
 
-from tidings.cursor import Position
 from tidings.errors import LocalProtocolError
-from tidings.history import Replay, Reset, StoredEvent
+from tidings.history import StoredEvent
 from tidings.session import ClosePeer, HeartbeatPolicy
 from tidings.trio._http import Request, Responder
-from tidings.trio._routes import is_valid_topic
 from tidings.trio._socket_sink import SocketSink, write_some
 from tidings.trio._sync import Waiter
 from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
-from tidings.trio.hub import CloseReason, Hub, LiveEvent, Subscription
-from tidings.ws import (
-    SUBPROTOCOL,
-    Appended,
-    EventMessage,
-    PublishDeduplicator,
-    ResetMessage,
-    ServerOutput,
-    SessionServer,
-    StartLive,
-    StopLive,
-    SubscribedMessage,
-)
+from tidings.trio.history import HistoryUnavailable
+from tidings.trio.hub import CloseReason, LiveEvent, Subscription
+from tidings.ws import SUBPROTOCOL, EventMessage, ServerOutput, SessionServer
 from tidings.ws import CloseConnection as CloseInstruction
+from tidings.ws.server import Follow, Publish, Unfollow
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
-__all__ = ["deduplicator", "ws_session"]
+__all__ = ["WebSocketState", "ws_session"]
 
 log = logging.getLogger("tidings.server")
 
@@ -87,15 +76,13 @@ def _frame(text: str) -> bytes:
     return bytes(_FRAMER.send_data(text, fin=True))
 
 
-class _AppState:
-    """What every WebSocket session on one hub shares."""
+class WebSocketState:
+    """What every WebSocket session of one server shares: its config and the per-topic
+    frame encoders (so that an event's frame is built once for every session)."""
 
     def __init__(self, config: WebSocketConfig) -> None:
-        self.dedup = PublishDeduplicator(
-            max_entries=config.dedup_max_entries, max_age=config.dedup_max_age
-        )
+        self.config = config
         self.encoders: dict[str, Callable[[StoredEvent], bytes]] = {}
-        self.history: _HubHistory | None = None
 
     def encoder(self, topic: str) -> Callable[[StoredEvent], bytes]:
         encoder = self.encoders.get(topic)
@@ -108,53 +95,6 @@ class _AppState:
 
             self.encoders[topic] = encoder
         return encoder
-
-
-# Keyed by hub, not by server: the hub outlives a server restart in the same process
-# (and stands for the history), so the de-duplication window must too.
-_STATES: weakref.WeakKeyDictionary[Hub, _AppState] = weakref.WeakKeyDictionary()
-
-
-def _config(app: App) -> WebSocketConfig:
-    config = getattr(app.config, "websocket", None)
-    return config if isinstance(config, WebSocketConfig) else WebSocketConfig()
-
-
-def _state(app: App) -> _AppState:
-    state = _STATES.get(app.hub)
-    if state is None:
-        state = _STATES[app.hub] = _AppState(_config(app))
-    return state
-
-
-def deduplicator(hub: Hub) -> PublishDeduplicator | None:
-    """The publish de-duplicator shared by every WebSocket session on *hub* (one per
-    hub, so that it survives a server restart that keeps the hub), if created yet."""
-    state = _STATES.get(hub)
-    return None if state is None else state.dedup
-
-
-class _HubHistory:
-    """The history as :class:`~tidings.ws.SessionServer` sees it: appends go through
-    the hub, so that every subscriber (SSE, long poll, WebSocket) gets them."""
-
-    __slots__ = ("hub",)
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
-    def head(self, topic: str) -> Position:
-        return self.hub.history.head(topic)
-
-    def read(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
-        return self.hub.history.read(topic, after, limit)
-
-    def append(self, topic: str, data: str, event: str | None = None) -> StoredEvent:
-        # The same names as in URLs (``POST /topics/{topic}``), so that every event
-        # stored can be followed by every transport.
-        if not is_valid_topic(topic):
-            raise LocalProtocolError("topic names are 1-128 characters from A-Z a-z 0-9 . _ ~ -")
-        return self.hub.append(topic, data, event)
 
 
 # ------------------------------------------------------------------------- handshake
@@ -193,7 +133,7 @@ async def _refuse(app: App, responder: Responder, refusal: WebSocketRefusal) -> 
 
 async def ws_session(app: App, request: Request, responder: Responder) -> None:
     """Check the handshake, upgrade, and serve one ``tidings.v1`` session."""
-    config = _config(app)
+    config = app.websocket.config
     if "websocket" not in [t.lower() for t in _tokens(request, b"upgrade")]:
         await _refuse(
             app,
@@ -347,6 +287,7 @@ class _Session:
         "part_chars",
         "parts",
         "peer_closed",
+        "publishes",
         "queued",
         "queued_bytes",
         "server",
@@ -363,17 +304,17 @@ class _Session:
         self.stream = stream
         # A plain TCP socket can be written without waiting (see _SharedSink).
         self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
-        self.state = _state(app)
+        self.state = app.websocket
         self.ws = Connection(ConnectionType.SERVER)
-        if self.state.history is None:
-            self.state.history = _HubHistory(app.hub)
         self.server = SessionServer(
-            self.state.history,
-            self.state.dedup,
             max_topics=config.max_topics,
             max_message_size=config.max_message_size,
             max_errors=config.max_errors,
+            replay_chunk=app.hub.replay_page,
+            max_buffered=app.config.subscriber_max_events,
         )
+        # Publishes to store by awaiting the history (one that cannot store at once).
+        self.publishes: list[Publish] = []
         self.heartbeat = HeartbeatPolicy(interval=config.ping_interval, timeout=config.pong_timeout)
         self.waiter = _Waker()
         self.subscriptions: dict[str, Subscription] = {}
@@ -433,6 +374,14 @@ class _Session:
                 if self.backlog:
                     # The queue is sent: take the next messages of the last read.
                     self._events()
+                    continue
+                if self.publishes:
+                    await self._store_publishes()
+                    continue
+                reading = [sub for sub in self.subscriptions.values() if sub.needs_read]
+                if reading:
+                    for subscription in reading:
+                        await subscription.read()
                     continue
                 if self.eof or self.peer_closed or self.ws.state is ConnectionState.CLOSED:
                     return  # (an answer to the peer's close frame went out above)
@@ -571,42 +520,81 @@ class _Session:
             data = "".join(self.parts)
             self.parts = None
         self.part_chars = 0
-        self._apply(self.server.receive_text(data, now))
+        self._apply(self.server.receive_text(data))
 
     def _apply(self, outputs: list[ServerOutput]) -> None:
         """Act on the machine's outputs, synchronously (no checkpoint in here)."""
         for output in outputs:
-            if isinstance(output, StartLive):
-                pass  # registered at its ``subscribed`` (same step, see below)
-            elif isinstance(output, StopLive):
+            if isinstance(output, Follow):
+                self._subscribe(output)
+            elif isinstance(output, Unfollow):
                 subscription = self.subscriptions.pop(output.topic, None)
                 if subscription is not None:
                     self._unsubscribe(subscription)
-            elif isinstance(output, Appended):
-                pass  # the hub already fanned it out (publish_nowait)
+            elif isinstance(output, Publish):
+                if self.app.hub._immediate is None:
+                    self.publishes.append(output)
+                else:
+                    self._store(output)
             elif isinstance(output, CloseInstruction):
                 self.close(output.code, output.reason)
             else:
-                if isinstance(output, SubscribedMessage):
-                    # The replay (if any) is read: follow live from exactly the head,
-                    # in the same step, so that nothing can be published in between.
-                    self._subscribe(output.topic)
                 self._queue(_frame(output.encode()))
 
-    def _subscribe(self, topic: str) -> None:
-        old = self.subscriptions.get(topic)
+    def _store(self, publish: Publish) -> None:
+        """Store a publish in a history that answers at once."""
+        try:
+            stored = self.app.hub.append(
+                publish.topic, publish.data, publish.event, key=publish.msg_id
+            )
+        except LocalProtocolError as exc:
+            self._apply(self.server.publish_failed(publish.msg_id, str(exc)))
+            return
+        self._apply(self.server.published(publish.msg_id, stored.position))
+
+    async def _store_publishes(self) -> None:
+        """Store the pending publishes by awaiting the history, in order."""
+        publishes, self.publishes = self.publishes, []
+        for publish in publishes:
+            try:
+                position = await self.app.hub.publish(
+                    publish.topic, publish.data, publish.event, key=publish.msg_id
+                )
+            except LocalProtocolError as exc:
+                self._apply(self.server.publish_failed(publish.msg_id, str(exc)))
+            except HistoryUnavailable as exc:
+                self._apply(self.server.publish_failed(publish.msg_id, str(exc), retry=True))
+            else:
+                self._apply(self.server.published(publish.msg_id, position))
+
+    def _subscribe(self, follow: Follow) -> None:
+        """Follow a topic: registered with the hub before the follower's first read
+        (in the same step), so nothing published in between is missed."""
+        old = self.subscriptions.get(follow.topic)
         if old is not None:
             self._unsubscribe(old)
         config = self.app.config
         subscription = self.app.hub.subscribe(
-            topic,
-            None,
+            follow.topic,
             waiter=self.waiter,
             max_pending_events=config.subscriber_max_events,
             max_pending_bytes=config.subscriber_max_bytes,
+            follower=follow.follower,
         )
-        self.subscriptions[topic] = subscription
+        self.subscriptions[follow.topic] = subscription
         self.app.subscriptions.add(subscription)
+        if subscription.caught_up is not None:
+            # Live from now, known at once: "subscribed" goes before any live event.
+            self._apply(self.server.caught_up(follow.topic, subscription.caught_up))
+        elif self.app.hub._immediate is not None:
+            # The replay and "subscribed" are queued before the next client message
+            # is handled: they count toward the queue's high-water mark (backpressure)
+            # and a later subscribe to the same topic cannot cut them short.
+            chunks: list[bytes] = []
+            self._live(follow.topic, subscription, chunks)
+            for chunk in chunks:
+                self._queue(chunk)
+        self.waiter.wake()
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription.close()
@@ -642,30 +630,20 @@ class _Session:
 
     def _live(self, topic: str, subscription: Subscription, chunks: list[bytes]) -> None:
         encoder = self.state.encoder(topic)
+        server = self.server
         while True:
             batch = subscription.next_batch()
             if batch is None:
                 break
             if batch.reset is not None:
-                chunks.append(_frame(ResetMessage(topic, batch.reset.head.format()).encode()))
+                chunks.append(_frame(server.reset_message(topic, batch.reset).encode()))
             chunks += [item.encoded(encoder) for item in batch.events]
+            if batch.caught_up is not None:
+                chunks += [_frame(m.encode()) for m in server.caught_up(topic, batch.caught_up)]  # type: ignore[union-attr]
         reason = subscription.closed
         if reason is CloseReason.DRAIN:
             self.close(self.config.drain_close_code, "server draining")
-        elif reason is CloseReason.OVERFLOW:
-            # Too slow for live delivery: catch up from the history instead.
-            last = subscription.last
-            self.app.subscriptions.discard(subscription)
-            config = self.app.config
-            replacement = self.app.hub.subscribe(
-                topic,
-                last,
-                waiter=self.waiter,
-                max_pending_events=config.subscriber_max_events,
-                max_pending_bytes=config.subscriber_max_bytes,
-            )
-            self.subscriptions[topic] = replacement
-            self.app.subscriptions.add(replacement)
-            self.waiter.wake()
-        elif reason is not None:
+        elif reason is CloseReason.CUT:
+            self.close(1011, "cut off by the server")
+        elif reason is not None and self.subscriptions.get(topic) is subscription:
             raise LocalProtocolError(f"subscription to {topic!r} closed unexpectedly")

@@ -5,12 +5,13 @@
   across reconnects;
 * :mod:`tidings.ws.server` -- :class:`SessionServer`: one connection's subscriptions,
   replay and publishes;
-* :mod:`tidings.ws.dedup` -- :class:`PublishDeduplicator`: the server-wide memory of
+* :mod:`tidings.dedup` -- :class:`PublishDeduplicator`: the server-wide memory of
   recent ``msg_id`` values.
 """
 
 from __future__ import annotations
 
+from tidings.dedup import DEFAULT_DEDUP_MAX_AGE, DEFAULT_DEDUP_MAX_ENTRIES, PublishDeduplicator
 from tidings.ws.client import (
     DEFAULT_MAX_OUTBOX,
     ClientOutput,
@@ -18,7 +19,6 @@ from tidings.ws.client import (
     PublishFailed,
     SessionClient,
 )
-from tidings.ws.dedup import DEFAULT_DEDUP_MAX_AGE, DEFAULT_DEDUP_MAX_ENTRIES, PublishDeduplicator
 from tidings.ws.protocol import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
@@ -48,12 +48,11 @@ from tidings.ws.server import (
     DEFAULT_MAX_ERRORS,
     DEFAULT_MAX_TOPICS,
     DEFAULT_REPLAY_CHUNK,
-    Appended,
-    History,
+    Follow,
+    Publish,
     ServerOutput,
     SessionServer,
-    StartLive,
-    StopLive,
+    Unfollow,
 )
 
 __all__ = [
@@ -71,14 +70,12 @@ __all__ = [
     "MAX_MSG_ID_LENGTH",
     "MAX_TOPIC_LENGTH",
     "SUBPROTOCOL",
-    "Appended",
     "ClientMessage",
     "ClientOutput",
     "CloseConnection",
     "ErrorCode",
     "ErrorMessage",
     "EventMessage",
-    "History",
     "MessageTooBig",
     "PublishAcknowledged",
     "PublishDeduplicator",
@@ -87,11 +84,12 @@ __all__ = [
     "PublishedMessage",
     "ResetMessage",
     "ServerMessage",
+    "Follow",
+    "Publish",
     "ServerOutput",
+    "Unfollow",
     "SessionClient",
     "SessionServer",
-    "StartLive",
-    "StopLive",
     "SubscribeMessage",
     "SubscribedMessage",
     "UnsubscribeMessage",

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from tidings.backoff import Random
 from tidings.cursor import MAX_CURSOR_LENGTH, Position
 from tidings.errors import InvalidCursor, LocalProtocolError, RemoteProtocolError
+from tidings.names import check_event_type, check_topic
 from tidings.session import ReconnectingSession
 from tidings.ws.protocol import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_UNSUPPORTED_DATA,
     DEFAULT_MAX_MESSAGE_SIZE,
-    MAX_EVENT_TYPE_LENGTH,
-    MAX_TOPIC_LENGTH,
     ClientMessage,
     CloseConnection,
     ErrorMessage,
@@ -98,13 +97,6 @@ def _parse_or_none(cursor: str | None) -> Position | None:
         return None  # "earliest", or a foreign server's opaque id: no duplicate filter
 
 
-def _check_text(name: str, value: object, max_length: int) -> None:
-    if not isinstance(value, str) or not value or len(value) > max_length:
-        raise LocalProtocolError(f"{name} must be a non-empty str of at most {max_length} chars")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise LocalProtocolError(f"{name} must not contain control characters")
-
-
 class SessionClient:
     """A ``tidings.v1`` client session that outlives its connections.
 
@@ -122,13 +114,11 @@ class SessionClient:
         session: ReconnectingSession | None = None,
         max_outbox: int = DEFAULT_MAX_OUTBOX,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_topic_length: int = MAX_TOPIC_LENGTH,
         msg_id_length: int = DEFAULT_MSG_ID_LENGTH,
     ) -> None:
         for name, value in (
             ("max_outbox", max_outbox),
             ("max_message_size", max_message_size),
-            ("max_topic_length", max_topic_length),
         ):
             if type(value) is not int or value < 1:
                 raise LocalProtocolError(f"{name} must be an int >= 1")
@@ -139,7 +129,6 @@ class SessionClient:
         self.session = ReconnectingSession(rng) if session is None else session
         self.max_outbox = max_outbox
         self.max_message_size = max_message_size
-        self.max_topic_length = max_topic_length
         self.msg_id_length = msg_id_length
         self._outbox: OrderedDict[str, PublishMessage] = OrderedDict()
         self._last: dict[str, Position | None] = {
@@ -177,7 +166,7 @@ class SessionClient:
         Returns the message to send now (nothing while disconnected: it is sent by
         :meth:`connection_made`).  Subscribing again restarts the topic from *cursor*.
         """
-        _check_text("topic", topic, self.max_topic_length)
+        check_topic(topic)
         if cursor is not None and (
             not isinstance(cursor, str) or not cursor or len(cursor) > MAX_CURSOR_LENGTH
         ):
@@ -204,11 +193,11 @@ class SessionClient:
         (:class:`PublishFailed`).  Raises :class:`~tidings.errors.LocalProtocolError`
         when the outbox is full.
         """
-        _check_text("topic", topic, self.max_topic_length)
+        check_topic(topic)
         if not isinstance(data, str):
             raise LocalProtocolError("data must be a str")
         if event is not None:
-            _check_text("event", event, MAX_EVENT_TYPE_LENGTH)
+            check_event_type(event)
         if self.outbox_full:
             raise LocalProtocolError(f"outbox full ({self.max_outbox} unacknowledged publishes)")
         msg_id = self._new_msg_id()
@@ -253,9 +242,7 @@ class SessionClient:
         if not self._connected:
             raise LocalProtocolError("receive_text while not connected")
         try:
-            message = parse_server_message(
-                text, max_size=self.max_message_size, max_topic_length=self.max_topic_length
-            )
+            message = parse_server_message(text, max_size=self.max_message_size)
         except MessageTooBig as exc:
             return [CloseConnection(exc.close_code, "message too big")]
         except RemoteProtocolError as exc:

@@ -11,7 +11,7 @@ Every message is one JSON object in one text message, discriminated by ``"type"`
                                                               event optional / null
     server -> client
       {"type": "event",      "topic": T, "id": P, "event": E, "data": D}
-      {"type": "reset",      "topic": T, "cursor": P}
+      {"type": "reset",      "topic": T, "cursor": P, "reason": R}   reason optional
       {"type": "subscribed", "topic": T, "cursor": P}
       {"type": "published",  "msg_id": M, "id": P}
       {"type": "error",      "code": K, "message": S, "topic": T, "msg_id": M}
@@ -25,10 +25,11 @@ cursor after a reconnect, so nothing published while it was away is lost.
 Parsing is strict because the input is hostile until proven otherwise: the text must
 be valid JSON without duplicate keys or ``NaN``; the object must have exactly the
 fields of its type, each of the right JSON type and within its length limit, strings
-must be valid Unicode (no lone surrogates), topics and event types contain no control
-characters.  Any violation raises :class:`~tidings.errors.RemoteProtocolError`; a
-message longer than the size limit raises its subclass :class:`MessageTooBig`, which a
-connection answers with close code 1009 instead of an ``error`` message.
+must be valid Unicode (no lone surrogates), topics and event types follow the rules
+every transport shares (:mod:`tidings.names`).  Any violation raises
+:class:`~tidings.errors.RemoteProtocolError`; a message longer than the size limit
+raises its subclass :class:`MessageTooBig`, which a connection answers with close
+code 1009 instead of an ``error`` message.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 from tidings.cursor import MAX_CURSOR_LENGTH, Position
 from tidings.errors import LocalProtocolError, RemoteProtocolError
 from tidings.history import StoredEvent
+from tidings.names import MAX_EVENT_TYPE_LENGTH, MAX_TOPIC_LENGTH, TOPIC_RULE, is_valid_topic
 
 __all__ = [
     "CLOSE_MESSAGE_TOO_BIG",
@@ -75,12 +77,8 @@ __all__ = [
 SUBPROTOCOL = "tidings.v1"
 #: Default largest message accepted, in bytes of UTF-8.
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
-#: Longest topic name, in characters.
-MAX_TOPIC_LENGTH = 256
 #: Longest ``msg_id``, in characters (printable ASCII only).
 MAX_MSG_ID_LENGTH = 128
-#: Longest event type, in characters.
-MAX_EVENT_TYPE_LENGTH = 256
 #: Longest error code / error text, in characters.
 MAX_ERROR_CODE_LENGTH = 64
 MAX_ERROR_TEXT_LENGTH = 1024
@@ -118,6 +116,9 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_TOPICS = "too-many-topics"
     #: A publish was refused (too large for the history, ...); carries ``msg_id``.
     PUBLISH_REJECTED = "publish-rejected"
+    #: A publish could not be stored now (the history's store is unreachable); the
+    #: client may resend it later (same ``msg_id``).  Carries ``msg_id``.
+    UNAVAILABLE = "unavailable"
 
 
 # ----------------------------------------------------------------------------- messages
@@ -235,16 +236,21 @@ class EventMessage:
 
 @dataclass(frozen=True, slots=True)
 class ResetMessage:
-    """Server: *topic* cannot continue from the requested cursor; it continues after
-    *cursor* (the head) instead.  Events in between are not delivered."""
+    """Server: *topic* cannot continue from where it stood; events were lost before
+    *cursor*.  Every event still retained after *cursor* follows.  *reason* is the
+    server's short explanation (``evicted``, ``unknown-epoch``, ...), if any."""
 
     type: ClassVar[str] = "reset"
     topic: str
     cursor: str
+    reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object."""
-        return {"type": "reset", "topic": self.topic, "cursor": self.cursor}
+        """The JSON object (``reason`` left out when ``None``)."""
+        obj: dict[str, Any] = {"type": "reset", "topic": self.topic, "cursor": self.cursor}
+        if self.reason is not None:
+            obj["reason"] = self.reason
+        return obj
 
     def encode(self) -> str:
         """The text message."""
@@ -408,8 +414,10 @@ def _fields(obj: Mapping[str, Any], required: frozenset[str], allowed: frozenset
         raise RemoteProtocolError(f"unknown field(s) {sorted(extra)}")
 
 
-def _topic(obj: Mapping[str, Any], max_topic_length: int) -> str:
-    topic: str = _string(obj, "topic", max_length=max_topic_length, no_controls=True)
+def _topic(obj: Mapping[str, Any]) -> str:
+    topic: str = _string(obj, "topic", max_length=MAX_TOPIC_LENGTH)
+    if not is_valid_topic(topic):
+        raise RemoteProtocolError(f"'topic': {TOPIC_RULE}")
     return topic
 
 
@@ -434,26 +442,26 @@ def _cursor(obj: Mapping[str, Any], *, optional: bool) -> Any:
 _T = frozenset({"type", "topic"})
 
 
-def _parse_subscribe(obj: Mapping[str, Any], max_topic_length: int) -> SubscribeMessage:
+def _parse_subscribe(obj: Mapping[str, Any]) -> SubscribeMessage:
     _fields(obj, _T, _T | {"cursor"})
-    return SubscribeMessage(_topic(obj, max_topic_length), _cursor(obj, optional=True))
+    return SubscribeMessage(_topic(obj), _cursor(obj, optional=True))
 
 
-def _parse_unsubscribe(obj: Mapping[str, Any], max_topic_length: int) -> UnsubscribeMessage:
+def _parse_unsubscribe(obj: Mapping[str, Any]) -> UnsubscribeMessage:
     _fields(obj, _T, _T)
-    return UnsubscribeMessage(_topic(obj, max_topic_length))
+    return UnsubscribeMessage(_topic(obj))
 
 
 _PUBLISH_REQUIRED = _T | {"msg_id", "data"}
 
 
-def _parse_publish(obj: Mapping[str, Any], max_topic_length: int) -> PublishMessage:
+def _parse_publish(obj: Mapping[str, Any]) -> PublishMessage:
     _fields(obj, _PUBLISH_REQUIRED, _PUBLISH_REQUIRED | {"event"})
     data: str = _string(obj, "data", max_length=None, allow_empty=True)
-    return PublishMessage(_topic(obj, max_topic_length), _msg_id(obj), data, _event_type(obj))
+    return PublishMessage(_topic(obj), _msg_id(obj), data, _event_type(obj))
 
 
-_CLIENT_PARSERS: Mapping[str, Callable[[Mapping[str, Any], int], ClientMessage]] = {
+_CLIENT_PARSERS: Mapping[str, Callable[[Mapping[str, Any]], ClientMessage]] = {
     "subscribe": _parse_subscribe,
     "unsubscribe": _parse_unsubscribe,
     "publish": _parse_publish,
@@ -468,29 +476,32 @@ def _id(obj: Mapping[str, Any]) -> str:
 _EVENT_FIELDS = _T | {"id", "event", "data"}
 
 
-def _parse_event(obj: Mapping[str, Any], max_topic_length: int) -> EventMessage:
+def _parse_event(obj: Mapping[str, Any]) -> EventMessage:
     _fields(obj, _T | {"id", "data"}, _EVENT_FIELDS)
     data: str = _string(obj, "data", max_length=None, allow_empty=True)
-    return EventMessage(_topic(obj, max_topic_length), _id(obj), data, _event_type(obj))
+    return EventMessage(_topic(obj), _id(obj), data, _event_type(obj))
 
 
 _CURSOR_FIELDS = _T | {"cursor"}
 
 
-def _parse_reset(obj: Mapping[str, Any], max_topic_length: int) -> ResetMessage:
-    _fields(obj, _CURSOR_FIELDS, _CURSOR_FIELDS)
-    return ResetMessage(_topic(obj, max_topic_length), _cursor(obj, optional=False))
+def _parse_reset(obj: Mapping[str, Any]) -> ResetMessage:
+    _fields(obj, _CURSOR_FIELDS, _CURSOR_FIELDS | {"reason"})
+    reason: str | None = _string(
+        obj, "reason", max_length=MAX_ERROR_CODE_LENGTH, optional=True, no_controls=True
+    )
+    return ResetMessage(_topic(obj), _cursor(obj, optional=False), reason)
 
 
-def _parse_subscribed(obj: Mapping[str, Any], max_topic_length: int) -> SubscribedMessage:
+def _parse_subscribed(obj: Mapping[str, Any]) -> SubscribedMessage:
     _fields(obj, _CURSOR_FIELDS, _CURSOR_FIELDS)
-    return SubscribedMessage(_topic(obj, max_topic_length), _cursor(obj, optional=False))
+    return SubscribedMessage(_topic(obj), _cursor(obj, optional=False))
 
 
 _PUBLISHED_FIELDS = frozenset({"type", "msg_id", "id"})
 
 
-def _parse_published(obj: Mapping[str, Any], max_topic_length: int) -> PublishedMessage:
+def _parse_published(obj: Mapping[str, Any]) -> PublishedMessage:
     _fields(obj, _PUBLISHED_FIELDS, _PUBLISHED_FIELDS)
     return PublishedMessage(_msg_id(obj), _id(obj))
 
@@ -498,16 +509,16 @@ def _parse_published(obj: Mapping[str, Any], max_topic_length: int) -> Published
 _ERROR_REQUIRED = frozenset({"type", "code", "message"})
 
 
-def _parse_error(obj: Mapping[str, Any], max_topic_length: int) -> ErrorMessage:
+def _parse_error(obj: Mapping[str, Any]) -> ErrorMessage:
     _fields(obj, _ERROR_REQUIRED, _ERROR_REQUIRED | {"topic", "msg_id"})
     code: str = _string(obj, "code", max_length=MAX_ERROR_CODE_LENGTH, no_controls=True)
     text: str = _string(obj, "message", max_length=MAX_ERROR_TEXT_LENGTH, allow_empty=True)
-    topic = _topic(obj, max_topic_length) if obj.get("topic") is not None else None
+    topic = _topic(obj) if obj.get("topic") is not None else None
     msg_id = _msg_id(obj) if obj.get("msg_id") is not None else None
     return ErrorMessage(code, text, topic, msg_id)
 
 
-_SERVER_PARSERS: Mapping[str, Callable[[Mapping[str, Any], int], ServerMessage]] = {
+_SERVER_PARSERS: Mapping[str, Callable[[Mapping[str, Any]], ServerMessage]] = {
     "event": _parse_event,
     "reset": _parse_reset,
     "subscribed": _parse_subscribed,
@@ -516,20 +527,17 @@ _SERVER_PARSERS: Mapping[str, Callable[[Mapping[str, Any], int], ServerMessage]]
 }
 
 
-def _check_limits(max_size: int, max_topic_length: int) -> None:
+def _check_limits(max_size: int) -> None:
     if type(max_size) is not int or max_size < 1:
         raise LocalProtocolError("max_size must be an int >= 1")
-    if type(max_topic_length) is not int or max_topic_length < 1:
-        raise LocalProtocolError("max_topic_length must be an int >= 1")
 
 
 def _dispatch(
     text: str | bytes,
-    parsers: Mapping[str, Callable[[Mapping[str, Any], int], Any]],
+    parsers: Mapping[str, Callable[[Mapping[str, Any]], Any]],
     max_size: int,
-    max_topic_length: int,
 ) -> Any:
-    _check_limits(max_size, max_topic_length)
+    _check_limits(max_size)
     obj = _load(text, max_size)
     kind = obj.get("type")
     if type(kind) is not str:
@@ -537,21 +545,20 @@ def _dispatch(
     parser = parsers.get(kind)
     if parser is None:
         raise RemoteProtocolError(f"unknown message type {kind[:64]!r}")
-    return parser(obj, max_topic_length)
+    return parser(obj)
 
 
 def parse_client_message(
     text: str | bytes,
     *,
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    max_topic_length: int = MAX_TOPIC_LENGTH,
 ) -> ClientMessage:
     """Parse one client -> server text message strictly.
 
     Raises :class:`MessageTooBig` above *max_size* bytes and
     :class:`~tidings.errors.RemoteProtocolError` for anything malformed.
     """
-    message: ClientMessage = _dispatch(text, _CLIENT_PARSERS, max_size, max_topic_length)
+    message: ClientMessage = _dispatch(text, _CLIENT_PARSERS, max_size)
     return message
 
 
@@ -559,9 +566,8 @@ def parse_server_message(
     text: str | bytes,
     *,
     max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    max_topic_length: int = MAX_TOPIC_LENGTH,
 ) -> ServerMessage:
     """Parse one server -> client text message strictly (same errors as
     :func:`parse_client_message`)."""
-    message: ServerMessage = _dispatch(text, _SERVER_PARSERS, max_size, max_topic_length)
+    message: ServerMessage = _dispatch(text, _SERVER_PARSERS, max_size)
     return message

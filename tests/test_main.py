@@ -118,7 +118,7 @@ async def test_serve_on_a_busy_port_exits_1_with_a_message(server: Server) -> No
 async def test_publish_prints_the_event_id(server: Server, hub: Hub) -> None:
     result = await run_cli("publish", server.url + "/topics/news", "hello", "--event", "tick")
     assert result.returncode == 0, result.stderr
-    [stored] = hub.history.read("news", f"{hub.history.head('news').epoch}.0").events  # type: ignore[union-attr]
+    [stored] = hub.history.memory.read("news", f"{hub.history.memory.head('news').epoch}.0").events  # type: ignore[union-attr]
     assert result.stdout.decode().strip() == stored.position.format()
     assert (stored.data, stored.event) == ("hello", "tick")
 

@@ -439,7 +439,7 @@ async def test_no_event_is_lost_or_repeated_when_connections_are_cut(
         async with open_event_stream(
             proxy.url("/topics/chaos/events"),
             http2=http2,
-            last_event_id=hub.history.head("chaos").format(),
+            last_event_id=hub.history.memory.head("chaos").format(),
             policy=NoJitter(base=0.001, cap=0.01),
         ) as events:
             nursery.start_soon(publish)

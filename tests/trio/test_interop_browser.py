@@ -357,7 +357,7 @@ def assert_every_event_once_in_order(result: dict[str, Any], positions: list[Pos
 
 
 CUTS = [
-    pytest.param(CloseReason.OVERFLOW, id="abrupt-cut"),
+    pytest.param(CloseReason.CUT, id="abrupt-cut"),
     pytest.param(CloseReason.CLOSED, id="end-of-stream"),
 ]
 

@@ -284,7 +284,7 @@ async def test_curl_reads_an_event_stream_over_tls_http1_when_it_asks_for_it(
 async def test_curl_publish_answers_201_with_the_position_as_json(
     curl: str, hub: Hub, server: Server, flags: Sequence[str], version: str
 ) -> None:
-    before = hub.history.head("t")
+    before = hub.history.memory.head("t")
     data = "first line\nsecond line ✓"
     head, body = await run_curl(
         curl, *flags, "--data-binary", data, f"{server.url}/topics/t?event=greeting"
@@ -293,7 +293,7 @@ async def test_curl_publish_answers_201_with_the_position_as_json(
     assert head.headers["content-type"] == "application/json"
     answer = json.loads(body)
     assert set(answer) == {"id"}
-    replay = hub.history.read("t", before)
+    replay = hub.history.memory.read("t", before)
     assert isinstance(replay, Replay)
     [stored] = replay.events
     assert (stored.position.format(), stored.data, stored.event) == (
@@ -330,7 +330,7 @@ async def test_curl_publish_over_tls_h2(
         f"{server.url}/topics/t",
     )
     assert (head.version, head.status) == ("HTTP/2", 201)
-    assert json.loads(body)["id"] == hub.history.head("t").format()
+    assert json.loads(body)["id"] == hub.history.memory.head("t").format()
 
 
 async def test_curl_publish_with_expect_100_continue_gets_100_then_201(
@@ -352,7 +352,7 @@ async def test_curl_publish_with_expect_100_continue_gets_100_then_201(
     assert Head.parse(interim).status == 100
     head, _, body = rest.partition(b"\r\n\r\n")
     assert Head.parse(head).status == 201
-    assert hub.history.head("t").format() == json.loads(body)["id"]
+    assert hub.history.memory.head("t").format() == json.loads(body)["id"]
 
 
 async def test_curl_asking_to_upgrade_to_h2c_is_served_over_http1(

@@ -126,9 +126,9 @@ async def test_h2load_posts_are_all_published_once_each_in_the_history(
     assert summary.protocol == "h2c"
     summary.assert_all_succeeded(count)  # 201 Created each
     # Exactly one event per request: none lost, none doubled, offsets without gaps.
-    head = hub.history.head("h2load")
+    head = hub.history.memory.head("h2load")
     assert head.offset == count
-    replay = hub.history.read("h2load", EARLIEST, limit=count + 1)
+    replay = hub.history.memory.read("h2load", EARLIEST, limit=count + 1)
     assert isinstance(replay, Replay)
     assert [e.position.offset for e in replay.events] == list(range(1, count + 1))
     assert {(e.data, e.event) for e in replay.events} == {("from h2load ✓", None)}

@@ -119,7 +119,7 @@ async def test_httpx_sse_reads_replayed_then_live_events_with_ids(
         await events.aclose()
 
 
-@pytest.mark.parametrize("cut", [CloseReason.OVERFLOW, CloseReason.CLOSED], ids=["abrupt", "end"])
+@pytest.mark.parametrize("cut", [CloseReason.CUT, CloseReason.CLOSED], ids=["abrupt", "end"])
 async def test_httpx_sse_resumes_after_a_server_cut_from_the_last_id_it_saw(
     endpoint: Endpoint, hub: Hub, cut: CloseReason
 ) -> None:
@@ -134,7 +134,7 @@ async def test_httpx_sse_resumes_after_a_server_cut_from_the_last_id_it_saw(
             assert [sse.id for sse in seen] == [p.format() for p in first]
             [subscription] = endpoint.server.app.subscriptions
             subscription.close(cut)
-            if cut is CloseReason.OVERFLOW:
+            if cut is CloseReason.CUT:
                 # An abrupt cut is a transport error, never a clean end of stream.
                 with pytest.raises(httpx.TransportError):
                     await anext(events)
@@ -167,10 +167,13 @@ async def test_httpx_sse_gets_a_reset_event_for_an_unknown_id(endpoint: Endpoint
     ):
         events = source.aiter_sse()
         await take(events, 1)  # retry
-        [reset] = await take(events, 1)
+        [reset, *replayed] = await take(events, 3)
         assert reset.event == "tidings.reset"
-        assert reset.id == positions[-1].format()
-        assert reset.json()["cursor"] == positions[-1].format()
+        # Another epoch: the stream goes on with every event still retained.
+        cursor = f"{positions[0].epoch}.0"
+        assert reset.id == cursor
+        assert reset.json() == {"cursor": cursor, "reason": "unknown-epoch"}
+        assert [sse.id for sse in replayed] == [p.format() for p in positions]
         live = await publish(hub, 3)
         assert described(await take(events, 1)) == [("message", live[0].format(), "event 3")]
         await events.aclose()
@@ -204,7 +207,7 @@ async def test_httpx_sse_follows_several_topics_at_once_on_one_client(
     expected: dict[str, list[tuple[str, str]]] = {topic: [] for topic in topics}
     async with endpoint.client() as client, trio.open_nursery() as nursery:
         for topic in topics:
-            nursery.start_soon(follow, topic, hub.history.head(topic).format())
+            nursery.start_soon(follow, topic, hub.history.memory.head(topic).format())
         for n in (1, 2):
             for topic in topics:
                 position = await hub.publish(topic, f"{topic}{n}")

@@ -59,7 +59,7 @@ async def test_drain_ends_event_streams_with_a_short_retry_then_serve_returns(
         server.drain()
         for client in clients:
             rest = await read_to_end(client)
-            assert rest == b"id: " + hub.history.head("t").format().encode() + (
+            assert rest == b"id: " + hub.history.memory.head("t").format().encode() + (
                 b"\ndata: before\n\nretry: 500\n\n"
             )
             assert await client.raw_until_closed() == b""

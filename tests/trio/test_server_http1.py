@@ -13,7 +13,7 @@ import trio.testing
 
 from tidings.cursor import Position
 from tidings.history import MemoryHistory, Replay
-from tidings.trio import Hub, Server, ServerConfig, serve
+from tidings.trio import Hub, Server, ServerConfig, Subscription, serve
 
 if TYPE_CHECKING:
     from conftest import HTTP1, Connect, MemoryClient, StartServer
@@ -122,7 +122,7 @@ async def test_percent_encoded_unreserved_characters_name_the_same_topic(
     client = await connect(server)
     status, _, body = await client.request("POST", "/topics/%41b.c~_-9", body=b"x")
     assert status == 201
-    assert hub.history.head("Ab.c~_-9").format() == json.loads(body)["id"]
+    assert hub.history.memory.head("Ab.c~_-9").format() == json.loads(body)["id"]
     assert (await client.request("POST", "/topics/" + "x" * 128, body=b"x"))[0] == 201
 
 
@@ -139,7 +139,7 @@ async def test_publish_stores_the_body_and_answers_201_with_the_id(
     assert status == 201
     assert headers[b"content-type"] == b"application/json"
     position = Position.parse(json.loads(body)["id"])
-    replay = hub.history.read("news", Position(position.epoch, 0))
+    replay = hub.history.memory.read("news", Position(position.epoch, 0))
     assert isinstance(replay, Replay)
     stored = replay.events[0]
     assert (stored.position, stored.data, stored.event) == (position, "héllo\nworld", "greeting")
@@ -150,13 +150,13 @@ async def test_publish_of_an_empty_body_is_an_empty_event(
 ) -> None:
     client = await connect(server)
     assert (await client.request("POST", "/topics/t"))[0] == 201
-    assert hub.history.head("t").offset == 1
+    assert hub.history.memory.head("t").offset == 1
 
 
 async def test_publish_rejects_invalid_utf8(hub: Hub, server: Server, connect: Connect) -> None:
     client = await connect(server)
     assert (await client.request("POST", "/topics/t", body=b"\xff\xfe"))[0] == 400
-    assert hub.history.head("t").offset == 0
+    assert hub.history.memory.head("t").offset == 0
 
 
 @pytest.mark.parametrize("event", ["a%0Db", "a%0Ab", "%00", "%FF", "x" * 257])
@@ -282,12 +282,23 @@ async def test_earliest_replays_all_retained(hub: Hub, server: Server, connect: 
     assert [e.data for e in await client.events(4)] == ["1", "2", "3", "4"]
 
 
-async def expect_reset_then_live(hub: Hub, client: HTTP1, head: Position, reason: str) -> None:
+async def expect_reset_then_live(
+    hub: Hub, client: HTTP1, positions: list[Position], reason: str
+) -> None:
+    """A reset, then every event still retained after it, then live events.
+
+    A malformed ID names no place: the stream continues at the head.  Another
+    epoch (a restart): the stream continues with everything the topic retains.
+    """
+    head = positions[-1]
+    replayed = positions if reason == "unknown-epoch" else []
+    cursor = Position(head.epoch, 0) if replayed else head
     assert (await client.response()).status_code == 200
-    [reset] = await client.events(1)
+    [reset, *rest] = await client.events(1 + len(replayed))
     assert reset.type == "tidings.reset"
-    assert json.loads(reset.data) == {"cursor": head.format(), "reason": reason}
-    assert reset.last_event_id == head.format()
+    assert json.loads(reset.data) == {"cursor": cursor.format(), "reason": reason}
+    assert reset.last_event_id == cursor.format()
+    assert [Position.parse(event.last_event_id) for event in rest] == replayed
     await hub.publish("t", "live")
     [live] = await client.events(1)
     assert live.data == "live"
@@ -313,7 +324,7 @@ async def test_unusable_last_event_id_gives_a_reset_then_live(
     await client.stream.send_all(head)
     client.conn.send(h11.Request(method="GET", target=SSE, headers=[("host", "x")]))
     client.conn.send(h11.EndOfMessage())
-    await expect_reset_then_live(hub, client, positions[-1], reason)
+    await expect_reset_then_live(hub, client, positions, reason)
 
 
 async def test_non_utf8_last_event_id_gives_a_reset(
@@ -322,7 +333,7 @@ async def test_non_utf8_last_event_id_gives_a_reset(
     positions = await publish_numbers(hub, 2)
     client = await connect(server)
     await client.send("GET", f"{SSE}?last-event-id=%FF%00%FE")
-    await expect_reset_then_live(hub, client, positions[-1], "malformed")
+    await expect_reset_then_live(hub, client, positions, "malformed")
 
 
 async def test_non_utf8_last_event_id_header_gives_a_reset(
@@ -334,7 +345,7 @@ async def test_non_utf8_last_event_id_header_gives_a_reset(
     await client.stream.send_all(head)
     client.conn.send(h11.Request(method="GET", target=SSE, headers=[("host", "x")]))
     client.conn.send(h11.EndOfMessage())
-    await expect_reset_then_live(hub, client, positions[-1], "malformed")
+    await expect_reset_then_live(hub, client, positions, "malformed")
 
 
 async def test_requests_for_made_up_topics_cannot_push_real_topics_out(
@@ -373,7 +384,12 @@ async def test_evicted_last_event_id_gives_a_reset(
     positions = await publish_numbers(hub, 150)  # the fixture's history keeps 100
     client = await connect(server)
     await client.send("GET", SSE, [("last-event-id", positions[10].format())])
-    await expect_reset_then_live(hub, client, positions[-1], "evicted")
+    assert (await client.response()).status_code == 200
+    [reset, *replayed] = await client.events(101)
+    # The reset stands where events were lost; every retained one follows.
+    assert reset.type == "tidings.reset"
+    assert json.loads(reset.data) == {"cursor": positions[49].format(), "reason": "evicted"}
+    assert [Position.parse(e.last_event_id) for e in replayed] == positions[50:]
 
 
 async def test_events_with_types_and_multiline_data_round_trip(
@@ -441,24 +457,58 @@ async def test_retry_on_connect_is_configurable(hub: Hub, memory_client: MemoryC
     assert bytes(chunk.data) == b":\n"
 
 
-async def test_a_slow_reader_is_cut_off_and_leaves_nothing_behind(
+async def test_a_slow_reader_costs_bounded_memory_and_catches_up_from_the_history(
     hub: Hub, start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(config=ServerConfig(subscriber_max_events=8))
     client = await connect(server)
     await client.send("GET", SSE)
     await client.response()
-    assert hub.subscriber_count("t") == 1
+    [subscription] = server.app.subscriptions
+    assert isinstance(subscription, Subscription)
     payload = "x" * 50_000
-    published = 0
-    # The client does not read: socket buffers fill, then the subscriber overflows.
-    while hub.subscriber_count("t") and published < 5000:
-        await hub.publish("t", payload)
-        published += 1
-    assert hub.subscriber_count("t") == 0
+    # The client does not read: socket buffers fill, then the subscriber's buffer
+    # overflows; the publisher never waits, and the buffer never grows.
+    positions = []
+    for _ in range(300):
+        positions.append(await hub.publish("t", payload))
+        assert subscription.pending <= 8
+    assert subscription.overflows >= 1
+    assert subscription.closed is None
+    # Reading now, the client gets what fitted in the socket buffers, a reset where
+    # the history (100 events) no longer had what followed, then every event it
+    # still has, up to the last: nothing repeated, nothing skipped silently.
+    seen: list[Position] = []
+    resets: list[dict[str, str]] = []
+    with trio.fail_after(20):
+        while not seen or seen[-1] != positions[-1]:
+            for event in await client.some_events():
+                if event.type == "tidings.reset":
+                    resets.append(json.loads(event.data))
+                    seen.append(Position.parse(event.last_event_id))
+                else:
+                    seen.append(Position.parse(event.last_event_id))
+    assert [r["reason"] for r in resets] == ["evicted"]
+    cut = seen.index(Position.parse(resets[0]["cursor"]))
+    assert seen[:cut] == positions[: len(seen[:cut])]
+    assert seen[cut + 1 :] == positions[positions.index(seen[cut]) + 1 :]
+    assert len(seen) - 1 < len(positions)
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_write_timeout(
+    hub: Hub, start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(config=ServerConfig(write_timeout=0.5))
+    client = await connect(server)
+    await client.send("GET", SSE)
+    await client.response()
+    payload = "x" * 50_000
+    with trio.fail_after(20):
+        while hub.subscriber_count("t"):
+            await hub.publish("t", payload)
+            await trio.sleep(0.01)  # pace the publisher; the server's timer does the cut
     raw = await client.raw_until_closed()
     assert not raw.endswith(b"0\r\n\r\n")  # cut, not a clean end of the body
-    assert len(raw) < published * len(payload)
     # Everyone else is fine.
     other = await connect(server)
     assert (await other.request("GET", "/healthz"))[0] == 200

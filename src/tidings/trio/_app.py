@@ -17,10 +17,11 @@ from typing import Protocol
 import trio
 
 from tidings.trio._config import ServerConfig
+from tidings.trio._disconnects import DisconnectWatcher, new_watcher
 from tidings.trio._heartbeat import Heartbeats
 from tidings.trio._http import Headers, Request, Responder
 from tidings.trio._routes import BadParameter, Handler, Router
-from tidings.trio.hub import CloseReason, Hub, Subscription
+from tidings.trio.hub import CloseReason, Hub, Subscription, Watch
 
 __all__ = ["App", "default_router"]
 
@@ -63,13 +64,29 @@ class App:
         self.draining = False
         #: Open connections (HTTP/1.1 and HTTP/2 adapters), told when a drain starts.
         self.connections: set[_Drainable] = set()
-        #: Live subscriptions of streaming handlers, closed when a drain starts.
-        self.subscriptions: set[Subscription] = set()
+        #: Live subscriptions (and held polls' watches), closed when a drain starts.
+        self.subscriptions: set[Subscription | Watch] = set()
         #: The heartbeat ticker of this server's event streams.
         self.heartbeats = Heartbeats(config.heartbeat_interval)
+        from tidings.trio._poll_endpoint import SharedReads
+        from tidings.trio._ws_endpoint import WebSocketState
+
+        #: Held polls' reads shared while one publish is fanned out.
+        self.poll_reads = SharedReads()
+        #: What this server's WebSocket sessions share.
+        self.websocket = WebSocketState(config.websocket)
+        self._disconnects: DisconnectWatcher | bool | None = False
         self._base: Headers = []
         if config.allow_origin is not None:
             self._base.append((b"access-control-allow-origin", config.allow_origin.encode()))
+
+    def disconnect_watcher(self) -> DisconnectWatcher | None:
+        """The watcher of this server's idle sockets (``None`` where unsupported)."""
+        watcher = self._disconnects
+        if watcher is False:
+            watcher = self._disconnects = new_watcher()
+        assert watcher is not True
+        return watcher
 
     def headers(self, *extra: tuple[bytes, bytes]) -> Headers:
         """The headers every answer carries, plus *extra*."""

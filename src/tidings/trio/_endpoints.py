@@ -6,15 +6,13 @@ import json
 from typing import TYPE_CHECKING
 
 from tidings.errors import LocalProtocolError
+from tidings.names import EVENT_TYPE_RULE, is_valid_event_type
 from tidings.trio._http import BodyTooLarge, Request, Responder
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
-__all__ = ["MAX_EVENT_TYPE_LENGTH", "healthz", "publish", "readyz"]
-
-#: The longest event type accepted by ``POST /topics/{topic}?event=TYPE``.
-MAX_EVENT_TYPE_LENGTH = 256
+__all__ = ["healthz", "publish", "readyz"]
 
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _JSON = (b"content-type", b"application/json")
@@ -42,10 +40,8 @@ def _event_type(raw: bytes | None) -> str | None:
         event = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("event type must be UTF-8") from None
-    if len(event) > MAX_EVENT_TYPE_LENGTH:
-        raise ValueError(f"event type longer than {MAX_EVENT_TYPE_LENGTH} characters")
-    if "\r" in event or "\n" in event or "\x00" in event:
-        raise ValueError("event type must not contain CR, LF or NUL")
+    if not is_valid_event_type(event):
+        raise ValueError(EVENT_TYPE_RULE)
     return event
 
 

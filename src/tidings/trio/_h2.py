@@ -727,7 +727,12 @@ class H2Stream(Responder):
                 self._gone = True
                 raise trio.BrokenResourceError("stream closed") from None
             if window <= 0 and view:
-                await self._window.wait()
+                deadline = trio.current_time() + connection.config.write_timeout
+                if not await self._window.wait(deadline):
+                    # No window handed back for write_timeout: the client stopped
+                    # reading this stream.  Cut it (RST_STREAM), not the connection.
+                    self._aborted = True
+                    raise trio.BrokenResourceError("no flow-control window within write_timeout")
                 continue
             chunk = view[:window]
             view = view[window:]

@@ -3,7 +3,7 @@
 A route is a path pattern such as ``/topics/{topic}/events`` and a handler per
 method.  Literal segments match exactly (case-sensitive, not decoded).  A
 ``{topic}`` segment is percent-decoded once (``%HH`` only; a stray ``%`` is an
-error) and must then be a *topic name*: 1 to 128 characters from
+error) and must then be a *topic name* (:mod:`tidings.names`): 1 to 128 characters from
 ``A-Z a-z 0-9 . _ ~ -`` (RFC 3986 "unreserved"), and not ``.`` or ``..``.  So
 ``%41bc`` names the topic ``Abc``, while ``a%2Fb`` or ``a b`` are refused with
 ``400``.  Paths matching no pattern get ``404``; a known path with a method it
@@ -18,34 +18,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
+from tidings.names import is_valid_topic
 from tidings.trio._http import Request, Responder
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
 __all__ = [
-    "MAX_TOPIC_LENGTH",
     "BadParameter",
     "Handler",
     "Route",
     "Router",
-    "is_valid_topic",
     "parse_topic",
 ]
 
-#: The longest topic name accepted.
-MAX_TOPIC_LENGTH = 128
-
-_TOPIC_RE = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 #: A request handler: ``await handler(app, request, responder)``.
 Handler = Callable[["App", Request, Responder], Awaitable[None]]
-
-
-def is_valid_topic(name: str) -> bool:
-    """Whether *name* (already decoded) is an acceptable topic name."""
-    return _TOPIC_RE.fullmatch(name) is not None and name not in (".", "..")
 
 
 def parse_topic(segment: str) -> str | None:

@@ -3,14 +3,16 @@
 Resumes after the ``Last-Event-ID`` header, or the ``last-event-id`` query
 parameter for polyfills that cannot set headers (the header wins when both are
 present); without either the stream is live from now, and ``earliest`` asks for
-everything retained.  When the history cannot resume from the ID (malformed,
-unknown epoch, evicted) the first event is a ``tidings.reset`` whose ``id`` is the
-head, so that a plain ``EventSource`` also continues from there.
+everything retained.  What to send is decided by the subscription's follow machine
+(:mod:`tidings.follow`): where events were lost (unknown epoch, evicted, malformed
+ID) it sends a ``tidings.reset`` event whose ``id`` is the reset's cursor, so that
+a plain ``EventSource`` continues from there too, followed by every event still
+retained after the loss.
 
 Each batch of events goes out in one write; a quiet stream gets a comment line
-every ``heartbeat_interval``.  A subscriber that falls too far behind is cut off
-(the response ends abruptly and the client resumes by ID).  On drain the stream
-gets a short ``retry:`` and ends cleanly, so clients reconnect elsewhere soon.
+every ``heartbeat_interval``.  A subscriber that falls behind catches up from the
+history (its buffer of live events is bounded).  On drain the stream gets a short
+``retry:`` and ends cleanly, so clients reconnect elsewhere soon.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def encode_stored(stored: StoredEvent) -> bytes:
 
 
 def encode_reset(reset: Reset) -> bytes:
-    """The ``tidings.reset`` event announcing *reset*, with ``id`` set to the head."""
-    cursor = reset.head.format()
+    """The ``tidings.reset`` event announcing *reset*, with ``id`` set to its cursor."""
+    cursor = reset.cursor.format()
     return ServerSentEvent(
         data=encode_reset_data(cursor, reset.reason.value), event=RESET_EVENT_TYPE, id=cursor
     ).encode()
@@ -81,7 +83,6 @@ async def sse_events(app: App, request: Request, responder: Responder) -> None:
     app.heartbeats.add(beat)
     try:
         async with responder.open_stream(200, headers) as out:
-            subscription.on_overflow = out.abort
             chunks = [_retry(config.sse_retry) if config.sse_retry is not None else _HEARTBEAT]
             while True:
                 batch = subscription.next_batch()
@@ -89,23 +90,27 @@ async def sse_events(app: App, request: Request, responder: Responder) -> None:
                     if batch.reset is not None:
                         chunks.append(encode_reset(batch.reset))
                     chunks += [item.encoded(encode_stored) for item in batch.events]
+                    if not chunks:
+                        continue  # only the end of the replay: nothing to say
                 elif subscription.closed is not None:
                     break
                 elif beat.due:
                     beat.due = False
                     chunks.append(_HEARTBEAT)
                 elif not chunks:
-                    await out.idle(subscription, encode_stored)
+                    if subscription.needs_read:
+                        await subscription.read()
+                    else:
+                        await out.idle(subscription, encode_stored)
                     continue
                 await out.send(b"".join(chunks))
                 chunks.clear()
                 beat.last_activity = trio.current_time()
-            if subscription.closed is CloseReason.OVERFLOW:
+            if subscription.closed is CloseReason.CUT:
                 out.abort()
             elif subscription.closed is CloseReason.DRAIN:
                 await out.send(_retry(config.drain_retry))
     finally:
-        subscription.on_overflow = None
         subscription.close()
         app.heartbeats.discard(beat)
         app.subscriptions.discard(subscription)

@@ -16,12 +16,13 @@ from tidings.backoff import Backoff, FullJitter, NoJitter
 from tidings.cursor import new_epoch
 from tidings.history import MemoryHistory
 from tidings.trio import (
+    Action,
     Hub,
+    Refusal,
     Server,
     ServerConfig,
     SessionClosed,
     WebSocketConfig,
-    WebSocketRefusal,
     WebSocketSession,
     open_session,
 )
@@ -91,10 +92,10 @@ async def test_session_resumes_every_topic_after_cuts_without_loss_or_duplicates
 
 
 async def test_refused_handshake_gives_up_with_the_status(start_server: StartServer) -> None:
-    async def auth(request: HTTPRequest) -> WebSocketRefusal | None:
-        return WebSocketRefusal(401, "who are you?")
+    async def auth(request: HTTPRequest, action: Action, topic: str | None) -> Refusal | None:
+        return Refusal(401, "who are you?")
 
-    server = await start_server(config=ServerConfig(websocket=WebSocketConfig(auth=auth)))
+    server = await start_server(config=ServerConfig(auth=auth))
     async with open_session(ws_url(server.port), ["t"]) as session:
         with pytest.raises(SessionClosed) as info:
             await session.__anext__()
@@ -103,10 +104,10 @@ async def test_refused_handshake_gives_up_with_the_status(start_server: StartSer
 
 
 async def test_credentials_reach_the_auth_hook(start_server: StartServer) -> None:
-    async def auth(request: HTTPRequest) -> WebSocketRefusal | None:
-        return None if request.header(b"authorization") == b"Bearer ok" else WebSocketRefusal()
+    async def auth(request: HTTPRequest, action: Action, topic: str | None) -> Refusal | None:
+        return None if request.header(b"authorization") == b"Bearer ok" else Refusal()
 
-    server = await start_server(config=ServerConfig(websocket=WebSocketConfig(auth=auth)))
+    server = await start_server(config=ServerConfig(auth=auth))
     async with open_session(
         ws_url(server.port), headers=[(b"authorization", b"Bearer ok")]
     ) as session:

@@ -27,7 +27,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from tidings.trio import Hub, Server, ServerConfig, WebSocketConfig, WebSocketRefusal
+from tidings.trio import Action, Hub, Refusal, Server, ServerConfig, WebSocketConfig
 from tidings.trio._http import Request as HTTPRequest
 
 from .conftest import HTTP1, Connect, MemoryClient, StartServer
@@ -232,15 +232,15 @@ async def test_auth_hook_sees_the_request_and_refuses_before_the_upgrade(
 ) -> None:
     seen: list[tuple[bytes | None, bytes | None]] = []
 
-    async def auth(request: HTTPRequest) -> WebSocketRefusal | None:
+    async def auth(request: HTTPRequest, action: Action, topic: str | None) -> Refusal | None:
         seen.append((request.header(b"cookie"), request.query_param("token")))
         if request.header(b"cookie") == b"session=good":
             return None
         if request.query_param("token") == b"expired":
-            return WebSocketRefusal(403, "Forbidden")
-        return WebSocketRefusal(401, "Log in", [(b"www-authenticate", b"Bearer")])
+            return Refusal(403, "Forbidden")
+        return Refusal(401, "Log in", [(b"www-authenticate", b"Bearer")])
 
-    server = await start_server(config=ServerConfig(websocket=WebSocketConfig(auth=auth)))
+    server = await start_server(config=ServerConfig(auth=auth))
     assert await handshake_status(server, connect) == 401
     assert await handshake_status(server, connect, cookie="session=good") == 101
     client = await connect(server)

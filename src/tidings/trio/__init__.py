@@ -6,9 +6,11 @@ subscribers; :class:`LocalHistory` keeps events in memory), :func:`serve` /
 is :func:`open_event_stream`, :func:`open_long_poll` and :func:`open_session`.
 """
 
+from tidings.trio._auth import Action, AuthHook, Refusal, publish_token
 from tidings.trio._config import ServerConfig
+from tidings.trio._http import Request, Responder, StreamWriter
 from tidings.trio._sync import Waiter
-from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
+from tidings.trio._ws_config import WebSocketConfig
 from tidings.trio.client import (
     EventStream,
     EventStreamClosed,
@@ -34,6 +36,13 @@ from tidings.trio.session_client import (
 )
 
 __all__ = [
+    "publish_token",
+    "StreamWriter",
+    "Responder",
+    "Request",
+    "Refusal",
+    "AuthHook",
+    "Action",
     "Batch",
     "CloseReason",
     "EventStream",
@@ -57,7 +66,6 @@ __all__ = [
     "Waiter",
     "Watch",
     "WebSocketConfig",
-    "WebSocketRefusal",
     "WebSocketSession",
     "open_event_stream",
     "open_long_poll",

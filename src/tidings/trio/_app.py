@@ -16,6 +16,7 @@ from typing import Protocol
 
 import trio
 
+from tidings.trio._auth import Action, Refusal
 from tidings.trio._config import ServerConfig
 from tidings.trio._disconnects import DisconnectWatcher, new_watcher
 from tidings.trio._heartbeat import Heartbeats
@@ -101,6 +102,24 @@ class App:
             subscription.close(CloseReason.DRAIN)
         for connection in list(self.connections):
             connection.drain()
+
+    async def authorize(
+        self, request: Request, action: Action, topic: str | None
+    ) -> Refusal | None:
+        """Ask the authorisation hook (:attr:`ServerConfig.auth`) about *request*;
+        ``None`` admits.  A hook that fails refuses with ``500`` (and is logged)."""
+        hook = self.config.auth
+        if hook is None:
+            return None
+        try:
+            return await hook(request, action, topic)
+        except Exception:
+            log.exception("the authorisation hook failed on %s %s", request.method, request.path)
+            return Refusal(500, "Internal server error")
+
+    async def refuse(self, responder: Responder, refusal: Refusal) -> None:
+        """Answer with *refusal*'s status, message and headers."""
+        await self.error(responder, refusal.status, refusal.message, *refusal.headers)
 
     async def error(
         self,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tidings.errors import LocalProtocolError
 from tidings.longpoll.request import PollLimits
+from tidings.trio._auth import AuthHook
 from tidings.trio._ws_config import WebSocketConfig
 
 __all__ = ["ServerConfig"]
@@ -68,8 +69,11 @@ class ServerConfig:
     #: maximum events per answer.  The maximum hold should stay under the idle limit
     #: of any proxy in front of the server.
     poll_limits: PollLimits = field(default_factory=PollLimits)
-    #: ``GET /ws`` (WebSocket sessions): limits, heartbeats, Origin and auth hooks.
+    #: ``GET /ws`` (WebSocket sessions): limits, heartbeats, Origin check.
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    #: The authorisation hook asked before every subscribe and publish, on every
+    #: transport (see :mod:`tidings.trio._auth`), or ``None`` to admit everyone.
+    auth: AuthHook | None = None
 
     def __post_init__(self) -> None:
         for name in (

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 
 from tidings.errors import LocalProtocolError
 from tidings.names import EVENT_TYPE_RULE, is_valid_event_type
+from tidings.trio._auth import Action
 from tidings.trio._http import BodyTooLarge, Request, Responder
+from tidings.trio.history import HistoryUnavailable
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
@@ -15,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["healthz", "publish", "readyz"]
 
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_KEY_RE = re.compile(r"[!-~]{1,128}")
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
 
@@ -45,14 +49,35 @@ def _event_type(raw: bytes | None) -> str | None:
     return event
 
 
+def _idempotency_key(raw: bytes | None) -> str | None:
+    """The ``Idempotency-Key`` header, validated; raises ``ValueError`` with the reason."""
+    if raw is None:
+        return None
+    key = raw.decode("latin-1").strip(" \t")
+    if _KEY_RE.fullmatch(key) is None:
+        raise ValueError(
+            "Idempotency-Key must be 1 to 128 printable ASCII characters without spaces"
+        )
+    return key
+
+
 async def publish(app: App, request: Request, responder: Responder) -> None:
     """``POST /topics/{topic}[?event=TYPE]``: store the body (UTF-8) as an event.
 
     Answers ``201`` with ``{"id": "<position>"}``; ``400`` for a body that is not
-    UTF-8 or a bad event type, ``413`` for a body over the limit.
+    UTF-8 or a bad event type, ``413`` for a body over the limit.  With an
+    ``Idempotency-Key`` header a resend within the history's de-duplication window
+    stores nothing and answers the first publish's id (the same window as WebSocket
+    ``msg_id`` values).
     """
+    topic = request.params["topic"]
+    refusal = await app.authorize(request, Action.PUBLISH, topic)
+    if refusal is not None:
+        await app.refuse(responder, refusal)
+        return
     try:
         event = _event_type(request.query_param("event"))
+        key = _idempotency_key(request.header(b"idempotency-key"))
     except ValueError as exc:
         await app.error(responder, 400, str(exc))
         return
@@ -67,9 +92,13 @@ async def publish(app: App, request: Request, responder: Responder) -> None:
         await app.error(responder, 400, "body must be UTF-8")
         return
     try:
-        position = await app.hub.publish(request.params["topic"], data, event)
+        position = await app.hub.publish(topic, data, event, key=key)
     except LocalProtocolError as exc:
         await app.error(responder, exc.error_status_hint, str(exc))
+        return
+    except HistoryUnavailable as exc:
+        retry = (b"retry-after", str(app.config.retry_after).encode())
+        await app.error(responder, 503, f"cannot store now: {exc}", retry)
         return
     answer = json.dumps({"id": position.format()}).encode()
     await responder.respond(201, app.headers(_JSON, _NO_STORE), answer)

@@ -94,6 +94,17 @@ class Request:
                 return value
         return None
 
+    def cookie(self, name: str) -> str | None:
+        """The value of cookie *name* from the ``Cookie`` header(s), or ``None``."""
+        for key, value in self.headers:
+            if key != b"cookie":
+                continue
+            for pair in value.decode("latin-1").split(";"):
+                cookie_name, sep, cookie_value = pair.strip().partition("=")
+                if sep and cookie_name == name:
+                    return cookie_value.strip('"')
+        return None
+
     def query_param(self, name: str) -> bytes | None:
         """The first value of query parameter *name*, percent-decoded, or ``None``.
 

@@ -50,6 +50,7 @@ from tidings.follow import ReadHistory
 from tidings.history import Replay, Reset
 from tidings.longpoll.request import PollLimits, parse_poll_request
 from tidings.longpoll.server import LongPollServer, PollAnswer, answer_read, error_answer
+from tidings.trio._auth import Action
 from tidings.trio._disconnects import DisconnectWatcher
 from tidings.trio._h11 import H11Connection, H11Responder
 from tidings.trio._http import Request, Responder
@@ -100,12 +101,16 @@ async def _read(hub: Hub, topic: str, read: ReadHistory) -> Replay | Reset:
 
 
 async def _long_poll(app: App, request: Request, responder: Responder, limits: PollLimits) -> None:
+    topic = request.params["topic"]
+    refusal = await app.authorize(request, Action.SUBSCRIBE, topic)
+    if refusal is not None:
+        await app.refuse(responder, refusal)
+        return
     try:
         poll = parse_poll_request(request.query, request.headers, limits)
     except RemoteProtocolError as exc:
         await _send(app, responder, error_answer(str(exc), exc.error_status_hint))
         return
-    topic = request.params["topic"]
     hub = app.hub
     server = LongPollServer(topic, poll, trio.current_time())
     # Registered before the first read: a publish in between wakes it.

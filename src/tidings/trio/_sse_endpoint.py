@@ -24,6 +24,7 @@ import trio
 from tidings.history import Reset, StoredEvent
 from tidings.sse.encoder import ServerSentEvent, encode_comment, encode_event
 from tidings.sse.reset import RESET_EVENT_TYPE, encode_reset_data
+from tidings.trio._auth import Action
 from tidings.trio._heartbeat import Beat
 from tidings.trio._http import Request, Responder
 from tidings.trio.hub import CloseReason
@@ -62,6 +63,11 @@ def _retry(milliseconds: int) -> bytes:
 async def sse_events(app: App, request: Request, responder: Responder) -> None:
     """Serve one event stream until the client leaves, falls behind, or we drain."""
     config = app.config
+    topic = request.params["topic"]
+    refusal = await app.authorize(request, Action.SUBSCRIBE, topic)
+    if refusal is not None:
+        await app.refuse(responder, refusal)
+        return
     headers = app.headers(*SSE_HEADERS)
     if request.method == "HEAD":
         async with responder.open_stream(200, headers):
@@ -72,7 +78,7 @@ async def sse_events(app: App, request: Request, responder: Responder) -> None:
         return
     after = request.header(b"last-event-id") or request.query_param("last-event-id") or None
     subscription = app.hub.subscribe(
-        request.params["topic"],
+        topic,
         after,
         max_pending_events=config.subscriber_max_events,
         max_pending_bytes=config.subscriber_max_bytes,

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 from tidings.errors import LocalProtocolError
 from tidings.session import DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT
-from tidings.trio._http import Headers, Request
+from tidings.trio._http import Request
 from tidings.ws.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from tidings.ws.server import DEFAULT_MAX_ERRORS, DEFAULT_MAX_TOPICS
 
-__all__ = ["OriginCheck", "WebSocketAuth", "WebSocketConfig", "WebSocketRefusal"]
+__all__ = ["OriginCheck", "WebSocketConfig"]
 
 
-@dataclass(frozen=True, slots=True)
-class WebSocketRefusal:
-    """An answer that refuses a WebSocket upgrade: *status* (401, 403, 429, ...) with a
-    one-line *message* and extra *headers* (for example ``WWW-Authenticate``)."""
-
-    status: int = 403
-    message: str = "Forbidden"
-    headers: Headers = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if type(self.status) is not int or not 400 <= self.status <= 599:
-            raise LocalProtocolError("a refusal status must be an int in 400..599")
-
-
-#: ``await auth(request)``: ``None`` admits the session, a refusal answers instead.
-#: The request carries headers (``cookie``, ``authorization``), query and client.
-WebSocketAuth = Callable[[Request], Awaitable[WebSocketRefusal | None]]
 #: ``check(origin, request)``: whether a browser page from *origin* may connect.
 OriginCheck = Callable[[str, Request], bool]
 
@@ -46,8 +29,9 @@ class WebSocketConfig:
     are admitted; a collection lists the admitted origins exactly (``"*"``: any);
     a callable decides.  Others get ``403`` before the upgrade.
 
-    **Auth**: *auth* runs after the origin check, before the upgrade, and can refuse
-    with any 4xx/5xx.
+    **Auth**: the server's authorisation hook (:attr:`ServerConfig.auth
+    <tidings.trio.ServerConfig.auth>`) runs after the origin check, before the
+    upgrade, and again for every ``subscribe`` and ``publish`` message.
     """
 
     #: Largest message accepted from a client, in bytes (larger: close 1009).
@@ -64,8 +48,6 @@ class WebSocketConfig:
     pong_timeout: float = DEFAULT_PONG_TIMEOUT
     #: Admitted ``Origin`` values (see above).
     allowed_origins: Collection[str] | OriginCheck | None = None
-    #: The authorisation hook (see above), or ``None`` to admit everyone.
-    auth: WebSocketAuth | None = None
     #: Whether a handshake must offer ``tidings.v1`` (otherwise ``400``); when false a
     #: client offering no subprotocol is served ``tidings.v1`` all the same.
     require_subprotocol: bool = True

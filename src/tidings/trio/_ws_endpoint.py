@@ -44,23 +44,21 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import FrameProtocol
 from wsproto.utilities import generate_accept_token
 
-from tidings.errors import LocalProtocolError
 from tidings.history import StoredEvent
 from tidings.session import ClosePeer, HeartbeatPolicy
+from tidings.trio._auth import Action, Refusal
 from tidings.trio._http import Request, Responder
 from tidings.trio._socket_sink import SocketSink, write_some
 from tidings.trio._sync import Waiter
-from tidings.trio._ws_config import WebSocketConfig, WebSocketRefusal
-from tidings.trio.history import HistoryUnavailable
-from tidings.trio.hub import CloseReason, LiveEvent, Subscription
-from tidings.ws import SUBPROTOCOL, EventMessage, ServerOutput, SessionServer
-from tidings.ws import CloseConnection as CloseInstruction
-from tidings.ws.server import Follow, Publish, Unfollow
+from tidings.trio._ws_config import WebSocketConfig
+from tidings.trio._ws_core import SessionCore
+from tidings.trio.hub import LiveEvent
+from tidings.ws import SUBPROTOCOL, EventMessage
 
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
-__all__ = ["WebSocketState", "ws_session"]
+__all__ = ["WebSocketState", "origin_allowed", "ws_session"]
 
 log = logging.getLogger("tidings.server")
 
@@ -78,13 +76,15 @@ def _frame(text: str) -> bytes:
 
 class WebSocketState:
     """What every WebSocket session of one server shares: its config and the per-topic
-    frame encoders (so that an event's frame is built once for every session)."""
+    encoders (so that an event's frame, or text, is built once for every session)."""
 
     def __init__(self, config: WebSocketConfig) -> None:
         self.config = config
         self.encoders: dict[str, Callable[[StoredEvent], bytes]] = {}
+        self.text_encoders: dict[str, Callable[[StoredEvent], str]] = {}
 
     def encoder(self, topic: str) -> Callable[[StoredEvent], bytes]:
+        """The function giving the frame of an event of *topic* (shared)."""
         encoder = self.encoders.get(topic)
         if encoder is None:
             if len(self.encoders) >= _MAX_ENCODERS:
@@ -94,6 +94,19 @@ class WebSocketState:
                 return _frame(EventMessage.from_stored(topic, stored).encode())
 
             self.encoders[topic] = encoder
+        return encoder
+
+    def text_encoder(self, topic: str) -> Callable[[StoredEvent], str]:
+        """The function giving the text message of an event of *topic* (shared)."""
+        encoder = self.text_encoders.get(topic)
+        if encoder is None:
+            if len(self.text_encoders) >= _MAX_ENCODERS:
+                self.text_encoders.clear()
+
+            def encoder(stored: StoredEvent) -> str:
+                return EventMessage.from_stored(topic, stored).encode()
+
+            self.text_encoders[topic] = encoder
         return encoder
 
 
@@ -106,6 +119,11 @@ def _tokens(request: Request, name: bytes) -> list[str]:
         if key == name:
             values += [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
     return values
+
+
+def origin_allowed(config: WebSocketConfig, request: Request) -> bool:
+    """Whether *request*'s ``Origin`` may open a session (see :class:`WebSocketConfig`)."""
+    return _origin_allowed(config, request)
 
 
 def _origin_allowed(config: WebSocketConfig, request: Request) -> bool:
@@ -125,7 +143,7 @@ def _origin_allowed(config: WebSocketConfig, request: Request) -> bool:
     return "*" in allowed or origin in allowed
 
 
-async def _refuse(app: App, responder: Responder, refusal: WebSocketRefusal) -> None:
+async def _refuse(app: App, responder: Responder, refusal: Refusal) -> None:
     body = (refusal.message + "\n").encode("utf-8", "replace")
     headers = app.headers(_TEXT, (b"cache-control", b"no-store"), *refusal.headers)
     await responder.respond(refusal.status, headers, body)
@@ -138,7 +156,7 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
         await _refuse(
             app,
             responder,
-            WebSocketRefusal(
+            Refusal(
                 426,
                 "This endpoint speaks WebSocket (tidings.v1) only",
                 [(b"upgrade", b"websocket"), (b"connection", b"upgrade")],
@@ -146,18 +164,17 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
         )
         return
     if not _origin_allowed(config, request):
-        await _refuse(app, responder, WebSocketRefusal(403, "Origin not allowed"))
+        await _refuse(app, responder, Refusal(403, "Origin not allowed"))
         return
-    if config.auth is not None:
-        refusal = await config.auth(request)
-        if refusal is not None:
-            await _refuse(app, responder, refusal)
-            return
+    refusal = await app.authorize(request, Action.CONNECT, None)
+    if refusal is not None:
+        await _refuse(app, responder, refusal)
+        return
     if request.header(b"sec-websocket-version") != b"13":
         await _refuse(
             app,
             responder,
-            WebSocketRefusal(426, "WebSocket version 13 only", [(b"sec-websocket-version", b"13")]),
+            Refusal(426, "WebSocket version 13 only", [(b"sec-websocket-version", b"13")]),
         )
         return
     key = request.header(b"sec-websocket-key")
@@ -166,19 +183,19 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
     except (binascii.Error, ValueError):
         valid_key = False
     if key is None or not valid_key:
-        await _refuse(app, responder, WebSocketRefusal(400, "Bad Sec-WebSocket-Key"))
+        await _refuse(app, responder, Refusal(400, "Bad Sec-WebSocket-Key"))
         return
     offered = _tokens(request, b"sec-websocket-protocol")
     if SUBPROTOCOL not in offered and (offered or config.require_subprotocol):
-        await _refuse(app, responder, WebSocketRefusal(400, f"Subprotocol {SUBPROTOCOL} required"))
+        await _refuse(app, responder, Refusal(400, f"Subprotocol {SUBPROTOCOL} required"))
         return
     if not responder.can_upgrade:
         # HTTP/2 (RFC 8441 is not offered) or an h11 quirk: ask for HTTP/1.1.
-        await _refuse(app, responder, WebSocketRefusal(426, "Use HTTP/1.1 for WebSocket"))
+        await _refuse(app, responder, Refusal(426, "Use HTTP/1.1 for WebSocket"))
         return
     if app.draining:
         retry = (b"retry-after", str(app.config.retry_after).encode())
-        await _refuse(app, responder, WebSocketRefusal(503, "Server draining", [retry]))
+        await _refuse(app, responder, Refusal(503, "Server draining", [retry]))
         return
     headers = [
         (b"upgrade", b"websocket"),
@@ -188,7 +205,7 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
     if SUBPROTOCOL in offered:
         headers.append((b"sec-websocket-protocol", SUBPROTOCOL.encode()))
     stream, leftover = await responder.upgrade(headers)
-    session = _Session(app, config, stream)
+    session = _Session(app, config, request, stream)
     app.connections.add(session)
     try:
         await session.run(leftover)
@@ -260,12 +277,13 @@ class _Waker(Waiter):
 class _Session:
     """One upgraded connection, served by one task.
 
-    The task sends what there is to send (answers, live events, pings, the close
-    frame), then waits for the client *or* a wake-up (hub, drain, heartbeat
-    deadline), and starts over.  While it waits on a plain socket, the publisher
-    writes live events straight to it (:class:`_SharedSink`).  One task and no
-    nursery per session keeps idle sessions small; reading only between writes is
-    the backpressure on a client that sends without reading.
+    The protocol work is its :class:`~tidings.trio._ws_core.SessionCore`'s; this
+    class carries it over wsproto.  The task sends what there is to send (answers,
+    live events, pings, the close frame), then waits for the client *or* a wake-up
+    (hub, drain, heartbeat deadline), and starts over.  While it waits on a plain
+    socket, the publisher writes live events straight to it (:class:`_SharedSink`).
+    One task and no nursery per session keeps idle sessions small; reading only
+    between writes is the backpressure on a client that sends without reading.
 
     One read can hold hundreds of messages, and one ``subscribe`` can replay a whole
     topic: once the queued answers pass ``max_queued_bytes`` the rest of the read
@@ -278,8 +296,8 @@ class _Session:
         "backlog",
         "close_deadline",
         "close_sent",
-        "closing",
         "config",
+        "core",
         "eof",
         "fd",
         "heartbeat",
@@ -287,18 +305,15 @@ class _Session:
         "part_chars",
         "parts",
         "peer_closed",
-        "publishes",
-        "queued",
-        "queued_bytes",
-        "server",
         "state",
         "stream",
-        "subscriptions",
         "waiter",
         "ws",
     )
 
-    def __init__(self, app: App, config: WebSocketConfig, stream: trio.abc.Stream) -> None:
+    def __init__(
+        self, app: App, config: WebSocketConfig, request: Request, stream: trio.abc.Stream
+    ) -> None:
         self.app = app
         self.config = config
         self.stream = stream
@@ -306,24 +321,14 @@ class _Session:
         self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.state = app.websocket
         self.ws = Connection(ConnectionType.SERVER)
-        self.server = SessionServer(
-            max_topics=config.max_topics,
-            max_message_size=config.max_message_size,
-            max_errors=config.max_errors,
-            replay_chunk=app.hub.replay_page,
-            max_buffered=app.config.subscriber_max_events,
-        )
-        # Publishes to store by awaiting the history (one that cannot store at once).
-        self.publishes: list[Publish] = []
-        self.heartbeat = HeartbeatPolicy(interval=config.ping_interval, timeout=config.pong_timeout)
         self.waiter = _Waker()
-        self.subscriptions: dict[str, Subscription] = {}
-        self.queued: list[bytes] = []
-        self.queued_bytes = 0
+        self.core: SessionCore[bytes] = SessionCore(
+            app, request, self.waiter, frame=_frame, size=len, encoder_for=self.state.encoder
+        )
+        self.heartbeat = HeartbeatPolicy(interval=config.ping_interval, timeout=config.pong_timeout)
         self.max_queued = config.max_queued_bytes
         # Whether wsproto may hold events not handled yet (see _events).
         self.backlog = False
-        self.closing: tuple[int, str] | None = None
         self.close_sent = False
         self.close_deadline = math.inf
         self.peer_closed = False
@@ -335,19 +340,10 @@ class _Session:
 
     def drain(self) -> None:
         """The server drains: close with the configured code (called by the app)."""
-        self.close(self.config.drain_close_code, "server draining")
-
-    def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake (the close frame goes out next)."""
-        if self.closing is None:
-            self.closing = (code, reason)
-        self.waiter.wake()
+        self.core.close(self.config.drain_close_code, "server draining")
 
     def cleanup(self) -> None:
-        self.server.connection_closed()
-        for subscription in self.subscriptions.values():
-            self._unsubscribe(subscription)
-        self.subscriptions.clear()
+        self.core.cleanup()
 
     async def run(self, leftover: bytes) -> None:
         """Serve the session until it ends.
@@ -359,6 +355,7 @@ class _Session:
         write_timeout = self.app.config.write_timeout
         receive_size = self.app.config.receive_size
         waiter = self.waiter
+        core = self.core
         try:
             if leftover:
                 self._received(leftover)
@@ -371,17 +368,12 @@ class _Session:
                         log.debug("websocket client stopped reading; cutting it off")
                         return
                     continue
+                if core.needs_settle:
+                    await core.settle()
+                    continue
                 if self.backlog:
                     # The queue is sent: take the next messages of the last read.
                     self._events()
-                    continue
-                if self.publishes:
-                    await self._store_publishes()
-                    continue
-                reading = [sub for sub in self.subscriptions.values() if sub.needs_read]
-                if reading:
-                    for subscription in reading:
-                        await subscription.read()
                     continue
                 if self.eof or self.peer_closed or self.ws.state is ConnectionState.CLOSED:
                     return  # (an answer to the peer's close frame went out above)
@@ -424,19 +416,19 @@ class _Session:
         if self.fd < 0 or self.close_sent:
             return None
         sink = _SharedSink(self.fd, self.waiter)
-        for topic, subscription in self.subscriptions.items():
+        for topic, subscription in self.core.subscriptions.items():
             subscription.sink = _TopicSink(sink, self.state.encoder(topic))
         return sink
 
     def _detach_sink(self, sink: _SharedSink) -> None:
         """The session's task owns the socket again; unsent bytes go out first."""
-        for subscription in self.subscriptions.values():
+        for subscription in self.core.subscriptions.values():
             if isinstance(subscription.sink, _TopicSink):
                 subscription.sink = None
         unsent = sink.take()
         if unsent:
-            self.queued.insert(0, unsent)
-            self.queued_bytes += len(unsent)
+            self.core.queued.insert(0, unsent)
+            self.core.queued_size += len(unsent)
         if sink.broken:
             self.eof = True
 
@@ -475,40 +467,42 @@ class _Session:
 
     def _events(self) -> None:
         """Handle what wsproto has, until the queued answers pass the high-water
-        mark; then leave the rest in wsproto (a frame is parsed only when asked
-        for) and set :attr:`backlog`, so that the queue is sent first."""
+        mark or a message waits for the authorisation hook; then leave the rest in
+        wsproto (a frame is parsed only when asked for) and set :attr:`backlog`, so
+        that the queue is sent (and the hook asked) first."""
         now = trio.current_time()
+        core = self.core
         self.backlog = False
         for event in self.ws.events():
-            if self.closing is not None and not isinstance(event, CloseConnection):
+            if core.closing is not None and not isinstance(event, CloseConnection):
                 continue  # closing: only the peer's close frame matters now
             if isinstance(event, TextMessage):
-                self._text(event.data, event.message_finished, now)
+                self._text(event.data, event.message_finished)
             elif isinstance(event, BytesMessage):
                 if event.message_finished:
-                    self._apply(self.server.receive_binary())
+                    core.receive_binary()
             elif isinstance(event, Ping):
-                self._queue(self.ws.send(event.response()))
+                core.queue(self.ws.send(event.response()))
             elif isinstance(event, Pong):
                 self.heartbeat.pong_received(bytes(event.payload), now)
             elif isinstance(event, CloseConnection):
                 self.peer_closed = True
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                    self._queue(self.ws.send(event.response()))
+                    core.queue(self.ws.send(event.response()))
                     self.close_sent = True
                 return
-            if self.queued_bytes >= self.max_queued:
+            if core.queued_size >= self.max_queued or core.blocked:
                 self.backlog = True
                 return
 
-    def _text(self, data: str, finished: bool, now: float) -> None:
-        if self.server.closed:
+    def _text(self, data: str, finished: bool) -> None:
+        if self.core.server.closed:
             return
         self.part_chars += len(data)
         if self.part_chars > self.config.max_message_size:
             # Characters never outnumber UTF-8 bytes: surely too big; stop buffering.
             self.parts = None
-            self._apply(self.server.message_too_big())
+            self.core.message_too_big()
             return
         if not finished:
             if self.parts is None:
@@ -520,130 +514,26 @@ class _Session:
             data = "".join(self.parts)
             self.parts = None
         self.part_chars = 0
-        self._apply(self.server.receive_text(data))
-
-    def _apply(self, outputs: list[ServerOutput]) -> None:
-        """Act on the machine's outputs, synchronously (no checkpoint in here)."""
-        for output in outputs:
-            if isinstance(output, Follow):
-                self._subscribe(output)
-            elif isinstance(output, Unfollow):
-                subscription = self.subscriptions.pop(output.topic, None)
-                if subscription is not None:
-                    self._unsubscribe(subscription)
-            elif isinstance(output, Publish):
-                if self.app.hub._immediate is None:
-                    self.publishes.append(output)
-                else:
-                    self._store(output)
-            elif isinstance(output, CloseInstruction):
-                self.close(output.code, output.reason)
-            else:
-                self._queue(_frame(output.encode()))
-
-    def _store(self, publish: Publish) -> None:
-        """Store a publish in a history that answers at once."""
-        try:
-            stored = self.app.hub.append(
-                publish.topic, publish.data, publish.event, key=publish.msg_id
-            )
-        except LocalProtocolError as exc:
-            self._apply(self.server.publish_failed(publish.msg_id, str(exc)))
-            return
-        self._apply(self.server.published(publish.msg_id, stored.position))
-
-    async def _store_publishes(self) -> None:
-        """Store the pending publishes by awaiting the history, in order."""
-        publishes, self.publishes = self.publishes, []
-        for publish in publishes:
-            try:
-                position = await self.app.hub.publish(
-                    publish.topic, publish.data, publish.event, key=publish.msg_id
-                )
-            except LocalProtocolError as exc:
-                self._apply(self.server.publish_failed(publish.msg_id, str(exc)))
-            except HistoryUnavailable as exc:
-                self._apply(self.server.publish_failed(publish.msg_id, str(exc), retry=True))
-            else:
-                self._apply(self.server.published(publish.msg_id, position))
-
-    def _subscribe(self, follow: Follow) -> None:
-        """Follow a topic: registered with the hub before the follower's first read
-        (in the same step), so nothing published in between is missed."""
-        old = self.subscriptions.get(follow.topic)
-        if old is not None:
-            self._unsubscribe(old)
-        config = self.app.config
-        subscription = self.app.hub.subscribe(
-            follow.topic,
-            waiter=self.waiter,
-            max_pending_events=config.subscriber_max_events,
-            max_pending_bytes=config.subscriber_max_bytes,
-            follower=follow.follower,
-        )
-        self.subscriptions[follow.topic] = subscription
-        self.app.subscriptions.add(subscription)
-        if subscription.caught_up is not None:
-            # Live from now, known at once: "subscribed" goes before any live event.
-            self._apply(self.server.caught_up(follow.topic, subscription.caught_up))
-        elif self.app.hub._immediate is not None:
-            # The replay and "subscribed" are queued before the next client message
-            # is handled: they count toward the queue's high-water mark (backpressure)
-            # and a later subscribe to the same topic cannot cut them short.
-            chunks: list[bytes] = []
-            self._live(follow.topic, subscription, chunks)
-            for chunk in chunks:
-                self._queue(chunk)
-        self.waiter.wake()
-
-    def _unsubscribe(self, subscription: Subscription) -> None:
-        subscription.close()
-        self.app.subscriptions.discard(subscription)
-
-    def _queue(self, data: bytes) -> None:
-        self.queued.append(data)
-        self.queued_bytes += len(data)
+        self.core.receive_text(data)
 
     # -- writing
 
     def _collect(self) -> list[bytes]:
         """Everything to send now, in order: answers, live events, pings, close."""
-        chunks = self.queued
-        self.queued = []
-        self.queued_bytes = 0
+        core = self.core
+        chunks = core.take_queued()
         if self.close_sent:
             return chunks
-        if self.closing is None:
-            for topic, subscription in list(self.subscriptions.items()):
-                self._live(topic, subscription, chunks)
+        if core.closing is None:
+            core.collect_live(chunks)
             for action in self.heartbeat.handle_timer(trio.current_time()):
                 if isinstance(action, ClosePeer):
-                    self.close(action.code, action.reason)
+                    core.close(action.code, action.reason)
                 else:
                     chunks.append(self.ws.send(Ping(action.payload)))
-        if self.closing is not None and self.ws.state is ConnectionState.OPEN:
-            code, reason = self.closing
+        if core.closing is not None and self.ws.state is ConnectionState.OPEN:
+            code, reason = core.closing
             chunks.append(self.ws.send(CloseConnection(code, reason)))
             self.close_sent = True
             self.close_deadline = trio.current_time() + self.config.close_timeout
         return chunks
-
-    def _live(self, topic: str, subscription: Subscription, chunks: list[bytes]) -> None:
-        encoder = self.state.encoder(topic)
-        server = self.server
-        while True:
-            batch = subscription.next_batch()
-            if batch is None:
-                break
-            if batch.reset is not None:
-                chunks.append(_frame(server.reset_message(topic, batch.reset).encode()))
-            chunks += [item.encoded(encoder) for item in batch.events]
-            if batch.caught_up is not None:
-                chunks += [_frame(m.encode()) for m in server.caught_up(topic, batch.caught_up)]  # type: ignore[union-attr]
-        reason = subscription.closed
-        if reason is CloseReason.DRAIN:
-            self.close(self.config.drain_close_code, "server draining")
-        elif reason is CloseReason.CUT:
-            self.close(1011, "cut off by the server")
-        elif reason is not None and self.subscriptions.get(topic) is subscription:
-            raise LocalProtocolError(f"subscription to {topic!r} closed unexpectedly")

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import trio
 
@@ -46,6 +46,8 @@ __all__ = [
 # Accounting overhead per buffered event, so that empty events are bounded too.
 _ITEM_OVERHEAD = 64
 
+_Encoded = TypeVar("_Encoded")
+
 
 class LiveEvent:
     """A stored event as handed to subscribers, with its encodings cached.
@@ -63,13 +65,13 @@ class LiveEvent:
         #: Bytes charged against a subscriber's buffer for this event.
         self.size = size
         self._key: object = None
-        self._value = b""
-        self._more: dict[object, bytes] | None = None
+        self._value: object = None
+        self._more: dict[object, object] | None = None
 
-    def encoded(self, encoder: Callable[[StoredEvent], bytes]) -> bytes:
+    def encoded(self, encoder: Callable[[StoredEvent], _Encoded]) -> _Encoded:
         """``encoder(self.stored)``, computed once per encoder and then reused."""
         if self._key is encoder:
-            return self._value
+            return cast(_Encoded, self._value)
         if self._key is None:
             self._value = value = encoder(self.stored)
             self._key = encoder
@@ -80,7 +82,7 @@ class LiveEvent:
         cached = more.get(encoder)
         if cached is None:
             cached = more[encoder] = encoder(self.stored)
-        return cached
+        return cast(_Encoded, cached)
 
     def __repr__(self) -> str:
         return f"<LiveEvent {self.position} event={self.stored.event!r}>"
@@ -758,6 +760,12 @@ class Watch:
         self.sink: DirectSink | None = None
         #: Something was published since :meth:`clear`.
         self.woken = False
+
+    @property
+    def pending(self) -> int:
+        """1 when something was published since :meth:`clear` (like
+        :attr:`Subscription.pending`, for code that looks at both)."""
+        return int(self.woken)
 
     def clear(self) -> None:
         """Forget earlier wake-ups."""

@@ -119,6 +119,11 @@ class ErrorCode(enum.StrEnum):
     #: A publish could not be stored now (the history's store is unreachable); the
     #: client may resend it later (same ``msg_id``).  Carries ``msg_id``.
     UNAVAILABLE = "unavailable"
+    #: The server's authorisation hook wants credentials for this subscribe or
+    #: publish (an HTTP ``401``).  Carries ``topic`` (and ``msg_id`` for a publish).
+    UNAUTHORIZED = "unauthorized"
+    #: The server's authorisation hook refused this subscribe or publish.
+    FORBIDDEN = "forbidden"
 
 
 # ----------------------------------------------------------------------------- messages

@@ -15,6 +15,12 @@ history's.
 * ``publish`` gives :class:`Publish`: the adapter stores it idempotently (the
   ``msg_id`` is the idempotency key, so a resend after a reconnect is stored once)
   and reports the outcome with :meth:`published` or :meth:`publish_failed`.
+
+With ``authorize=True`` a ``subscribe`` or ``publish`` first gives :class:`Authorize`:
+the adapter asks its authorisation hook and answers :meth:`admit` (the message then
+takes effect) or :meth:`deny` (an ``error`` message; the connection stays up).  The
+adapter handles no further client message until it did, so messages still take
+effect in order.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from tidings.ws.protocol import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
     DEFAULT_MAX_MESSAGE_SIZE,
+    ClientMessage,
     CloseConnection,
     ErrorCode,
     ErrorMessage,
@@ -46,6 +53,7 @@ __all__ = [
     "DEFAULT_MAX_ERRORS",
     "DEFAULT_MAX_TOPICS",
     "DEFAULT_REPLAY_CHUNK",
+    "Authorize",
     "Follow",
     "Publish",
     "ServerOutput",
@@ -89,8 +97,26 @@ class Publish:
     event: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """Ask the authorisation hook about ``message`` (a subscribe or a publish) for
+    ``topic``, then call :meth:`SessionServer.admit` or :meth:`SessionServer.deny`."""
+
+    message: SubscribeMessage | PublishMessage
+
+    @property
+    def topic(self) -> str:
+        """The topic the message is about."""
+        return self.message.topic
+
+    @property
+    def action(self) -> str:
+        """``"subscribe"`` or ``"publish"``."""
+        return self.message.type
+
+
 #: What :class:`SessionServer` asks of its adapter: a message to send or an instruction.
-ServerOutput = ServerMessage | Follow | Unfollow | Publish | CloseConnection
+ServerOutput = ServerMessage | Follow | Unfollow | Publish | Authorize | CloseConnection
 
 
 class SessionServer:
@@ -98,7 +124,9 @@ class SessionServer:
 
     Limits: *max_topics* subscriptions per connection, *max_message_size* bytes per
     message (larger: close 1009), *max_errors* ``error`` answers before closing with
-    1008; *replay_chunk* events per history read of each follower.
+    1008; *replay_chunk* events per history read of each follower.  *authorize*
+    makes every ``subscribe`` and ``publish`` wait for the adapter's verdict
+    (:class:`Authorize`).
     """
 
     def __init__(
@@ -109,6 +137,7 @@ class SessionServer:
         max_errors: int = DEFAULT_MAX_ERRORS,
         replay_chunk: int = DEFAULT_REPLAY_CHUNK,
         max_buffered: int = 1024,
+        authorize: bool = False,
     ) -> None:
         for name, value in (
             ("max_topics", max_topics),
@@ -124,6 +153,8 @@ class SessionServer:
         self.max_errors = max_errors
         self.replay_chunk = replay_chunk
         self.max_buffered = max_buffered
+        self.authorize = authorize
+        self._authorizing: ClientMessage | None = None
         self._followers: dict[str, Follower[Positioned]] = {}
         # Publishes handed to the adapter and not reported back yet: msg_id -> topic.
         self._publishing: dict[str, str] = {}
@@ -159,6 +190,35 @@ class SessionServer:
             return self._close(exc.close_code, "message too big")
         except RemoteProtocolError as exc:
             return self._error(ErrorMessage(ErrorCode.MALFORMED, str(exc)))
+        if self.authorize and isinstance(message, SubscribeMessage | PublishMessage):
+            if self._authorizing is not None:
+                raise LocalProtocolError("a message arrived before the last one was authorised")
+            self._authorizing = message
+            return [Authorize(message)]
+        return self._take(message)
+
+    def admit(self, authorize: Authorize) -> list[ServerOutput]:
+        """The hook admitted *authorize*'s message: it takes effect now."""
+        self._check_authorizing(authorize)
+        self._authorizing = None
+        return self._take(authorize.message)
+
+    def deny(self, authorize: Authorize, status: int, reason: str) -> list[ServerOutput]:
+        """The hook refused *authorize*'s message with HTTP-like *status* (401: wants
+        credentials, anything else: forbidden) and a one-line *reason*."""
+        self._check_authorizing(authorize)
+        self._authorizing = None
+        message = authorize.message
+        code = ErrorCode.UNAUTHORIZED if status == 401 else ErrorCode.FORBIDDEN
+        msg_id = message.msg_id if isinstance(message, PublishMessage) else None
+        return self._error(ErrorMessage(code, reason, message.topic, msg_id))
+
+    def _check_authorizing(self, authorize: Authorize) -> None:
+        self._check_open()
+        if self._authorizing is not authorize.message:
+            raise LocalProtocolError("no such message is waiting for authorisation")
+
+    def _take(self, message: ClientMessage) -> list[ServerOutput]:
         if isinstance(message, SubscribeMessage):
             return self._subscribe(message)
         if isinstance(message, PublishMessage):
@@ -186,6 +246,7 @@ class SessionServer:
         outputs: list[ServerOutput] = [Unfollow(topic) for topic in self._followers]
         self._followers.clear()
         self._publishing.clear()
+        self._authorizing = None
         self._closed = True
         return outputs
 

@@ -2,8 +2,15 @@
 
 The names here are the sans-IO core: protocol machines and building blocks that do
 no I/O, read no clock and draw no random numbers of their own.  The Trio adapters
-(server, hub, clients) live in :mod:`tidings.trio`.
+(server, hub, clients) live in :mod:`tidings.trio`.  Every client, whatever its
+transport, yields :class:`Event` and :class:`ResetNotice` and decides about
+reconnecting with one :class:`Retrier`.
+
+The library logs under ``tidings.*`` (reconnections at INFO and DEBUG) and prints
+nothing itself: configure :mod:`logging` in the application to see it.
 """
+
+import logging
 
 from tidings.backoff import (
     Backoff,
@@ -11,11 +18,14 @@ from tidings.backoff import (
     DecorrelatedJitter,
     EqualJitter,
     FullJitter,
+    Loss,
     NoJitter,
     Random,
+    default_backoff,
 )
 from tidings.cursor import EARLIEST, MAX_CURSOR_LENGTH, Position, new_epoch
 from tidings.errors import InvalidCursor, LocalProtocolError, ProtocolError, RemoteProtocolError
+from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
 from tidings.longpoll import (
     AdaptivePoller,
@@ -30,18 +40,24 @@ from tidings.longpoll import (
     error_answer,
     parse_poll_request,
 )
+from tidings.retry import (
+    RETRY_STATUSES,
+    GiveUp,
+    Reconnect,
+    Retrier,
+    Verdict,
+    classify_close,
+    classify_http,
+)
 from tidings.retry_after import parse_http_date, parse_retry_after
 from tidings.session import (
     ClosePeer,
     Connect,
-    GiveUp,
     HeartbeatPolicy,
     ReconnectingSession,
     SendPing,
     SessionState,
     Wait,
-    classify_close,
-    classify_http,
 )
 from tidings.sse import (
     EventSourceClient,
@@ -49,7 +65,6 @@ from tidings.sse import (
     EventSourceState,
     EventStreamParser,
     MessageEvent,
-    ResetNotice,
     ServerSentEvent,
     encode_comment,
     encode_event,
@@ -70,9 +85,14 @@ from tidings.ws import (
 
 __version__ = "0.1.0.dev0"
 
+# A library leaves output to the application: without this, logging's last-resort
+# handler would print this package's warnings on stderr when nothing is configured.
+logging.getLogger("tidings").addHandler(logging.NullHandler())
+
 __all__ = [
     "EARLIEST",
     "MAX_CURSOR_LENGTH",
+    "RETRY_STATUSES",
     "SUBPROTOCOL",
     "AdaptivePoller",
     "Backoff",
@@ -82,6 +102,7 @@ __all__ = [
     "DecorrelatedJitter",
     "EqualJitter",
     "ErrorMessage",
+    "Event",
     "EventMessage",
     "EventSourceClient",
     "EventSourceCloseReason",
@@ -93,6 +114,7 @@ __all__ = [
     "InvalidCursor",
     "LocalProtocolError",
     "LongPollClient",
+    "Loss",
     "LongPollServer",
     "MemoryHistory",
     "MessageEvent",
@@ -110,6 +132,7 @@ __all__ = [
     "PublishDeduplicator",
     "PublishFailed",
     "Random",
+    "Reconnect",
     "ReconnectingSession",
     "RemoteProtocolError",
     "Replay",
@@ -117,6 +140,7 @@ __all__ = [
     "ResetMessage",
     "ResetNotice",
     "ResetReason",
+    "Retrier",
     "SendPing",
     "ServerSentEvent",
     "SessionClient",
@@ -124,10 +148,12 @@ __all__ = [
     "SessionState",
     "StoredEvent",
     "SubscribedMessage",
+    "Verdict",
     "Wait",
     "__version__",
     "classify_close",
     "classify_http",
+    "default_backoff",
     "encode_comment",
     "encode_event",
     "error_answer",

@@ -14,6 +14,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from tidings.backoff import Backoff, FullJitter, NoJitter
 from tidings.cursor import new_epoch
+from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory
 from tidings.trio import (
     Hub,
@@ -26,7 +27,7 @@ from tidings.trio import (
     open_session,
 )
 from tidings.trio._http import Request as HTTPRequest
-from tidings.ws import EventMessage, ResetMessage
+from tidings.ws import EventMessage
 
 from ._proxy import ChaosProxy
 from .conftest import StartServer
@@ -59,7 +60,7 @@ async def test_unknown_cursor_surfaces_as_a_reset(server: Server, hub: Hub) -> N
     head = await hub.publish("t", "x")
     async with open_session(ws_url(server.port), {"t": "zz.9"}) as session:
         reset = await session.__anext__()
-        assert reset == ResetMessage("t", head.format())
+        assert reset == ResetNotice("t", head.format())
 
 
 async def test_session_resumes_every_topic_after_cuts_without_loss_or_duplicates(
@@ -81,7 +82,7 @@ async def test_session_resumes_every_topic_after_cuts_without_loss_or_duplicates
             await hub.publish(topics[i % 2], f"{i}")
         while sum(map(len, seen.values())) < 300:
             item = await session.__anext__()
-            assert isinstance(item, EventMessage), item
+            assert isinstance(item, Event), item
             seen[item.topic].append(item.data)
         assert session.connections > 1
     assert seen == {t: [str(i) for i in range(k, 300, 2)] for k, t in enumerate(topics)}
@@ -104,9 +105,7 @@ async def test_credentials_reach_the_auth_hook(start_server: StartServer) -> Non
         return None if request.header(b"authorization") == b"Bearer ok" else WebSocketRefusal()
 
     server = await start_server(config=ServerConfig(websocket=WebSocketConfig(auth=auth)))
-    async with open_session(
-        ws_url(server.port), headers=[(b"authorization", b"Bearer ok")]
-    ) as session:
+    async with open_session(ws_url(server.port), headers={"Authorization": "Bearer ok"}) as session:
         assert await session.publish("t", "in")
 
 
@@ -284,7 +283,7 @@ async def test_busy_consumer_loses_no_event_and_is_not_taken_for_a_dead_peer(
             "ws://fake/ws", {"t": "earliest"}, buffer=0, ping_interval=1, pong_timeout=1
         ) as session:
             async for item in session:
-                assert isinstance(item, EventMessage), item
+                assert isinstance(item, Event), item
                 got.append(item.data)
                 if len(got) == 1:
                     await trio.sleep(30)  # a busy consumer: no pongs are read meanwhile
@@ -309,11 +308,11 @@ async def test_event_whose_hand_over_a_lost_connection_cancelled_is_delivered_be
     patch_transport(monkeypatch, nursery, server.serve_stream, attempts)
     for i in range(1, 4):
         hub.publish_nowait("t", str(i))
-    got: list[EventMessage] = []
+    got: list[Event] = []
 
     async def consume(session: WebSocketSession) -> None:
         async for item in session:
-            assert isinstance(item, EventMessage), item
+            assert isinstance(item, Event), item
             got.append(item)
             if len(got) == 1:
                 await trio.sleep(5)  # "2" is received and waits for us meanwhile

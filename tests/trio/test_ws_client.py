@@ -14,6 +14,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from tidings.backoff import Backoff, FullJitter, NoJitter
 from tidings.cursor import new_epoch
+from tidings.errors import LocalProtocolError
 from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory
 from tidings.trio import (
@@ -98,6 +99,36 @@ async def test_refused_handshake_gives_up_with_the_status(start_server: StartSer
             await session.__anext__()
     assert info.value.status == 401
     assert session.attempts == 1
+
+
+async def test_a_404_raises_session_closed_bare_out_of_the_block(server: Server) -> None:
+    async def follow() -> None:
+        async with open_session(f"ws://127.0.0.1:{server.port}/nope", ["t"]) as session:
+            async for _ in session:
+                pass  # pragma: no cover
+
+    with pytest.raises(SessionClosed) as info:  # not an ExceptionGroup around it
+        await follow()
+    assert info.value.status == 404
+    assert "404" in str(info.value)
+
+
+async def test_what_the_body_raises_comes_out_bare(server: Server) -> None:
+    class Mine(Exception):
+        pass
+
+    with pytest.raises(Mine):
+        async with open_session(ws_url(server.port), ["t"]):
+            raise Mine
+
+
+@pytest.mark.parametrize(
+    "headers", [[("authorization", "x")], {"Sec-WebSocket-Protocol": "x"}, {"X-Bad": "a\nb"}]
+)
+async def test_headers_are_a_checked_mapping(headers: object) -> None:
+    with pytest.raises(LocalProtocolError):
+        async with open_session("ws://127.0.0.1:9/ws", headers=headers):  # type: ignore[arg-type]
+            pass  # pragma: no cover
 
 
 async def test_credentials_reach_the_auth_hook(start_server: StartServer) -> None:

@@ -281,6 +281,8 @@ class WebSocketSession:
         self._ended_event.set()
 
     async def _run(self) -> None:
+        if self._ended is not None:
+            return  # closed before the task started (the block left at once)
         session = self.client.session
         action: SessionAction | None = session.start(trio.current_time())
         while self._ended is None:

@@ -1,10 +1,10 @@
 """The ``tidings`` command: run the reference server, follow a stream, publish an event.
 
 ``python -m tidings serve`` runs :func:`tidings.trio.serve` with an in-memory history;
-``python -m tidings tail URL`` follows any SSE endpoint with
-:func:`tidings.trio.open_event_stream` and prints one JSON line per event;
+``python -m tidings tail URL`` follows a stream over SSE (any server), long polling or
+WebSocket with the matching client and prints one JSON line per event;
 ``python -m tidings publish URL DATA`` posts one event.  Results go to standard
-output, diagnostics to standard error.
+output, diagnostics (logging, configured here for the command) to standard error.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ EXIT_USAGE = 2
 _EPILOG = """\
 exit status:
   0    success (serve: drained after SIGINT/SIGTERM; tail: stopped by SIGINT or
-       SIGTERM, or the server answered 204 No Content; publish: event accepted)
+       SIGTERM, or the server asked it to stop; publish: event accepted)
   1    failure (serve: cannot listen or load the certificate; tail: the server
-       refused the stream; publish: non-2xx answer or network error)
+       refused the stream, or --max-retries attempts failed; publish: non-2xx
+       answer or network error)
   2    bad command line
   130  interrupted by SIGINT before the command could stop cleanly
 """

@@ -2,7 +2,9 @@
 
 The server side is :class:`Hub` (topics, history, live subscribers), :func:`serve`
 / :class:`Server` (listening, limits, drain) and :class:`ServerConfig`; the client
-side is :func:`open_event_stream`.
+side is :func:`open_event_stream` (SSE), :func:`open_long_poll` and
+:func:`open_session` (WebSocket), which all yield :class:`tidings.Event` and
+:class:`tidings.ResetNotice`.
 """
 
 from tidings.trio._config import ServerConfig

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from tidings import __version__
+from tidings.__main__ import main
 from tidings.trio import Server
 
 try:
@@ -123,29 +124,38 @@ async def test_sse_pointed_at_a_poll_endpoint_suggests_poll(server: Server) -> N
     assert_one_line(result.stderr, "application/json", "use --transport poll")
 
 
-# -- the command line itself ---------------------------------------------------------------
+# -- the command line itself (in this process: argparse exits before any I/O) -------------
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    assert info.value.code == 2
+    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
-async def test_a_websocket_url_without_transport_ws_suggests_it(scheme: str) -> None:
-    result = await run_cli("tail", f"{scheme}://127.0.0.1:9/ws")
-    assert result.returncode == 2
-    err = result.stderr.decode()
+def test_a_websocket_url_without_transport_ws_suggests_it(
+    capsys: pytest.CaptureFixture[str], scheme: str
+) -> None:
+    err = usage_error(capsys, "tail", f"{scheme}://127.0.0.1:9/ws")
     assert err.startswith("usage: tidings tail")
     assert "add --transport ws" in err
 
 
-async def test_transport_ws_with_an_http_url_is_a_usage_error() -> None:
-    result = await run_cli("tail", "http://127.0.0.1:9/ws", "--transport", "ws", "--topic", "t")
-    assert result.returncode == 2
-    assert "ws:// or wss://" in result.stderr.decode()
+def test_transport_ws_with_an_http_url_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    err = usage_error(capsys, "tail", "http://127.0.0.1:9/ws", "--transport", "ws", "--topic", "t")
+    assert "ws:// or wss://" in err
 
 
 @pytest.mark.parametrize("topic", ["a b", "a/b", "..", "x" * 129, "caf\u00e9"])
-async def test_websocket_topics_are_checked_with_the_servers_rule(topic: str) -> None:
-    result = await run_cli("tail", "ws://127.0.0.1:9/ws", "--transport", "ws", "--topic", topic)
-    assert result.returncode == 2
-    assert "is not a topic name" in result.stderr.decode()
+def test_websocket_topics_are_checked_with_the_servers_rule(
+    capsys: pytest.CaptureFixture[str], topic: str
+) -> None:
+    err = usage_error(capsys, "tail", "ws://127.0.0.1:9/ws", "--transport", "ws", "--topic", topic)
+    assert "is not a topic name" in err
 
 
 @pytest.mark.parametrize(
@@ -160,27 +170,26 @@ async def test_websocket_topics_are_checked_with_the_servers_rule(topic: str) ->
         (["publish", "http://h/t", "d", "--timeout", "nan"], "positive number of seconds"),
     ],
 )
-async def test_bad_values_are_explained_without_internal_names(
-    args: list[str], message: str
+def test_bad_values_are_explained_without_internal_names(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    result = await run_cli(*args)
-    assert result.returncode == 2
-    err = result.stderr.decode()
+    err = usage_error(capsys, *args)
     assert message in err
     assert "invalid _" not in err
     assert f"usage: tidings {args[0]}" in err
 
 
-async def test_version() -> None:
-    result = await run_cli("--version")
-    assert result.returncode == 0
-    assert result.stdout.decode().strip() == f"tidings {__version__}"
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tidings {__version__}"
 
 
-async def test_serve_help_lists_every_endpoint() -> None:
-    result = await run_cli("serve", "--help")
-    assert result.returncode == 0
-    text = result.stdout.decode()
+def test_serve_help_lists_every_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = capsys.readouterr().out
     for endpoint_line in (
         "GET  /topics/{topic}/events",
         "GET  /topics/{topic}/poll",

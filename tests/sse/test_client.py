@@ -366,7 +366,7 @@ def test_a_productive_connection_resumes_soon_without_the_reconnection_time() ->
     assert client.backoff.attempt == 1
 
 
-def test_a_productive_connection_counts_at_once() -> None:
+def test_progress_is_judged_when_the_connection_ends() -> None:
     client = make_client(backoff=nojitter())
     for t in range(3):
         client.connection_failed(float(t))
@@ -374,7 +374,27 @@ def test_a_productive_connection_counts_at_once() -> None:
     assert client.backoff.attempt == 3
     client.receive_response(200, SSE, 1e3)
     client.receive_data(b"id: e.1\ndata: x\n\n")
-    assert client.backoff.attempt == 0
+    assert client.backoff.attempt == 3
+    assert delay_of(client.connection_failed(1e3 + 0.5)) == 0.5
+    assert client.backoff.attempt == 1
+
+
+def test_a_server_that_replays_the_same_ids_ignoring_last_event_id_makes_no_progress() -> None:
+    client = open_client(backoff=nojitter())
+    backlog = b"id: e.1\ndata: a\n\nid: e.2\ndata: b\n\nid: e.3\ndata: c\n\n"
+    assert len(client.receive_data(backlog)) == 3  # the first time, it is news
+    now = 0.1
+    assert delay_of(client.receive_eof(now)) == 0.5
+    delays = []
+    for _ in range(4):
+        now += 0.5
+        reconnect(client, now)
+        for chunk in (backlog[:20], backlog[20:]):  # the same events again, from e.1
+            client.receive_data(chunk)
+        now += 0.1
+        delays.append(delay_of(client.receive_eof(now)))
+        now += delays[-1]
+    assert delays == [1.0, 2.0, 4.0, 8.0]
 
 
 def test_a_reset_alone_is_not_progress() -> None:

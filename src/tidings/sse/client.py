@@ -175,12 +175,13 @@ class EventSourceClient:
     with *backoff* (:func:`~tidings.backoff.default_backoff` by default) and
     *max_retries* (``None``: retry forever).  The delay is the reconnection time plus
     jitter, where the jitter grows with failed attempts; a connection that delivered
-    a new event (one of a type other than ``tidings.reset`` that moved the last event
-    ID) counts as progress: it resets the attempts and resumes after a short jitter
-    without the reconnection time, so a follower keeps up on a link that drops every
-    few kilobytes.  A connection that lived for the stable period resets the attempts
-    too, but spreads its first reconnection widely, since a server restart drops all
-    clients at once.
+    new events (an event of a type other than ``tidings.reset``, and the last event ID
+    moved between the start and the end of the connection) counts as progress: it
+    resets the attempts and resumes after a short jitter without the reconnection
+    time, so a follower keeps up on a link that drops every few kilobytes; a server
+    that repeats the same backlog on every connection makes none.  A connection that
+    lived for the stable period resets the attempts too, but spreads its first
+    reconnection widely, since a server restart drops all clients at once.
 
     **Judging a response**: status 200 with media type ``text/event-stream`` (any case,
     parameters ignored) opens the stream; 200 with another media type closes it for
@@ -243,8 +244,10 @@ class EventSourceClient:
         self._close_reason: EventSourceCloseReason | None = None
         self._close_message = ""
         self._last_decision: Reconnect | GiveUp | None = None
-        # The last event ID when the current connection opened (progress moves it).
+        # The last event ID when the current connection opened (progress moves it),
+        # and whether the connection delivered an event other than a reset notice.
         self._opened_with: str | None = None
+        self._delivered = False
 
     # -- inspection -------------------------------------------------------------------
 
@@ -358,6 +361,7 @@ class EventSourceClient:
         self._state = EventSourceState.OPEN
         self._retrier.connected(now)
         self._opened_with = self._last_event_id
+        self._delivered = False
         return self._state
 
     def receive_data(self, data: bytes) -> list[MessageEvent]:
@@ -384,20 +388,21 @@ class EventSourceClient:
             raise
         self._take_retry(parser)
         self._last_event_id = last_event_id
-        if events and self._opened_with is not None:
-            self._note_progress(events)
+        if not self._delivered and any(e.type != RESET_EVENT_TYPE for e in events):
+            self._delivered = True
         return events
 
-    def _note_progress(self, events: list[MessageEvent]) -> None:
-        # A new event: one that is not a reset notice and moved the last event ID
-        # past where the connection started (a foreign server that repeats its
-        # backlog on every connection makes no progress).
-        opened_with = self._opened_with
-        for event in events:
-            if event.type != RESET_EVENT_TYPE and event.last_event_id != opened_with:
-                self._retrier.progress()
-                self._opened_with = None  # once per connection is enough
-                return
+    def _note_progress(self) -> None:
+        # At the end of a connection: it made progress if it delivered an event that
+        # is not a reset notice *and* the last event ID moved.  A foreign server that
+        # repeats its backlog (with or without IDs) on every connection ends where it
+        # started, and makes none.
+        if (
+            self._state is EventSourceState.OPEN
+            and self._delivered
+            and self._last_event_id != self._opened_with
+        ):
+            self._retrier.progress()
 
     def receive_eof(self, now: float) -> Reconnect | GiveUp:
         """The body ended (OPEN only): reconnect after a delay, or (with *max_retries*)
@@ -413,6 +418,7 @@ class EventSourceClient:
         assert parser is not None
         parser.receive_eof()
         self._take_retry(parser)
+        self._note_progress()
         return self._decide(self._retrier.ended(now), now)
 
     def connection_failed(self, now: float, error: str = "") -> Reconnect | GiveUp:
@@ -426,6 +432,7 @@ class EventSourceClient:
         if self._state not in (EventSourceState.CONNECTING, EventSourceState.OPEN):
             raise LocalProtocolError(f"connection_failed called in state {self._state.name}")
         _check_now(now)
+        self._note_progress()
         return self._decide(self._retrier.network_error(now, error), now)
 
     def handle_timer(self, now: float) -> None:

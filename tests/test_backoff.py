@@ -9,13 +9,16 @@ from hypothesis import strategies as st
 from tidings.backoff import (
     DEFAULT_BASE,
     DEFAULT_CAP,
+    DEFAULT_SPREAD,
     Backoff,
     BackoffPolicy,
     DecorrelatedJitter,
     EqualJitter,
     FullJitter,
+    Loss,
     NoJitter,
     capped_exponential,
+    default_backoff,
 )
 from tidings.errors import LocalProtocolError
 
@@ -226,10 +229,10 @@ def test_invalid_attempt_is_refused(attempt: int) -> None:
             policy.next(attempt, random.Random())
 
 
-@pytest.mark.parametrize(("stable_period", "floor_spread"), [(-1.0, 0.0), (5.0, math.nan)])
-def test_invalid_tracker_parameters_are_refused(stable_period: float, floor_spread: float) -> None:
+@pytest.mark.parametrize("stable_period", [-1.0, math.nan, math.inf])
+def test_invalid_tracker_parameters_are_refused(stable_period: float) -> None:
     with pytest.raises(LocalProtocolError):
-        Backoff(stable_period=stable_period, floor_spread=floor_spread)
+        Backoff(stable_period=stable_period)
 
 
 # -- the tracker and the stable-period rule ---------------------------------------------------
@@ -338,20 +341,120 @@ def test_tracker_puts_the_floor_under_the_delay() -> None:
         assert backoff.disconnected(float(t), rng, floor=2.5) >= 2.5
 
 
-def test_floor_spread_spreads_a_dominant_floor_upward() -> None:
+def test_the_floor_goes_under_the_jitter_so_a_crowd_given_one_floor_stays_spread() -> None:
     rng = random.Random(9)
-    spread = Backoff(floor_spread=0.5)
-    delays = [spread.disconnected(0.0, rng, floor=60.0) for _ in range(DRAWS)]
-    assert all(60.0 <= d <= 90.0 for d in delays)
-    assert statistics.fmean(delays) == pytest.approx(75.0, rel=0.02)
-    exact = Backoff()
-    assert {exact.disconnected(0.0, rng, floor=60.0) for _ in range(100)} == {60.0}
+    delays = [
+        Backoff(FullJitter(base=1.0)).disconnected(0.0, rng, floor=60.0) for _ in range(DRAWS)
+    ]
+    assert all(60.0 <= d < 61.0 for d in delays)
+    assert statistics.fmean(delays) == pytest.approx(60.5, rel=0.01)
+    assert len(set(delays)) == DRAWS
 
 
-def test_floor_spread_keeps_the_policy_state_unfloored() -> None:
-    backoff = Backoff(NoJitter(), floor_spread=0.5)
-    backoff.disconnected(0.0, random.Random(1), floor=10.0)
+def test_the_policy_state_stays_unfloored() -> None:
+    backoff = Backoff(NoJitter())
+    assert backoff.disconnected(0.0, random.Random(1), floor=10.0) == 10.5
     assert backoff.previous == 0.5
+
+
+# -- what the connection achieved: failure, progress, stable --------------------------------
+
+
+def test_a_failure_grows_the_counter_and_keeps_both_floors() -> None:
+    backoff = Backoff(NoJitter())
+    backoff.connected(0.0)
+    assert backoff.disconnected(1.0, _Fixed(0.5), floor=2.0, standing_floor=3.0) == 3.5
+    assert backoff.last_loss is Loss.FAILURE
+    backoff.connected(10.0)
+    assert backoff.disconnected(11.0, _Fixed(0.5), standing_floor=3.0) == 4.0
+    assert backoff.attempt == 2
+
+
+def test_progress_resets_the_counter_and_waives_the_standing_floor() -> None:
+    backoff = Backoff(NoJitter())
+    for t in range(5):
+        backoff.disconnected(float(t), _Fixed(0.5))
+    assert backoff.attempt == 5
+    backoff.connected(10.0)
+    backoff.progress()
+    assert backoff.progressed
+    # A productive connection cut after 0.2 s: resume after the first delay, no retry floor.
+    assert backoff.disconnected(10.2, _Fixed(0.5), standing_floor=3.0) == 0.5
+    assert backoff.last_loss is Loss.PROGRESS
+    assert backoff.attempt == 1
+    assert not backoff.progressed
+
+
+def test_progress_keeps_a_floor_that_belongs_to_the_loss_itself() -> None:
+    backoff = Backoff(NoJitter())
+    backoff.connected(0.0)
+    backoff.progress()
+    # e.g. WebSocket close 1012 "service restart": at least the restart delay.
+    assert backoff.disconnected(0.5, _Fixed(0.5), floor=5.0, standing_floor=3.0) == 5.5
+
+
+def test_progress_needs_a_connection() -> None:
+    backoff = Backoff()
+    with pytest.raises(LocalProtocolError):
+        backoff.progress()
+    backoff.connected(0.0)
+    backoff.disconnected(1.0, random.Random())
+    with pytest.raises(LocalProtocolError):
+        backoff.progress()
+
+
+def test_progress_is_forgotten_by_the_next_connection() -> None:
+    backoff = Backoff(NoJitter())
+    backoff.connected(0.0)
+    backoff.progress()
+    backoff.connected(1.0)  # a new connection (the adapter missed the loss of the old one)
+    assert backoff.disconnected(1.5, _Fixed(0.5)) == 0.5
+    assert backoff.last_loss is Loss.FAILURE
+
+
+def test_a_connection_that_delivers_nothing_new_cannot_hot_loop() -> None:
+    """Accept, send nothing new, close -- for five minutes: the delays still grow."""
+    backoff = Backoff(FullJitter(base=1.0))
+    rng = random.Random(5)
+    now, connections = 0.0, 0
+    while now < 300.0:
+        connections += 1
+        backoff.connected(now)
+        now += 0.01
+        now += backoff.disconnected(now, rng, standing_floor=0.0)
+    assert connections < 60
+
+
+def test_a_stable_connection_switches_to_the_spread_policy_until_the_next_reset() -> None:
+    backoff = Backoff(NoJitter(base=1.0), spread_policy=NoJitter(base=5.0))
+    backoff.connected(0.0)
+    assert backoff.disconnected(60.0, _Fixed(0.0), standing_floor=3.0) == 8.0
+    assert backoff.last_loss is Loss.STABLE
+    # The server is still down: the spread policy keeps pacing the failures.
+    assert backoff.disconnected(68.0, _Fixed(0.0)) == 10.0
+    assert backoff.disconnected(78.0, _Fixed(0.0)) == 20.0
+    # A productive connection goes back to the ordinary policy.
+    backoff.connected(100.0)
+    backoff.progress()
+    assert backoff.disconnected(101.0, _Fixed(0.0)) == 1.0
+    assert backoff.disconnected(102.0, _Fixed(0.0)) == 2.0
+
+
+def test_default_backoff_windows() -> None:
+    top = _Fixed(0.999999)
+    failing = default_backoff()
+    assert [round(failing.disconnected(0.0, top), 3) for _ in range(7)] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0
+    ]  # fmt: skip
+    productive = default_backoff()
+    productive.connected(0.0)
+    productive.progress()
+    assert round(productive.disconnected(0.3, top, standing_floor=3.0), 3) == 1.0
+    stable = default_backoff()
+    stable.connected(0.0)
+    assert [round(stable.disconnected(10.0, top, standing_floor=3.0), 3)] + [
+        round(stable.disconnected(10.0, top), 3) for _ in range(3)
+    ] == [3.0 + DEFAULT_SPREAD, 10.0, 20.0, 30.0]
 
 
 @pytest.mark.parametrize("now", [math.nan, math.inf])

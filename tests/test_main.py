@@ -184,7 +184,9 @@ def test_tail_refuses_an_unknown_transport(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as info:
         main(["tail", "http://h/", "--transport", "carrier-pigeon"])
     assert info.value.code == 2
-    assert "use sse, poll or ws" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tidings tail")  # the subcommand's usage
+    assert "invalid choice: 'carrier-pigeon' (choose from 'poll', 'sse', 'ws')" in err
 
 
 def test_help_documents_the_exit_statuses() -> None:

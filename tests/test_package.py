@@ -14,8 +14,10 @@ FORBIDDEN = {"trio", "socket", "ssl", "time", "random", "asyncio", "threading", 
 SANS_IO = sorted(
     path
     for path in SRC.rglob("*.py")
-    # tidings.trio is the I/O layer and __main__ the command line: both may do I/O.
-    if "trio" not in path.relative_to(SRC).parts[:-1] and path.name != "__main__.py"
+    # tidings.trio, tidings.asgi and tidings.redis are the I/O layer and __main__ the
+    # command line: they may do I/O.
+    if not {"trio", "asgi", "redis"} & set(path.relative_to(SRC).parts[:-1])
+    and path.name != "__main__.py"
 )
 
 

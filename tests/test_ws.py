@@ -249,6 +249,31 @@ def drop(client: SessionClient, now: float) -> float:
     return wait.until
 
 
+def test_client_new_events_and_acknowledgements_are_progress_subscribed_is_not() -> None:
+    client = SessionClient(random.Random(1))
+    client.subscribe("t", "ep.1")
+    session = client.session
+    now = 0.0
+    for _ in range(3):
+        open_client(client, now)
+        client.receive_text(SubscribedMessage("t", "ep.1").encode())
+        now = drop(client, now + 0.1)
+    assert session.attempt == 3  # "subscribed" on every connection is no progress
+    open_client(client, now)
+    client.receive_text(EventMessage("t", "ep.1", "old").encode())  # a duplicate: dropped
+    assert session.attempt == 3
+    client.receive_text(EventMessage("t", "ep.2", "new").encode())
+    assert session.attempt == 0
+    now = drop(client, now + 0.1)
+    open_client(client, now)
+    msg_id, _ = client.publish("t", "x")
+    now = drop(client, now + 0.1)
+    assert session.attempt == 2  # one after the productive connection, one for this
+    open_client(client, now)
+    client.receive_text(PublishedMessage(msg_id, "ep.3").encode())
+    assert session.attempt == 0
+
+
 def test_client_msg_ids_are_deterministic_from_the_seeded_rng() -> None:
     a = SessionClient(random.Random(7))
     b = SessionClient(random.Random(7))

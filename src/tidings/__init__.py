@@ -2,8 +2,15 @@
 
 The names here are the sans-IO core: protocol machines and building blocks that do
 no I/O, read no clock and draw no random numbers of their own.  The Trio adapters
-(server, hub, clients) live in :mod:`tidings.trio`.
+(server, hub, clients) live in :mod:`tidings.trio`.  Every client, whatever its
+transport, yields :class:`Event` and :class:`ResetNotice` and decides about
+reconnecting with one :class:`Retrier`.
+
+The library logs under ``tidings.*`` (reconnections at INFO and DEBUG) and prints
+nothing itself: configure :mod:`logging` in the application to see it.
 """
+
+import logging
 
 from tidings.backoff import (
     Backoff,
@@ -11,12 +18,15 @@ from tidings.backoff import (
     DecorrelatedJitter,
     EqualJitter,
     FullJitter,
+    Loss,
     NoJitter,
     Random,
+    default_backoff,
 )
 from tidings.cursor import EARLIEST, MAX_CURSOR_LENGTH, Position, new_epoch
 from tidings.dedup import PublishDeduplicator
 from tidings.errors import InvalidCursor, LocalProtocolError, ProtocolError, RemoteProtocolError
+from tidings.events import Event, ResetNotice
 from tidings.follow import CaughtUp, Deliver, FollowAction, Follower, FollowState, ReadHistory
 from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
 from tidings.longpoll import (
@@ -40,18 +50,24 @@ from tidings.names import (
     is_valid_event_type,
     is_valid_topic,
 )
+from tidings.retry import (
+    RETRY_STATUSES,
+    GiveUp,
+    Reconnect,
+    Retrier,
+    Verdict,
+    classify_close,
+    classify_http,
+)
 from tidings.retry_after import parse_http_date, parse_retry_after
 from tidings.session import (
     ClosePeer,
     Connect,
-    GiveUp,
     HeartbeatPolicy,
     ReconnectingSession,
     SendPing,
     SessionState,
     Wait,
-    classify_close,
-    classify_http,
 )
 from tidings.sse import (
     EventSourceClient,
@@ -59,7 +75,6 @@ from tidings.sse import (
     EventSourceState,
     EventStreamParser,
     MessageEvent,
-    ResetNotice,
     ServerSentEvent,
     encode_comment,
     encode_event,
@@ -79,6 +94,10 @@ from tidings.ws import (
 
 __version__ = "0.1.0.dev0"
 
+# A library leaves output to the application: without this, logging's last-resort
+# handler would print this package's warnings on stderr when nothing is configured.
+logging.getLogger("tidings").addHandler(logging.NullHandler())
+
 __all__ = [
     "is_valid_topic",
     "is_valid_event_type",
@@ -94,6 +113,7 @@ __all__ = [
     "CaughtUp",
     "EARLIEST",
     "MAX_CURSOR_LENGTH",
+    "RETRY_STATUSES",
     "SUBPROTOCOL",
     "AdaptivePoller",
     "Backoff",
@@ -103,6 +123,7 @@ __all__ = [
     "DecorrelatedJitter",
     "EqualJitter",
     "ErrorMessage",
+    "Event",
     "EventMessage",
     "EventSourceClient",
     "EventSourceCloseReason",
@@ -114,6 +135,7 @@ __all__ = [
     "InvalidCursor",
     "LocalProtocolError",
     "LongPollClient",
+    "Loss",
     "LongPollServer",
     "MemoryHistory",
     "MessageEvent",
@@ -131,6 +153,7 @@ __all__ = [
     "PublishDeduplicator",
     "PublishFailed",
     "Random",
+    "Reconnect",
     "ReconnectingSession",
     "RemoteProtocolError",
     "Replay",
@@ -138,6 +161,7 @@ __all__ = [
     "ResetMessage",
     "ResetNotice",
     "ResetReason",
+    "Retrier",
     "SendPing",
     "ServerSentEvent",
     "SessionClient",
@@ -145,10 +169,12 @@ __all__ = [
     "SessionState",
     "StoredEvent",
     "SubscribedMessage",
+    "Verdict",
     "Wait",
     "__version__",
     "classify_close",
     "classify_http",
+    "default_backoff",
     "encode_comment",
     "encode_event",
     "error_answer",

@@ -1,10 +1,10 @@
 """The ``tidings`` command: run the reference server, follow a stream, publish an event.
 
 ``python -m tidings serve`` runs :func:`tidings.trio.serve` with an in-memory history;
-``python -m tidings tail URL`` follows any SSE endpoint with
-:func:`tidings.trio.open_event_stream` and prints one JSON line per event;
+``python -m tidings tail URL`` follows a stream over SSE (any server), long polling or
+WebSocket with the matching client and prints one JSON line per event;
 ``python -m tidings publish URL DATA`` posts one event.  Results go to standard
-output, diagnostics to standard error.
+output, diagnostics (logging, configured here for the command) to standard error.
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import trio
 
+from tidings import __version__
 from tidings.cursor import new_epoch
-from tidings.errors import LocalProtocolError, RemoteProtocolError
+from tidings.errors import LocalProtocolError
 from tidings.history import MemoryHistory
-from tidings.longpoll.client import PollEvent
-from tidings.sse.parser import MessageEvent
+from tidings.names import MAX_TOPIC_LENGTH, is_valid_topic
 from tidings.trio import Hub, ServerConfig, serve, server_ssl_context
 from tidings.trio._http_client import HTTPTransportError, open_request
-from tidings.trio._tail import emit, event_line, reset_line, run_tail
-from tidings.trio.client import EventStreamClosed, EventStreamFailed, open_event_stream
-from tidings.trio.longpoll_client import open_long_poll
+from tidings.trio._tail import TRANSPORTS, TailOptions, tail
 
 __all__ = ["main"]
 
@@ -45,9 +43,10 @@ EXIT_USAGE = 2
 _EPILOG = """\
 exit status:
   0    success (serve: drained after SIGINT/SIGTERM; tail: stopped by SIGINT or
-       SIGTERM, or the server answered 204 No Content; publish: event accepted)
+       SIGTERM, or the server asked it to stop; publish: event accepted)
   1    failure (serve: cannot listen or load the certificate; tail: the server
-       refused the stream; publish: non-2xx answer or network error)
+       refused the stream, or --max-retries attempts failed; publish: non-2xx
+       answer or network error)
   2    bad command line
   130  interrupted by SIGINT before the command could stop cleanly
 """
@@ -75,7 +74,7 @@ def _http2_choice(args: argparse.Namespace) -> bool | None:
 async def _serve(args: argparse.Namespace) -> int:
     history = MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
     hub = Hub(history)
-    config = ServerConfig(http2=args.http2)
+    config = ServerConfig(http2=args.http2, sse_retry=args.retry)
     ssl_context = None
     if args.certfile is not None:
         try:
@@ -122,71 +121,19 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _tail(args: argparse.Namespace) -> int:
-    if args.transport == "poll":
-        return await _tail_poll(args)
-    if args.transport == "ws":
-        from tidings.trio._ws_tail import tail_ws
-
-        return await tail_ws(
-            args.url, args.topic or [], args.last_event_id, _client_tls(args.cacert)
+    return await tail(
+        TailOptions(
+            url=args.url,
+            transport=args.transport,
+            topics=args.topic or (),
+            last_event_id=args.last_event_id,
+            http2=_http2_choice(args),
+            ssl_context=_client_tls(args.cacert),
+            idle_timeout=args.idle_timeout,
+            max_retries=args.max_retries,
+            connect_timeout=args.connect_timeout,
         )
-
-    async def follow() -> int:
-        try:
-            async with open_event_stream(
-                args.url,
-                last_event_id=args.last_event_id,
-                http2=_http2_choice(args),
-                ssl_context=_client_tls(args.cacert),
-                idle_timeout=args.idle_timeout,
-            ) as events:
-                async for item in events:
-                    if isinstance(item, MessageEvent):
-                        emit(event_line(item.last_event_id, item.type, item.data))
-                    else:
-                        if item.reason:
-                            log.warning("reset (%s): continuing from %s", item.reason, item.cursor)
-                        emit(reset_line(item.cursor))
-        except EventStreamClosed as exc:
-            log.info("%s", exc)
-        except EventStreamFailed as exc:
-            print(f"tidings tail: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        except LocalProtocolError as exc:  # a bad URL or Last-Event-ID
-            print(f"tidings tail: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        return EXIT_OK
-
-    return await run_tail(follow)
-
-
-async def _tail_poll(args: argparse.Namespace) -> int:
-    """``tail --transport poll``: the same JSON lines as the SSE tail, by long polling."""
-
-    async def follow() -> int:
-        try:
-            async with open_long_poll(
-                args.url,
-                cursor=args.last_event_id,
-                http2=_http2_choice(args),
-                ssl_context=_client_tls(args.cacert),
-            ) as poll:
-                async for item in poll:
-                    if isinstance(item, PollEvent):
-                        emit(event_line(item.id, item.event, item.data))
-                    else:
-                        log.warning("reset: continuing from %s", item.cursor)
-                        emit(reset_line(item.cursor))
-            log.info("%s: the server answered 204: stopping", args.url)
-        except RemoteProtocolError as exc:  # PollRejected, or not a poll endpoint
-            print(f"tidings tail: {args.url}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        except LocalProtocolError as exc:  # a bad URL or cursor
-            print(f"tidings tail: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        return EXIT_OK
-
-    return await run_tail(follow)
+    )
 
 
 # -- publish -------------------------------------------------------------------------
@@ -245,25 +192,51 @@ async def _publish(args: argparse.Namespace) -> int:
 # -- the command line ----------------------------------------------------------------
 
 
+def _integer(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text, "a whole number")
     if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _integer(text, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _integer(text, "a port number")
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be 0..65535")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
     return value
+
+
+def _topic(text: str) -> str:
+    if not is_valid_topic(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a topic name (1 to {MAX_TOPIC_LENGTH} characters from "
+            "A-Z a-z 0-9 . _ ~ -, not . or ..)"
+        )
+    return text
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -283,14 +256,44 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_SERVE_DESCRIPTION = """Serve every tidings endpoint on one port:
+
+  GET  /topics/{topic}/events   Server-Sent Events (resume with Last-Event-ID)
+  GET  /topics/{topic}/poll     long polling (?cursor=, ?timeout=, ?limit=)
+  POST /topics/{topic}          publish: the body is the data, ?event= its type;
+                                answers 201 {"id": ...}
+  GET  /ws                      WebSocket sessions (subprotocol tidings.v1)
+  GET  /healthz                 200 while the process runs
+  GET  /readyz                  200, or 503 while draining
+
+HTTP/1.1 and HTTP/2 (prior knowledge) share the port; with --certfile, TLS with
+ALPN.  Prints the URL on stdout, then serves until SIGINT or SIGTERM, drains
+gracefully and exits 0."""
+
+_TAIL_DESCRIPTION = """Follow a stream and print one JSON object per line on stdout:
+{"id": ..., "event": ..., "data": ...} per event and {"reset": true, "cursor": ...}
+per reset (events were skipped).  URL is the endpoint of the chosen transport:
+
+  sse   an event stream, http://host/topics/T/events (any SSE server)
+  poll  a long-poll endpoint, http://host/topics/T/poll
+  ws    a WebSocket session endpoint, ws://host/ws, with one or more --topic
+
+Reconnects and resumes by itself (busy servers, 503 and Retry-After included) and
+logs each reconnection on stderr.  Stops on SIGINT/SIGTERM or when the server asks
+it to (exit 0), or with one line on stderr (exit 1) when the server refuses the
+stream or --max-retries attempts in a row failed."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tidings`` command."""
     parser = argparse.ArgumentParser(
         prog="tidings",
-        description="Live updates over SSE that survive every disconnect.",
+        description="Live updates over SSE, long polling and WebSockets that survive every "
+        "disconnect.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="print only warnings and errors on stderr"
     )
@@ -299,12 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve = commands.add_parser(
         "serve",
         help="run the reference server (in-memory history)",
-        description=(
-            "Serve GET /topics/{topic}/events (SSE), POST /topics/{topic}, /healthz and\n"
-            "/readyz.  HTTP/1.1 and HTTP/2 (prior knowledge) share the port; with\n"
-            "--certfile, TLS with ALPN.  Prints the URL on stdout, then serves until\n"
-            "SIGINT or SIGTERM, drains gracefully and exits 0."
-        ),
+        description=_SERVE_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -329,44 +327,65 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="events kept per topic for resuming [1000]",
     )
+    p_serve.add_argument(
+        "--retry",
+        type=_count,
+        default=ServerConfig().sse_retry,
+        metavar="MS",
+        help="the SSE 'retry' sent to clients: the least wait, in milliseconds, before "
+        "they reconnect after a stream ended [%(default)s]",
+    )
 
     p_tail = commands.add_parser(
         "tail",
-        help="follow an event stream, one JSON line per event",
-        description=(
-            "Follow the SSE stream at URL (any server) and print one JSON object per\n"
-            'line on stdout: {"id": ..., "event": ..., "data": ...} per event and\n'
-            '{"reset": true, "cursor": ...} per reset (events were skipped).\n'
-            "Reconnects with backoff and Last-Event-ID forever; diagnostics go to\n"
-            "stderr.  Stops on SIGINT/SIGTERM or when the server answers 204 (exit 0),\n"
-            "or when it refuses the stream (exit 1)."
-        ),
+        help="follow a stream, one JSON line per event",
+        description=_TAIL_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p_tail.add_argument("url", metavar="URL", help="the stream, e.g. http://host/topics/T/events")
-    p_tail.add_argument("--last-event-id", metavar="ID", help="resume after this event ID")
+    p_tail.add_argument("url", metavar="URL", help="the endpoint, e.g. http://host/topics/T/events")
     p_tail.add_argument(
         "--transport",
         default="sse",
-        metavar="sse|poll|ws",
-        help="how to follow URL: 'sse' (an event stream), 'poll' (a long-poll endpoint, "
-        "--last-event-id is the start cursor) or 'ws' [sse]",
+        choices=sorted(TRANSPORTS),
+        help="how to follow URL [sse]",
+    )
+    p_tail.add_argument(
+        "--last-event-id",
+        metavar="ID",
+        help="resume after this event ID ('earliest': everything retained; the start "
+        "cursor with --transport poll)",
     )
     p_tail.add_argument(
         "--topic",
         action="append",
+        type=_topic,
         metavar="T",
         help="with --transport ws: a topic to follow (repeat for several)",
+    )
+    p_tail.add_argument(
+        "--max-retries",
+        type=_count,
+        metavar="N",
+        help="give up (exit 1) after N failed reconnection attempts in a row [never]",
+    )
+    p_tail.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="S",
+        help="a connection attempt that takes longer than S seconds (with --transport poll: "
+        "S plus the poll's hold time) fails and is retried [30]",
     )
     p_tail.add_argument(
         "--idle-timeout",
         type=_positive_float,
         metavar="S",
-        help="reconnect when the stream is silent for S seconds (use with servers that "
-        "send heartbeats; tidings sends one every 15 s) [never]",
+        help="with --transport sse: reconnect when the stream is silent for S seconds (use "
+        "with servers that send heartbeats; tidings sends one every 15 s) [never]",
     )
     _add_client_options(p_tail)
+    p_tail.set_defaults(subparser=p_tail)
 
     p_publish = commands.add_parser(
         "publish",
@@ -392,16 +411,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_tail(args: argparse.Namespace) -> None:
+    """Refuse tail options that do not fit together, with the tail's own usage."""
+    p_tail: argparse.ArgumentParser = args.subparser
+    scheme = urlsplit(args.url).scheme.lower()
+    if args.transport != "ws" and scheme in ("ws", "wss"):
+        p_tail.error(f"{args.url} is a WebSocket URL: add --transport ws (and --topic T)")
+    if args.transport == "ws":
+        if scheme in ("http", "https"):
+            p_tail.error(
+                f"--transport ws needs a ws:// or wss:// URL (the session endpoint, "
+                f"e.g. ws://host/ws), not {args.url}"
+            )
+        if not args.topic:
+            p_tail.error("--transport ws needs at least one --topic")
+        for option, given in (
+            ("--idle-timeout", args.idle_timeout is not None),
+            ("--http2", args.http2),
+            ("--http1", args.http1),
+        ):
+            if given:
+                p_tail.error(f"{option} is not for --transport ws")
+    elif args.topic:
+        p_tail.error("--topic is for --transport ws (the URL names the topic otherwise)")
+    if args.transport == "poll" and args.idle_timeout is not None:
+        p_tail.error("--idle-timeout is for --transport sse")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tidings`` command with *argv* (default: ``sys.argv[1:]``); the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "tail" and args.transport not in ("sse", "poll", "ws"):
-        parser.error(f"--transport {args.transport} is unknown; use sse, poll or ws")
-    if args.command == "tail" and args.transport == "ws" and not args.topic:
-        parser.error("--transport ws needs at least one --topic")
-    if args.command == "tail" and args.transport != "ws" and args.topic:
-        parser.error("--topic is for --transport ws (the URL names the topic otherwise)")
+    if args.command == "tail":
+        _check_tail(args)
     if args.command == "serve" and args.keyfile is not None and args.certfile is None:
         parser.error("--keyfile needs --certfile")
     logging.basicConfig(

@@ -8,12 +8,17 @@ Two layers, both free of clocks and global randomness:
   exponential ``d = min(cap, base * factor ** attempt)``, never the other way round:
   capping after jittering would make every client wait exactly ``cap`` once the
   exponential saturates, re-synchronising the reconnect storm jitter exists to spread.
-  A ``floor`` (the SSE ``retry`` field or an HTTP ``Retry-After``, in seconds) is put
-  under the result: ``delay = max(floor, jittered)``.
+  (A policy's own ``floor`` argument gives ``max(floor, jittered)``.)
 * :class:`Backoff` is a small tracker that owns the attempt counter and the previous
-  delay.  It resets the counter **only** after a connection stayed up for a stable
-  period (default 5 s), so a server that accepts and then closes at once cannot drive
-  the client into a hot reconnect loop.
+  delay, and knows what the connection that ended achieved (:class:`Loss`).  A
+  connection that delivered something new, or stayed up for a stable period (default
+  5 s), resets the counter; one that died young with nothing new does not, so a server
+  that accepts and then closes at once cannot drive the client into a hot reconnect
+  loop.  A server's floor (the SSE ``retry`` field, an HTTP ``Retry-After``) goes
+  *under* the jitter: ``delay = floor + jittered``, so that a crowd told the same floor
+  does not come back in step.
+
+:func:`default_backoff` is the pacing every tidings client uses.
 
 Randomness comes in as any object with a ``random() -> float`` method (see
 :class:`Random`): pass ``random.Random(seed)`` in tests and ``random.SystemRandom()`` or
@@ -26,6 +31,7 @@ jitter the first retry waits ``U(0, 0.5)`` s, and from the seventh on ``U(0, 30)
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,15 +42,18 @@ __all__ = [
     "DEFAULT_BASE",
     "DEFAULT_CAP",
     "DEFAULT_FACTOR",
+    "DEFAULT_SPREAD",
     "DEFAULT_STABLE_PERIOD",
     "Backoff",
     "BackoffPolicy",
     "DecorrelatedJitter",
     "EqualJitter",
     "FullJitter",
+    "Loss",
     "NoJitter",
     "Random",
     "capped_exponential",
+    "default_backoff",
 ]
 
 #: Default delay scale of the first retry, in seconds.
@@ -53,8 +62,10 @@ DEFAULT_BASE = 0.5
 DEFAULT_FACTOR = 2.0
 #: Default ceiling of the exponential (before the floor), in seconds.
 DEFAULT_CAP = 30.0
-#: Default time a connection must stay up before the attempt counter resets, in seconds.
+#: Default time a connection must stay up to count as stable, in seconds.
 DEFAULT_STABLE_PERIOD = 5.0
+#: First window of :func:`default_backoff` after a stable connection ended, in seconds.
+DEFAULT_SPREAD = 5.0
 
 
 class Random(Protocol):
@@ -75,6 +86,11 @@ def _check_seconds(name: str, value: float, *, positive: bool = False) -> None:
     if not math.isfinite(value) or value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
         raise LocalProtocolError(f"{name} must be finite and {bound}, got {value!r}")
+
+
+def _check_now(now: float) -> None:
+    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
+        raise LocalProtocolError(f"now must be a finite number, got {now!r}")
 
 
 def _check_attempt(attempt: int) -> None:
@@ -268,28 +284,61 @@ class NoJitter:
         return _apply_floor(capped_exponential(attempt, self.base, self.factor, self.cap), floor)
 
 
+class Loss(enum.Enum):
+    """How the connection that just ended went: it decides the next delay (see :class:`Backoff`)."""
+
+    #: It stayed up for the stable period: the server (or the path to it) went away
+    #: under a settled client, and probably under every other client at the same
+    #: moment.  The counter resets and the next attempts are spread widely.
+    STABLE = "stable"
+    #: It ended before the stable period but delivered something new: the server
+    #: works and the path is flaky.  The counter resets and the client resumes soon.
+    PROGRESS = "progress"
+    #: It never opened, or it ended young with nothing new: a failure.  The counter
+    #: grows.
+    FAILURE = "failure"
+
+
 class Backoff:
     """Attempt counter and previous delay of one reconnecting client, without a clock.
 
     Call :meth:`connected` when a connection is established (for HTTP: when a good
-    response arrived, not merely when TCP connected) and :meth:`disconnected` when it
-    ends or a connection attempt fails; the latter returns how long to wait.  The
-    counter goes back to zero only when the connection that just ended had stayed up
-    for at least *stable_period* seconds: a server that accepts and closes at once
-    keeps the client backing off exactly as if it refused the connection.
+    response arrived, not merely when TCP connected), :meth:`progress` whenever it
+    delivers something new (an event not seen before, an acknowledged publish), and
+    :meth:`disconnected` when it ends or a connection attempt fails; the latter
+    returns how long to wait.  What the connection achieved decides the delay
+    (:class:`Loss`):
 
-    *floor_spread* (default 0, meaning exactly ``max(floor, jittered)``) spreads a
-    positive floor upward over ``[floor, floor * (1 + floor_spread)]``.  Without it, many
-    clients told the same ``retry`` or ``Retry-After`` value return at the same instant
-    whenever the floor exceeds their jittered delay.
+    * **failure** -- it never opened, or it died before *stable_period* seconds
+      without delivering anything new: the counter grows, so a server that accepts and
+      closes at once, or sends the same nothing again and again, gets ever longer
+      pauses, never a hot loop;
+    * **progress** -- it delivered something new but died young (a proxy or a mobile
+      link that cuts connections every few kilobytes): the counter resets and the
+      delay is the policy's first, ``U(0, base)`` by default, *without* the standing
+      floor (below), so a follower keeps up with the stream;
+    * **stable** -- it lived for the stable period: the counter resets and the run
+      of attempts that follows is paced by *spread_policy* (the policy itself when
+      ``None``).  A settled connection that drops is what a server restart does to
+      every client at once; a wide first window spreads that crowd.
+
+    Two kinds of floor sit *under the jitter*, ``delay = floor + jittered``, so that a
+    crowd told the same value still comes back spread out ("full jitter above the
+    floor"): *floor*, one loss's own minimum (an HTTP ``Retry-After``, the delay a
+    WebSocket 1012 asks for), applies always; *standing_floor*, a server's general
+    preference (the SSE ``retry`` field), applies after a failure or a stable
+    connection but not after progress.  When both are given the larger is used.
     """
 
     __slots__ = (
         "_attempt",
         "_connected_at",
-        "_floor_spread",
+        "_last_loss",
         "_previous",
+        "_progressed",
+        "_run_policy",
         "policy",
+        "spread_policy",
         "stable_period",
     )
 
@@ -298,18 +347,22 @@ class Backoff:
         policy: BackoffPolicy | None = None,
         *,
         stable_period: float = DEFAULT_STABLE_PERIOD,
-        floor_spread: float = 0.0,
+        spread_policy: BackoffPolicy | None = None,
     ) -> None:
         _check_seconds("stable_period", stable_period)
-        _check_seconds("floor_spread", floor_spread)
         #: The policy that turns attempts into delays (:class:`FullJitter` by default).
         self.policy: BackoffPolicy = FullJitter() if policy is None else policy
-        #: Seconds a connection must stay up before the attempt counter resets.
+        #: The policy of the attempts after a stable connection ended (``None``: the
+        #: same as :attr:`policy`).
+        self.spread_policy = spread_policy
+        #: Seconds a connection must stay up to count as stable.
         self.stable_period = stable_period
-        self._floor_spread = floor_spread
         self._attempt = 0
         self._previous: float | None = None
         self._connected_at: float | None = None
+        self._progressed = False
+        self._run_policy: BackoffPolicy = self.policy
+        self._last_loss: Loss | None = None
 
     @property
     def attempt(self) -> int:
@@ -318,7 +371,7 @@ class Backoff:
 
     @property
     def previous(self) -> float | None:
-        """The policy's last result (before the floor), or ``None`` after a reset."""
+        """The policy's last result (before any floor), or ``None`` after a reset."""
         return self._previous
 
     @property
@@ -326,39 +379,95 @@ class Backoff:
         """When the current connection was established, or ``None`` when not connected."""
         return self._connected_at
 
+    @property
+    def progressed(self) -> bool:
+        """Whether the current connection delivered something new (see :meth:`progress`)."""
+        return self._progressed
+
+    @property
+    def last_loss(self) -> Loss | None:
+        """How the connection behind the last :meth:`disconnected` went (``None`` before)."""
+        return self._last_loss
+
     def connected(self, now: float) -> None:
         """A connection is established at *now*; its lifetime starts counting."""
-        if not isinstance(now, int | float) or not math.isfinite(now):
-            raise LocalProtocolError(f"now must be a finite number, got {now!r}")
+        _check_now(now)
         self._connected_at = now
+        self._progressed = False
 
-    def disconnected(self, now: float, rng: Random, floor: float = 0.0) -> float:
+    def progress(self) -> None:
+        """The current connection delivered something new (an event, an acknowledgement).
+
+        The failures are forgotten at once (:attr:`attempt` is 0 again), and the loss
+        of this connection will not count as one.  Raises
+        :class:`~tidings.errors.LocalProtocolError` when not connected.
+        """
+        if self._connected_at is None:
+            raise LocalProtocolError("progress() without a connection (call connected() first)")
+        if not self._progressed:
+            self._progressed = True
+            self.reset()
+
+    def disconnected(
+        self, now: float, rng: Random, floor: float = 0.0, *, standing_floor: float = 0.0
+    ) -> float:
         """The connection (or connection attempt) ended at *now*: how long to wait.
 
-        Resets the counter first if the connection had been up for at least the stable
-        period, then draws a delay, never below *floor*, and counts the attempt.
+        Classifies the connection (:attr:`last_loss`), resets the counter after a
+        stable or productive one, then draws ``floor + jittered`` (see the class
+        documentation for the two floors) and counts the attempt.
         """
-        if not isinstance(now, int | float) or not math.isfinite(now):
-            raise LocalProtocolError(f"now must be a finite number, got {now!r}")
+        _check_now(now)
         _check_seconds("floor", floor)
+        _check_seconds("standing_floor", standing_floor)
         since = self._connected_at
+        progressed = self._progressed
         self._connected_at = None
+        self._progressed = False
         if since is not None and now - since >= self.stable_period:
+            loss = Loss.STABLE
             self.reset()
-        jittered = self.policy.next(self._attempt, rng, previous=self._previous)
-        if floor > 0 and self._floor_spread > 0:
-            floor += floor * self._floor_spread * rng.random()
+            if self.spread_policy is not None:
+                self._run_policy = self.spread_policy
+        elif progressed:
+            loss = Loss.PROGRESS
+            self.reset()
+            standing_floor = 0.0
+        else:
+            loss = Loss.FAILURE
+        self._last_loss = loss
+        jittered = self._run_policy.next(self._attempt, rng, previous=self._previous)
         self._previous = jittered
         self._attempt += 1
-        return max(floor, jittered)
+        return max(floor, standing_floor) + jittered
 
     def reset(self) -> None:
         """Forget the failures: the next delay is computed as for a first retry."""
         self._attempt = 0
         self._previous = None
+        self._run_policy = self.policy
 
     def __repr__(self) -> str:
         return (
             f"<Backoff attempt={self._attempt} previous={self._previous!r} "
             f"connected_at={self._connected_at!r} policy={self.policy!r}>"
         )
+
+
+def default_backoff() -> Backoff:
+    """The pacing every tidings client uses unless given another :class:`Backoff`.
+
+    After a failure, full jitter over ``min(30, 1 * 2**n)`` seconds; after a
+    connection that delivered something new but died young, ``U(0, 1)`` s; after a
+    connection that stayed up :data:`DEFAULT_STABLE_PERIOD` (5 s), full jitter over
+    ``min(30, 5 * 2**n)`` s (:data:`DEFAULT_SPREAD`), so that the crowd a server
+    restart disconnects all at once comes back over several seconds: 1 000 clients
+    then peak at about 3 % of them per 100 ms whatever the downtime, where a fixed
+    3 s plus up to 25 % put them all within 0.75 s (see ``tests/test_backoff.py`` and
+    ``bench/bench_storm.py``).
+    """
+    return Backoff(
+        FullJitter(base=1.0, cap=DEFAULT_CAP),
+        stable_period=DEFAULT_STABLE_PERIOD,
+        spread_policy=FullJitter(base=DEFAULT_SPREAD, cap=DEFAULT_CAP),
+    )

@@ -12,8 +12,9 @@ from __future__ import annotations
 import calendar
 import math
 import re
+from collections.abc import Iterable
 
-__all__ = ["parse_http_date", "parse_retry_after"]
+__all__ = ["parse_http_date", "parse_retry_after", "retry_after_from_headers"]
 
 _MONTHS = {
     name: index
@@ -93,3 +94,28 @@ def parse_retry_after(
             return None
         reference = wall_time
     return max(0.0, target - reference)
+
+
+def retry_after_from_headers(
+    headers: Iterable[tuple[bytes | str, bytes | str]], *, wall_time: float | None = None
+) -> float | None:
+    """The delay the first ``Retry-After`` of a response's *headers* asks for, or ``None``.
+
+    Names are matched case-insensitively (bytes are read as Latin-1); an HTTP-date is
+    measured against the first ``Date`` field, else *wall_time*, as in
+    :func:`parse_retry_after`.
+    """
+    retry_after: str | None = None
+    date: str | None = None
+    for raw_name, raw_value in headers:
+        name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
+        if name not in ("retry-after", "date"):
+            continue
+        value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
+        if name == "retry-after" and retry_after is None:
+            retry_after = value
+        elif name == "date" and date is None:
+            date = value
+    if retry_after is None:
+        return None
+    return parse_retry_after(retry_after, date=date, wall_time=wall_time)

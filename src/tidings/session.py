@@ -8,12 +8,14 @@ touches a socket.  An adapter feeds it what happened (``connected``, ``closed``,
 accepts are the data in :data:`TRANSITIONS`; any other input is a caller bug and raises
 :class:`~tidings.errors.LocalProtocolError`.
 
-Retry versus stop is decided by two pure functions, :func:`classify_close` (WebSocket
-close codes) and :func:`classify_http` (HTTP statuses and ``Retry-After``), so that the
-rule is written down once and the same for every transport.  Delays come from
-:class:`tidings.backoff.Backoff`, which resets its attempt counter only after a
-connection stayed up for a stable period: a server that accepts and immediately closes
-gets ever longer pauses, not a hot loop.
+Retry versus stop, and the delays, come from one :class:`~tidings.retry.Retrier`
+(the decision tables :func:`~tidings.retry.classify_close` and
+:func:`~tidings.retry.classify_http`, the pacing of :class:`tidings.backoff.Backoff`),
+the same object the SSE and long-poll clients use, so the rule is written down once
+and is the same for every transport.  Progress counts: a connection that delivered a
+new message resets the attempt counter, one that died young with nothing new does not,
+so a server that accepts and immediately closes gets ever longer pauses, not a hot
+loop.
 
 :class:`HeartbeatPolicy` is the ping/pong clock of one WebSocket connection: ping every
 *interval* seconds, give up on the peer (close 1011) when no pong arrives within
@@ -28,8 +30,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from tidings.backoff import Backoff, FullJitter, Random
+from tidings.backoff import Backoff, Random, default_backoff
 from tidings.errors import LocalProtocolError
+from tidings.retry import (
+    DEFAULT_MAX_FLOOR,
+    DEFAULT_RESTART_DELAY,
+    GiveUp,
+    Reconnect,
+    Retrier,
+    Verdict,
+    classify_close,
+    classify_http,
+)
 
 __all__ = [
     "DEFAULT_MAX_FLOOR",
@@ -53,140 +65,9 @@ __all__ = [
     "default_backoff",
 ]
 
-#: Minimum wait after close code 1012 (service restart), in seconds.
-DEFAULT_RESTART_DELAY = 5.0
-#: Largest server-imposed floor (``Retry-After``, restart delay) honoured, in seconds.
-DEFAULT_MAX_FLOOR = 300.0
 #: Default ping interval and pong timeout of :class:`HeartbeatPolicy`, in seconds.
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PONG_TIMEOUT = 20.0
-
-
-# --------------------------------------------------------------------------- classifier
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What to do after a connection ended: retry (after at least *floor* s) or stop."""
-
-    retry: bool
-    reason: str
-    #: A lower bound on the next delay imposed by the peer (seconds, 0 when none).
-    floor: float = 0.0
-
-
-# Close codes that end the session whoever sent them: the same request would fail the
-# same way (protocol, payload and policy errors; 1015 is a TLS failure that retrying
-# will not fix).
-_STOP_CODES: Mapping[int, str] = {
-    1002: "protocol error",
-    1003: "unsupported data",
-    1007: "invalid payload data",
-    1008: "policy violation",
-    1009: "message too big",
-    1010: "mandatory extension missing",
-    1015: "TLS handshake failure",
-    3000: "unauthorized",
-    3003: "forbidden",
-}
-# Close codes after which the same request will probably work later.
-_RETRY_CODES: Mapping[int, str] = {
-    1005: "closed without a status code",
-    1006: "connection lost",
-    1011: "internal error",
-    1012: "service restart",
-    1013: "try again later",
-    1014: "bad gateway",
-    3008: "timeout",
-}
-
-
-def classify_close(
-    code: int | None,
-    *,
-    by_peer: bool,
-    restart_delay: float = DEFAULT_RESTART_DELAY,
-) -> Verdict:
-    """Retry or stop after a WebSocket closed with *code* (``None``: no close frame).
-
-    *by_peer* is true when the peer initiated the close.
-
-    ==========================  =======================================================
-    code                        verdict
-    ==========================  =======================================================
-    ``None`` (network error)    retry
-    1000 normal closure         stop (the server is done with us, or we are done)
-    1001 going away             by the peer: retry (server shutting down or draining);
-                                by us: stop (the application is leaving)
-    1002 1003 1007-1010 1015    stop: the same connection would fail the same way
-    1005 1006 1011 1013 1014    retry
-    1012 service restart        retry, waiting at least *restart_delay* seconds
-    3000 / 3003                 stop (IANA-registered unauthorized / forbidden)
-    3008                        retry (IANA-registered timeout)
-    4400-4499                   stop, except 4408 and 4429: retry
-    4500-4599                   retry
-    anything else               retry (backoff bounds the cost of guessing wrong)
-    ==========================  =======================================================
-
-    **The 44xx convention.**  Application close codes 4400-4499 mirror the HTTP 4xx
-    status ``code - 4000``: 4401 unauthorized, 4403 forbidden, 4404 no such topic,
-    4408 request timeout, 4429 too many requests.  Like their HTTP counterparts they
-    stop the session, except 4408 and 4429, which are temporary.  4500-4599 mirror
-    HTTP 5xx and are retried.  A tidings server uses these codes to refuse a session
-    after the upgrade (for example when credentials expire).
-    """
-    if code is None:
-        return Verdict(True, "network error")
-    if type(code) is not int:
-        raise LocalProtocolError(f"close code must be an int or None, not {code!r}")
-    if code == 1000:
-        return Verdict(False, "normal closure")
-    if code == 1001:
-        if by_peer:
-            return Verdict(True, "peer going away")
-        return Verdict(False, "going away")
-    if code in _STOP_CODES:
-        return Verdict(False, _STOP_CODES[code])
-    if code == 1012:
-        _check_seconds("restart_delay", restart_delay)
-        return Verdict(True, _RETRY_CODES[code], restart_delay)
-    if code in _RETRY_CODES:
-        return Verdict(True, _RETRY_CODES[code])
-    if 4400 <= code <= 4499:
-        if code in (4408, 4429):
-            return Verdict(True, f"application close {code} (temporary)")
-        return Verdict(False, f"application close {code} (refused)")
-    return Verdict(True, f"close code {code}")
-
-
-def classify_http(status: int, retry_after: float | None = None) -> Verdict:
-    """Retry or stop after a connection attempt was answered with HTTP *status*.
-
-    ==========================  =======================================================
-    status                      verdict
-    ==========================  =======================================================
-    408, 425, 429               retry
-    other 4xx                   stop (authentication, not found, bad request ...)
-    5xx                         retry
-    1xx, 2xx, 3xx               stop: the wrong answer to an upgrade or stream request
-                                (redirects are the adapter's business before this)
-    ==========================  =======================================================
-
-    *retry_after* (seconds, already parsed: see :func:`parse_retry_after`) becomes the
-    floor of the next delay whenever the verdict is retry; it matters most on 429 and
-    503.
-    """
-    if type(status) is not int or not 100 <= status <= 599:
-        raise LocalProtocolError(f"invalid HTTP status {status!r}")
-    floor = 0.0
-    if retry_after is not None:
-        _check_seconds("retry_after", retry_after)
-        floor = float(retry_after)
-    if status in (408, 425, 429) or status >= 500:
-        return Verdict(True, f"HTTP {status}", floor)
-    if status >= 400:
-        return Verdict(False, f"HTTP {status}")
-    return Verdict(False, f"unexpected HTTP {status}")
 
 
 def _check_seconds(name: str, value: float) -> None:
@@ -231,6 +112,7 @@ class SessionInput(enum.Enum):
     HTTP_FAILURE = "http_failure"
     NETWORK_ERROR = "network_error"
     MESSAGE = "message"
+    PROGRESS = "progress"
     TIMER = "timer"
     STOP = "stop"
 
@@ -252,6 +134,7 @@ TRANSITIONS: Mapping[tuple[SessionState, SessionInput], frozenset[SessionState]]
         (_S.CONNECTING, _I.TIMER): frozenset({_S.CONNECTING}),
         (_S.CONNECTING, _I.STOP): frozenset({_S.CLOSED}),
         (_S.OPEN, _I.MESSAGE): frozenset({_S.OPEN}),
+        (_S.OPEN, _I.PROGRESS): frozenset({_S.OPEN}),
         (_S.OPEN, _I.CLOSED): frozenset({_S.WAITING, _S.CLOSED}),
         # Long polling makes one HTTP request after another while "open".
         (_S.OPEN, _I.HTTP_FAILURE): frozenset({_S.WAITING, _S.CLOSED}),
@@ -271,7 +154,7 @@ class Connect:
 
     ``resume`` maps each tracked topic (``""`` for a single-stream transport such as
     SSE) to its last seen position in wire form, or ``None`` for "live from now".
-    ``attempt`` counts the failures since the last stable connection.
+    ``attempt`` counts the failures since the last stable or productive connection.
     """
 
     resume: Mapping[str, str | None]
@@ -287,30 +170,8 @@ class Wait:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    """Stop for good; ``code``/``status`` is the close code or HTTP status that decided."""
-
-    reason: str
-    code: int | None = None
-    status: int | None = None
-
-
 #: What a :class:`ReconnectingSession` input may return.
 SessionAction = Connect | Wait | GiveUp
-
-
-def default_backoff() -> Backoff:
-    """The backoff a :class:`ReconnectingSession` uses unless given one.
-
-    Full jitter over ``min(30, 1 * 2**n)`` s, reset only after 5 s of stable
-    connection, and server floors (``Retry-After``, restart delay) spread over
-    ``[floor, 1.5 * floor]``.  The 1 s base (rather than the 0.5 s backoff default)
-    spreads the first wave of a reconnect storm over a whole second: 1 000 clients
-    losing the server together then peak at about one sixth of the attempts per
-    100 ms that un-jittered clients make (see ``tests/test_session.py``).
-    """
-    return Backoff(FullJitter(base=1.0, cap=30.0), stable_period=5.0, floor_spread=0.5)
 
 
 class ReconnectingSession:
@@ -318,11 +179,13 @@ class ReconnectingSession:
 
     *rng* draws the jitter (``random.SystemRandom()`` or a private ``random.Random()``
     in production, seeded in tests).  *topics* are the streams to resume, mapped to
-    their starting positions (``None``: live from now).  *max_retries* gives up instead
-    of retrying once that many consecutive retries have failed (``None``: never give up
-    on a retryable failure; 0: never retry).  *restart_delay* is the
-    minimum wait after close code 1012 and *max_floor* caps any server-imposed
-    minimum wait (a hostile ``Retry-After: 99999999`` must not park a client forever).
+    their starting positions (``None``: live from now).  *backoff*, *max_retries*,
+    *restart_delay* and *max_floor* configure its :class:`~tidings.retry.Retrier`
+    (:attr:`retrier`): the pacing (:func:`~tidings.backoff.default_backoff` unless
+    given), giving up once *max_retries* consecutive retries failed (``None``: never
+    give up on a retryable failure; 0: never retry), the least wait after close code
+    1012, and the cap on any server-imposed minimum wait (a hostile
+    ``Retry-After: 99999999`` must not park a client forever).
     """
 
     def __init__(
@@ -335,16 +198,14 @@ class ReconnectingSession:
         restart_delay: float = DEFAULT_RESTART_DELAY,
         max_floor: float = DEFAULT_MAX_FLOOR,
     ) -> None:
-        if max_retries is not None and (type(max_retries) is not int or max_retries < 0):
-            raise LocalProtocolError("max_retries must be None or an int >= 0")
-        _check_seconds("restart_delay", restart_delay)
-        _check_seconds("max_floor", max_floor)
-        self._rng = rng
-        #: The backoff tracker (attempt counter, stable-period rule).
-        self.backoff = default_backoff() if backoff is None else backoff
-        self.max_retries = max_retries
-        self.restart_delay = restart_delay
-        self.max_floor = max_floor
+        #: The retry decision and its pacing (shared with the SSE and long-poll clients).
+        self.retrier = Retrier(
+            rng,
+            backoff=backoff,
+            max_retries=max_retries,
+            restart_delay=restart_delay,
+            max_floor=max_floor,
+        )
         self._state = SessionState.IDLE
         self._until: float | None = None
         self._positions: dict[str, str | None] = {}
@@ -354,6 +215,26 @@ class ReconnectingSession:
         else:
             for topic in topics:
                 self.track(topic)
+
+    @property
+    def backoff(self) -> Backoff:
+        """The pacing: attempt counter, stable-period and progress rules."""
+        return self.retrier.backoff
+
+    @property
+    def max_retries(self) -> int | None:
+        """Consecutive failed retries tolerated (``None``: no limit)."""
+        return self.retrier.max_retries
+
+    @property
+    def restart_delay(self) -> float:
+        """The least wait after close code 1012, in seconds."""
+        return self.retrier.restart_delay
+
+    @property
+    def max_floor(self) -> float:
+        """The largest server-imposed floor honoured, in seconds."""
+        return self.retrier.max_floor
 
     # -- observation
 
@@ -369,8 +250,8 @@ class ReconnectingSession:
 
     @property
     def attempt(self) -> int:
-        """Failed attempts since the last stable connection."""
-        return self.backoff.attempt
+        """Failed attempts since the last stable or productive connection."""
+        return self.retrier.attempt
 
     def next_deadline(self) -> float | None:
         """When :meth:`timer` has something to do (``None``: nothing scheduled)."""
@@ -416,15 +297,29 @@ class ReconnectingSession:
         """The connection attempt succeeded (handshake accepted / good response)."""
         _check_now(now)
         targets = self._enter(SessionInput.CONNECTED)
-        self.backoff.connected(now)
+        self.retrier.connected(now)
         self._go(targets, SessionState.OPEN)
 
-    def message(self, position: str, *, topic: str = "") -> None:
-        """A message at *position* of *topic* was delivered; resume after it."""
+    def message(self, position: str, *, topic: str = "", progress: bool = True) -> None:
+        """A message at *position* of *topic* was delivered; resume after it.
+
+        With *progress* (the default) it also counts as progress: the connection's
+        loss will not count as a failure.  Pass ``progress=False`` for bookkeeping
+        messages that every connection repeats (a subscription confirmed, a reset).
+        """
         targets = self._enter(SessionInput.MESSAGE)
         if not isinstance(position, str):
             raise LocalProtocolError("position must be a str (wire form)")
         self._positions[topic] = position
+        if progress:
+            self.retrier.progress()
+        self._go(targets, SessionState.OPEN)
+
+    def progress(self) -> None:
+        """The open connection achieved something new without a position (for example
+        a publish was acknowledged)."""
+        targets = self._enter(SessionInput.PROGRESS)
+        self.retrier.progress()
         self._go(targets, SessionState.OPEN)
 
     def closed(
@@ -433,23 +328,21 @@ class ReconnectingSession:
         """The open connection ended with close *code* (``None``: no close frame)."""
         _check_now(now)
         targets = self._enter(SessionInput.CLOSED)
-        verdict = classify_close(code, by_peer=by_peer, restart_delay=self.restart_delay)
-        detail = f"{verdict.reason}: {reason}" if reason else verdict.reason
-        return self._after(targets, verdict, detail, now, code=code)
+        return self._after(
+            targets, self.retrier.closed(code, reason, by_peer=by_peer, now=now), now
+        )
 
     def http_failure(self, status: int, retry_after: float | None, now: float) -> Wait | GiveUp:
         """The attempt (or a request of an open long-poll session) got HTTP *status*."""
         _check_now(now)
         targets = self._enter(SessionInput.HTTP_FAILURE)
-        verdict = classify_http(status, retry_after)
-        return self._after(targets, verdict, verdict.reason, now, status=status)
+        return self._after(targets, self.retrier.http_failure(status, retry_after, now), now)
 
     def network_error(self, now: float, error: str = "") -> Wait | GiveUp:
         """The attempt failed or the connection broke below the protocol (DNS, TCP, TLS)."""
         _check_now(now)
         targets = self._enter(SessionInput.NETWORK_ERROR)
-        detail = f"network error: {error}" if error else "network error"
-        return self._after(targets, Verdict(True, detail), detail, now)
+        return self._after(targets, self.retrier.network_error(now, error), now)
 
     def timer(self, now: float) -> Connect | None:
         """Time passed; returns :class:`Connect` once a :class:`Wait` has expired."""
@@ -471,26 +364,14 @@ class ReconnectingSession:
         self._go(targets, SessionState.CLOSED)
 
     def _after(
-        self,
-        targets: frozenset[SessionState],
-        verdict: Verdict,
-        detail: str,
-        now: float,
-        *,
-        code: int | None = None,
-        status: int | None = None,
+        self, targets: frozenset[SessionState], decision: Reconnect | GiveUp, now: float
     ) -> Wait | GiveUp:
-        if not verdict.retry:
+        if isinstance(decision, GiveUp):
             self._go(targets, SessionState.CLOSED)
-            return GiveUp(detail, code, status)
-        floor = min(verdict.floor, self.max_floor)
-        delay = self.backoff.disconnected(now, self._rng, floor)
-        if self.max_retries is not None and self.backoff.attempt > self.max_retries:
-            self._go(targets, SessionState.CLOSED)
-            return GiveUp(f"gave up after {self.max_retries} retries ({detail})", code, status)
-        self._until = now + delay
+            return decision
+        self._until = now + decision.delay
         self._go(targets, SessionState.WAITING)
-        return Wait(self._until, delay, detail)
+        return Wait(self._until, decision.delay, decision.reason)
 
     def __repr__(self) -> str:
         return (

@@ -18,6 +18,7 @@ from tidings.longpoll import (
     PollReset,
     parse_poll_request,
 )
+from tidings.retry import GiveUp, Reconnect
 
 URL = "http://h/topics/t/poll"
 JSON = [(b"content-type", b"application/json")]
@@ -251,18 +252,64 @@ def test_oversized_body_is_rejected() -> None:
 
 def test_connection_failure_backs_off_and_keeps_the_cursor() -> None:
     c = sent(client(cursor="ep.3"), now=0.0)
-    assert c.connection_failed(0.5) == 1.0
+    assert c.connection_failed(0.5, "refused") == Reconnect(1.0, "network error: refused")
     assert c.next_deadline() == 1.5
     assert c.cursor == "ep.3"
     c.send_request(1.5)
-    assert c.connection_failed(1.5) == 2.0
+    assert c.connection_failed(1.5) == Reconnect(2.0, "network error")
     assert c.attempt == 2
     c.send_request(3.5)
     c.receive_response(200, JSON, answer([], "ep.3"), 4.0)
-    assert c.attempt == 0
+    assert c.attempt == 2  # an answer with nothing new is no progress yet...
+    c.send_request(4.0)
+    c.receive_response(200, JSON, answer([{"id": "ep.4", "data": "x"}], "ep.4"), 5.0)
+    assert c.attempt == 0  # ...an event is
 
 
-@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_a_failure_soon_after_an_empty_answer_still_counts() -> None:
+    """A server that answers "nothing new" and then fails cannot make the client spin."""
+    c = sent(client())
+    delays = []
+    now = 0.0
+    for _ in range(4):
+        c.receive_response(200, JSON, answer([], "ep.1"), now)
+        c.send_request(now + 1.0)
+        decision = c.connection_failed(now + 1.5)
+        assert isinstance(decision, Reconnect)
+        delays.append(decision.delay)
+        now += 1.5 + decision.delay
+        c.send_request(now)
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_run_of_good_answers_that_lasted_the_stable_period_resets_the_backoff() -> None:
+    c = sent(client())
+    for t in range(3):
+        c.connection_failed(float(t))
+        c.send_request(float(t))
+    assert c.attempt == 3
+    c.receive_response(200, JSON, answer([], "ep.1"), 10.0)
+    c.send_request(11.0)
+    c.receive_response(200, JSON, answer([], "ep.1"), 36.0)
+    c.send_request(37.0)
+    assert c.connection_failed(50.0) == Reconnect(1.0, "network error")
+
+
+def test_max_retries_gives_up_with_a_rejection() -> None:
+    c = sent(client(max_retries=1))
+    assert isinstance(c.connection_failed(0.0), Reconnect)
+    c.send_request(1.0)
+    decision = c.connection_failed(1.0, "refused")
+    assert decision == GiveUp("gave up after 1 retries (network error: refused)")
+    assert c.closed
+    assert c.gave_up == decision
+    c = sent(client(max_retries=0))
+    with pytest.raises(PollRejected, match="gave up after 0 retries") as info:
+        c.receive_response(503, [], b"", 0.0)
+    assert info.value.status == 503
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
 def test_retryable_statuses_back_off(status: int) -> None:
     c = sent(client())
     assert c.receive_response(status, [], b"<html>busy</html>", 10.0) == []
@@ -270,29 +317,23 @@ def test_retryable_statuses_back_off(status: int) -> None:
     assert c.next_deadline() == 11.0
 
 
-@pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_seconds_is_a_floor(status: int) -> None:
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_retry_after_seconds_is_a_floor_under_the_backoff(status: int) -> None:
     c = sent(client())
     c.receive_response(status, [(b"Retry-After", b"120")], b"", 10.0)
-    assert c.next_deadline() == 130.0
+    assert c.next_deadline() == 131.0
 
 
-def test_retry_after_below_the_backoff_does_not_shorten_it() -> None:
+def test_retry_after_adds_to_the_backoff() -> None:
     c = sent(client(backoff=Backoff(NoJitter(base=5.0, cap=8.0))))
     c.receive_response(503, [(b"retry-after", b"1")], b"", 0.0)
-    assert c.next_deadline() == 5.0
-
-
-def test_retry_after_is_ignored_on_other_statuses() -> None:
-    c = sent(client())
-    c.receive_response(500, [(b"retry-after", b"120")], b"", 0.0)
-    assert c.next_deadline() == 1.0
+    assert c.next_deadline() == 6.0
 
 
 def test_retry_after_is_capped() -> None:
     c = sent(client(max_retry_after=60.0))
     c.receive_response(429, [(b"retry-after", b"86400")], b"", 0.0)
-    assert c.next_deadline() == 60.0
+    assert c.next_deadline() == 61.0
 
 
 def test_retry_after_date_is_measured_against_the_date_header() -> None:
@@ -302,14 +343,14 @@ def test_retry_after_date_is_measured_against_the_date_header() -> None:
         (b"retry-after", b"Sun, 06 Nov 1994 08:50:37 GMT"),
     ]
     c.receive_response(503, headers, b"", 100.0, wall_time=0.0)
-    assert c.next_deadline() == 160.0
+    assert c.next_deadline() == 161.0
 
 
 def test_retry_after_date_uses_wall_time_without_a_date_header() -> None:
     c = sent(client())
     headers = [(b"retry-after", b"Sun, 06 Nov 1994 08:50:37 GMT")]
     c.receive_response(503, headers, b"", 100.0, wall_time=784111837.0 - 30)
-    assert c.next_deadline() == 130.0
+    assert c.next_deadline() == 131.0
 
 
 def test_retry_after_date_without_any_clock_is_ignored() -> None:
@@ -324,7 +365,33 @@ def test_garbled_retry_after_only_loses_the_floor() -> None:
     assert c.next_deadline() == 1.0
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 301, 201])
+def test_the_head_of_an_event_stream_is_refused_before_its_endless_body() -> None:
+    c = sent(client())
+    with pytest.raises(RemoteProtocolError, match="event stream"):
+        c.receive_head(200, [(b"content-type", b"text/event-stream")])
+    assert c.closed
+
+
+def test_the_head_of_an_html_page_is_refused() -> None:
+    c = sent(client())
+    with pytest.raises(RemoteProtocolError, match="text/html"):
+        c.receive_head(200, [(b"content-type", b"text/html; charset=utf-8")])
+
+
+@pytest.mark.parametrize("status", [200, 304, 404, 503])
+def test_other_heads_wait_for_the_body(status: int) -> None:
+    c = sent(client())
+    c.receive_head(status, JSON)
+    assert c.state is ClientState.WAITING
+
+
+def test_a_reset_reason_in_the_answer_is_kept() -> None:
+    c = sent(client(cursor="old.5"))
+    body = json.dumps({"events": [], "cursor": "a.1", "reset": True, "reason": "evicted"})
+    assert c.receive_response(200, JSON, body.encode(), 0.0) == [PollReset("a.1", "evicted")]
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 301, 201, 501])
 def test_other_statuses_stop_with_a_typed_error(status: int) -> None:
     c = sent(client())
     with pytest.raises(PollRejected) as info:

@@ -196,7 +196,12 @@ def test_other_epoch_answers_a_reset_before_everything_retained() -> None:
     answer = answered(server.poll(history, 0.0))
     assert answer.status == 200
     cursor = Position(history.head("t").epoch, 0)
-    assert body(answer) == {"events": [], "cursor": str(cursor), "reset": True}
+    assert body(answer) == {
+        "events": [],
+        "cursor": str(cursor),
+        "reset": True,
+        "reason": "unknown-epoch",
+    }
     assert header(answer, b"etag") == f'"{cursor}"'.encode()
     after = answered(LongPollServer("t", PollRequest(cursor), now=0.0).poll(history, 0.0))
     assert [e["data"] for e in body(after)["events"]] == [f"event {i}" for i in range(1, 5)]
@@ -208,7 +213,12 @@ def test_evicted_position_answers_a_reset_before_the_earliest_retained() -> None
     answer = answered(
         LongPollServer("t", PollRequest(Position(epoch, 2)), now=0.0).poll(history, 0.0)
     )
-    assert body(answer) == {"events": [], "cursor": f"{epoch}.7", "reset": True}
+    assert body(answer) == {
+        "events": [],
+        "cursor": f"{epoch}.7",
+        "reset": True,
+        "reason": "evicted",
+    }
 
 
 def test_position_ahead_of_the_head_answers_a_reset() -> None:
@@ -299,7 +309,7 @@ def test_one_answer_computed_for_many_held_requests_is_the_answer_each_would_giv
 def test_receive_read_of_a_reset_answers_a_reset() -> None:
     server = LongPollServer("t", PollRequest(Position("ep", 1)), now=0.0)
     answer = answered(server.receive_read(Reset(Position("ep", 9), ResetReason.EVICTED), 0.0))
-    assert body(answer) == {"events": [], "cursor": "ep.9", "reset": True}
+    assert body(answer) == {"events": [], "cursor": "ep.9", "reset": True, "reason": "evicted"}
 
 
 def test_empty_read_after_the_deadline_answers_as_the_timer_would() -> None:

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.backoff import NoJitter
+from tidings.backoff import Backoff, NoJitter
 from tidings.errors import LocalProtocolError, RemoteProtocolError
+from tidings.retry import GiveUp, Reconnect
 from tidings.sse.client import (
     DEFAULT_MAX_RECONNECTION_TIME,
     EventSourceClient,
@@ -37,6 +38,15 @@ def reconnect(client: EventSourceClient, now: float) -> None:
     client.handle_timer(now)
     assert client.state is EventSourceState.CONNECTING
     assert client.receive_response(200, SSE, now) is EventSourceState.OPEN
+
+
+def delay_of(decision: Reconnect | GiveUp) -> float:
+    assert isinstance(decision, Reconnect), decision
+    return decision.delay
+
+
+def nojitter(base: float = 0.5) -> Backoff:
+    return Backoff(NoJitter(base=base))
 
 
 def header(client: EventSourceClient, name: bytes) -> bytes | None:
@@ -125,12 +135,65 @@ def test_204_means_the_server_says_stop() -> None:
     assert client.next_deadline() is None
 
 
-@pytest.mark.parametrize("status", [201, 301, 302, 304, 400, 401, 404, 429, 500, 503])
-def test_any_other_status_fails_for_good(status: int) -> None:
+@pytest.mark.parametrize("status", [201, 301, 302, 304, 400, 401, 404, 410, 501, 505])
+def test_a_status_that_retrying_cannot_fix_fails_for_good(status: int) -> None:
     client = make_client()
     assert client.receive_response(status, SSE, 0.0) is EventSourceState.CLOSED
     assert client.close_reason is EventSourceCloseReason.FAILED
     assert str(status) in client.close_message
+    assert isinstance(client.last_decision, GiveUp)
+    assert client.last_decision.status == status
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+def test_a_busy_or_restarting_server_is_waited_for(status: int) -> None:
+    client = make_client(backoff=nojitter())
+    assert client.receive_response(status, [], 10.0) is EventSourceState.WAITING
+    assert client.next_deadline() == 10.5
+    assert isinstance(client.last_decision, Reconnect)
+    assert str(status) in client.last_decision.reason
+    client.handle_timer(10.5)
+    assert client.state is EventSourceState.CONNECTING
+
+
+def test_retry_after_goes_under_the_jitter() -> None:
+    client = make_client(backoff=nojitter())
+    headers = [(b"retry-after", b"1"), (b"content-type", b"text/html")]
+    assert client.receive_response(503, headers, 10.0) is EventSourceState.WAITING
+    assert client.next_deadline() == 11.5
+
+
+def test_retry_after_as_a_date_is_read_against_the_date_header() -> None:
+    client = make_client(backoff=nojitter())
+    headers = [
+        ("Retry-After", "Sun, 06 Nov 1994 08:49:47 GMT"),
+        ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    ]
+    client.receive_response(429, headers, 0.0)
+    assert client.next_deadline() == 10.5
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_strict_mode_fails_on_every_status_but_200_as_browsers_do(status: int) -> None:
+    client = make_client(strict=True)
+    assert client.strict
+    assert client.receive_response(status, [(b"retry-after", b"1")], 0.0) is (
+        EventSourceState.CLOSED
+    )
+    assert client.close_reason is EventSourceCloseReason.FAILED
+
+
+def test_max_retries_gives_up_after_that_many_failures_in_a_row() -> None:
+    client = make_client(backoff=nojitter(), max_retries=2)
+    assert isinstance(client.connection_failed(0.0, "refused"), Reconnect)
+    client.handle_timer(10.0)
+    assert client.receive_response(503, [], 10.0) is EventSourceState.WAITING
+    client.handle_timer(20.0)
+    decision = client.connection_failed(20.0, "refused")
+    assert decision == GiveUp("gave up after 2 retries (network error: refused)")
+    assert client.state is EventSourceState.CLOSED
+    assert client.close_reason is EventSourceCloseReason.FAILED
+    assert client.close_message == decision.reason
 
 
 # -- the body ----------------------------------------------------------------------------
@@ -197,13 +260,13 @@ def test_id_inside_an_incomplete_event_at_a_network_error_is_not_persisted() -> 
 
 
 def test_server_retry_persists_across_connections() -> None:
-    client = open_client(floor_spread=0.0)
+    client = open_client(backoff=nojitter())
     client.receive_data(b"retry: 4000\n\n")
     assert client.reconnection_time == 4.0
-    assert client.receive_eof(1.0) == 4.0
-    reconnect(client, 5.0)
+    assert delay_of(client.receive_eof(1.0)) == 4.5
+    reconnect(client, 5.5)
     client.receive_data(b"data: no retry here\n\n")
-    assert client.receive_eof(6.0) >= 4.0
+    assert delay_of(client.receive_eof(6.0)) >= 4.0
     assert client.reconnection_time == 4.0
 
 
@@ -222,87 +285,152 @@ def test_invalid_retry_is_ignored() -> None:
 
 
 def test_huge_retry_is_clamped_to_the_maximum_reconnection_time() -> None:
-    client = open_client(max_reconnection_time=600.0, floor_spread=0.0)
+    client = open_client(max_reconnection_time=600.0, backoff=nojitter())
     client.receive_data(b"retry: 99999999999999\n\n")
     assert client.reconnection_time == 600.0
-    assert client.receive_eof(1.0) == 600.0
+    assert delay_of(client.receive_eof(1.0)) == 600.5
 
 
 # -- reconnect delays ---------------------------------------------------------------------
 
 
-def test_server_retry_is_a_floor_under_the_jittered_delay() -> None:
-    for seed in range(200):
-        client = open_client(rng=random.Random(seed), floor_spread=0.0)
-        client.receive_data(b"retry: 3000\n\n")
-        assert client.receive_eof(1.0) == 3.0  # the first jittered delay is < 0.5 s
-
-
-def test_floor_is_spread_upward_so_clients_do_not_return_in_step() -> None:
+def test_server_retry_is_a_floor_under_the_jitter() -> None:
     delays = set()
     for seed in range(200):
         client = open_client(rng=random.Random(seed))
         client.receive_data(b"retry: 3000\n\n")
-        delay = client.receive_eof(1.0)
-        assert 3.0 <= delay <= 3.75
+        delay = delay_of(client.receive_eof(1.0))
+        assert 3.0 <= delay <= 4.0  # the reconnection time, then U(0, 1) above it
         delays.add(delay)
     assert len(delays) == 200
 
 
 def test_without_retry_the_delay_is_the_backoff_alone() -> None:
-    client = open_client(policy=NoJitter(base=0.25))
-    assert client.receive_eof(1.0) == 0.25
+    client = open_client(backoff=nojitter(0.25))
+    assert delay_of(client.receive_eof(1.0)) == 0.25
 
 
 def test_default_reconnection_time_is_configurable() -> None:
-    client = open_client(reconnection_time=2.0, floor_spread=0.0)
+    client = open_client(reconnection_time=2.0, backoff=nojitter())
     assert client.reconnection_time == 2.0
-    assert client.receive_eof(1.0) == 2.0
+    assert delay_of(client.receive_eof(1.0)) == 2.5
 
 
 def test_network_error_while_connecting_waits_and_counts_an_attempt() -> None:
-    client = make_client(policy=NoJitter())
-    assert client.connection_failed(10.0) == 0.5
+    client = make_client(backoff=nojitter())
+    assert client.connection_failed(10.0, "refused") == Reconnect(0.5, "network error: refused")
     assert client.state is EventSourceState.WAITING
     assert client.next_deadline() == 10.5
     client.handle_timer(10.5)
-    assert client.connection_failed(10.5) == 1.0
+    assert delay_of(client.connection_failed(10.5)) == 1.0
     assert client.backoff.attempt == 2
 
 
 def test_accept_then_close_keeps_backing_off() -> None:
-    client = open_client(policy=NoJitter())
+    client = open_client(backoff=nojitter())
     now = 0.0
     delays = []
     for _ in range(7):
         now += 0.01
-        delays.append(client.receive_eof(now))
+        delays.append(delay_of(client.receive_eof(now)))
         now += delays[-1]
         reconnect(client, now)
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
 
 
+def test_a_server_that_repeats_its_backlog_makes_no_progress() -> None:
+    """A foreign server without ids sends the same events on every connection."""
+    client = open_client(backoff=nojitter())
+    now = 0.0
+    delays = []
+    for _ in range(5):
+        assert len(client.receive_data(b"data: same old\n\ndata: news\n\n")) == 2
+        now += 0.01
+        delays.append(delay_of(client.receive_eof(now)))
+        now += delays[-1]
+        reconnect(client, now)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_productive_connection_resumes_soon_without_the_reconnection_time() -> None:
+    client = open_client(backoff=nojitter(), last_event_id="e.1")
+    client.receive_data(b"retry: 3000\n\n")
+    now = 0.0
+    for n in range(2, 8):  # a link that cuts every connection after one event
+        assert client.receive_data(f"id: e.{n}\ndata: x\n\n".encode())
+        now += 0.2
+        decision = client.receive_eof(now)
+        assert decision == Reconnect(0.5, "stream ended by the server")
+        now += 0.5
+        reconnect(client, now)
+    assert client.backoff.attempt == 1
+
+
+def test_progress_is_judged_when_the_connection_ends() -> None:
+    client = make_client(backoff=nojitter())
+    for t in range(3):
+        client.connection_failed(float(t))
+        client.handle_timer(1e3)
+    assert client.backoff.attempt == 3
+    client.receive_response(200, SSE, 1e3)
+    client.receive_data(b"id: e.1\ndata: x\n\n")
+    assert client.backoff.attempt == 3
+    assert delay_of(client.connection_failed(1e3 + 0.5)) == 0.5
+    assert client.backoff.attempt == 1
+
+
+def test_a_server_that_replays_the_same_ids_ignoring_last_event_id_makes_no_progress() -> None:
+    client = open_client(backoff=nojitter())
+    backlog = b"id: e.1\ndata: a\n\nid: e.2\ndata: b\n\nid: e.3\ndata: c\n\n"
+    assert len(client.receive_data(backlog)) == 3  # the first time, it is news
+    now = 0.1
+    assert delay_of(client.receive_eof(now)) == 0.5
+    delays = []
+    for _ in range(4):
+        now += 0.5
+        reconnect(client, now)
+        for chunk in (backlog[:20], backlog[20:]):  # the same events again, from e.1
+            client.receive_data(chunk)
+        now += 0.1
+        delays.append(delay_of(client.receive_eof(now)))
+        now += delays[-1]
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_reset_alone_is_not_progress() -> None:
+    client = open_client(backoff=nojitter(), last_event_id="e.1")
+    client.receive_data(b"retry: 3000\n\n")
+    client.receive_data(b'id: f.1\nevent: tidings.reset\ndata: {"cursor": "f.1"}\n\n')
+    assert delay_of(client.receive_eof(0.5)) == 3.5
+
+
+def test_strict_mode_waits_the_reconnection_time_even_after_progress() -> None:
+    client = open_client(backoff=nojitter(), strict=True)
+    client.receive_data(b"retry: 3000\nid: e.2\ndata: x\n\n")
+    assert delay_of(client.receive_eof(0.5)) == 3.5
+
+
 def test_connection_open_for_the_stable_period_resets_the_backoff() -> None:
-    client = open_client(policy=NoJitter())
+    client = open_client(backoff=nojitter())
     now = 0.0
     for _ in range(4):
-        now += client.receive_eof(now)
+        now += delay_of(client.receive_eof(now))
         reconnect(client, now)
     assert client.backoff.attempt == 4
-    assert client.receive_eof(now + 5.0) == 0.5
+    assert delay_of(client.receive_eof(now + 5.0)) == 0.5
     assert client.backoff.attempt == 1
 
 
 def test_stable_period_counts_from_the_good_response_not_the_request() -> None:
-    client = make_client(policy=NoJitter())
+    client = make_client(backoff=nojitter())
     client.connection_failed(0.0)
     client.handle_timer(100.0)
     client.receive_response(200, SSE, 104.0)
-    assert client.receive_eof(106.0) == 1.0
+    assert delay_of(client.receive_eof(106.0)) == 1.0
 
 
 def test_timer_before_the_deadline_does_nothing() -> None:
-    client = open_client(policy=NoJitter())
+    client = open_client(backoff=nojitter())
     client.receive_eof(10.0)
     assert client.next_deadline() == 10.5
     client.handle_timer(10.4)
@@ -435,7 +563,7 @@ def test_non_finite_time_is_refused(now: float) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"reconnection_time": -1.0}, {"max_reconnection_time": float("nan")}, {"floor_spread": -1}],
+    [{"reconnection_time": -1.0}, {"max_reconnection_time": float("nan")}, {"max_retries": -1}],
 )
 def test_invalid_configuration_is_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(LocalProtocolError):
@@ -477,5 +605,7 @@ def test_a_retry_of_hundreds_of_digits_is_clamped_not_an_overflow() -> None:
     assert [e.data for e in events] == ["kept"]
     assert client.last_event_id == "2"
     assert client.state is EventSourceState.OPEN
-    delay = client.receive_eof(1.0)
-    assert delay >= DEFAULT_MAX_RECONNECTION_TIME
+    assert client.reconnection_time == DEFAULT_MAX_RECONNECTION_TIME
+    client.receive_eof(1.0)  # "2" was new: resumed soon (the retry is no floor after progress)
+    reconnect(client, 3.0)
+    assert delay_of(client.receive_eof(4.0)) >= DEFAULT_MAX_RECONNECTION_TIME

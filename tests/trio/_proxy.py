@@ -1,10 +1,12 @@
 """A TCP proxy for tests that cuts connections at random, reproducibly.
 
 Each accepted connection is relayed to the target; for the first ``max_cuts``
-connections the proxy draws (from a seeded ``random.Random``) how many bytes of the
-server's answer to pass on, from 0 to ``max_bytes``, and then closes both sides
-abruptly -- in the middle of a header, a chunk, an HTTP/2 frame or an event, as luck
-has it.  Later connections are relayed untouched, so a test always finishes.
+connections (every one when ``max_cuts`` is ``None``) the proxy draws (from a seeded
+``random.Random``) how many bytes of the server's answer to pass on, from
+``min_bytes`` to ``max_bytes``, and then closes both sides abruptly -- in the middle
+of a header, a chunk, an HTTP/2 frame or an event, as luck has it.  With a
+``max_cuts``, later connections are relayed untouched, so a test always finishes;
+without one, a client finishes only by making progress on every connection.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import trio
 class ChaosProxy:
     target_port: int
     rng: random.Random
-    max_cuts: int = 30
+    max_cuts: int | None = 30
     max_bytes: int = 64 * 1024
+    min_bytes: int = 0
     target_host: str = "127.0.0.1"
     port: int = 0
     connections: int = 0
@@ -41,8 +44,8 @@ class ChaosProxy:
     async def _relay(self, client: trio.SocketStream) -> None:
         self.connections += 1
         budget: int | None = None
-        if self.connections <= self.max_cuts:
-            budget = self.rng.randint(0, self.max_bytes)
+        if self.max_cuts is None or self.connections <= self.max_cuts:
+            budget = self.rng.randint(self.min_bytes, self.max_bytes)
             self.cut_at.append(budget)
         try:
             server = await trio.open_tcp_stream(self.target_host, self.target_port)

@@ -8,6 +8,7 @@ connections at random.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
@@ -25,12 +26,11 @@ import trio
 import trio.testing
 import trustme
 
-from tidings.backoff import NoJitter
+from tidings.backoff import Backoff, NoJitter
 from tidings.cursor import new_epoch
 from tidings.errors import LocalProtocolError
+from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory
-from tidings.sse.parser import MessageEvent
-from tidings.sse.reset import ResetNotice
 from tidings.trio import Hub, Server, ServerConfig, serve
 from tidings.trio.client import (
     EventStream,
@@ -52,12 +52,12 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def event(data: str, id: str, type: str = "message") -> MessageEvent:
-    return MessageEvent(type=type, data=data, last_event_id=id)
+def event(data: str, id: str, type: str = "message", topic: str | None = None) -> Event:
+    return Event(topic, id, type, data)
 
 
-async def take(events: EventStream, count: int) -> list[MessageEvent | ResetNotice]:
-    out: list[MessageEvent | ResetNotice] = []
+async def take(events: EventStream, count: int) -> list[Event | ResetNotice]:
+    out: list[Event | ResetNotice] = []
     async for item in events:
         out.append(item)
         if len(out) == count:
@@ -117,7 +117,7 @@ async def test_reset_events_are_surfaced_as_reset_notices(nursery: trio.Nursery)
     server = await FakeServer(lambda s, i: sse_reply(body, hold=True)).start(nursery)
     async with open_event_stream(server.url(), last_event_id="old.1") as events:
         assert await take(events, 3) == [
-            ResetNotice("E.7", "evicted"),
+            ResetNotice(None, "E.7", "evicted"),
             event("next", "E.8"),
             event("not json", "E.8", "tidings.reset"),  # not a valid reset: passed on as is
         ]
@@ -159,10 +159,8 @@ async def test_network_errors_are_retried_with_backoff(
         return sse_reply(b"data: finally\n\n", hold=True)
 
     server = await FakeServer(respond).start(nursery)
-    policy = NoJitter(base=1.0, factor=2.0, cap=60.0)
-    async with open_event_stream(
-        server.url(), connect_timeout=None, policy=policy, floor_spread=0
-    ) as events:
+    backoff = Backoff(NoJitter(base=1.0, factor=2.0, cap=60.0))
+    async with open_event_stream(server.url(), connect_timeout=None, backoff=backoff) as events:
         assert await take(events, 1) == [event("finally", "")]
     gaps = [b.at - a.at for a, b in zip(server.requests, server.requests[1:], strict=False)]
     assert gaps == pytest.approx([1.0, 2.0, 4.0])
@@ -172,16 +170,77 @@ async def test_server_retry_is_the_floor_of_the_reconnect_delay(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     def respond(seen: Seen, index: int) -> Reply:
-        return sse_reply(b"retry: 5000\nid: 1\ndata: a\n\n", hold=index > 0)
+        if index == 0:
+            return sse_reply(b"retry: 5000\n\n")  # ends without a new event
+        return sse_reply(b"id: 1\ndata: a\n\n", hold=True)
 
     server = await FakeServer(respond).start(nursery)
     async with open_event_stream(
-        server.url(), connect_timeout=None, floor_spread=0.25, rng=random.Random(7)
+        server.url(), connect_timeout=None, rng=random.Random(7)
     ) as events:
-        await take(events, 2)
+        await take(events, 1)
         assert events.reconnection_time == 5.0
     gap = server.requests[1].at - server.requests[0].at
-    assert 5.0 <= gap <= 5.0 * 1.25
+    assert 5.0 <= gap <= 6.0  # the floor, then U(0, 1) of jitter above it
+
+
+async def test_after_new_events_the_stream_resumes_without_waiting_the_retry(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    def respond(seen: Seen, index: int) -> Reply:
+        return sse_reply(b"retry: 5000\nid: %d\ndata: a\n\n" % index, hold=index == 3)
+
+    server = await FakeServer(respond).start(nursery)
+    async with open_event_stream(
+        server.url(), connect_timeout=None, rng=random.Random(7)
+    ) as events:
+        await take(events, 4)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(server.requests)]
+    assert len(gaps) == 3
+    assert all(gap <= 1.0 for gap in gaps)  # U(0, 1) each: every connection made progress
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_busy_server_is_waited_for_with_retry_after_as_a_floor(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, status: int
+) -> None:
+    def respond(seen: Seen, index: int) -> Reply:
+        if index == 0:
+            return Reply(status=status, headers=[("retry-after", "2")], chunks=[b"busy"])
+        return sse_reply(b"id: 1\ndata: here\n\n", hold=True)
+
+    server = await FakeServer(respond).start(nursery)
+    async with open_event_stream(server.url(), connect_timeout=None) as events:
+        assert await take(events, 1) == [event("here", "1")]
+    gap = server.requests[1].at - server.requests[0].at
+    assert 2.0 <= gap <= 3.0
+
+
+async def test_max_retries_ends_the_stream(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await FakeServer(lambda s, i: Reply(status=503, headers=[])).start(nursery)
+    async with open_event_stream(server.url(), connect_timeout=None, max_retries=2) as events:
+        with pytest.raises(EventStreamFailed, match="gave up after 2 retries") as info:
+            await events.__anext__()
+    assert info.value.status == 503
+    assert len(server.requests) == 3
+
+
+async def test_strict_mode_fails_on_a_503_as_a_browser_does(nursery: trio.Nursery) -> None:
+    server = await FakeServer(lambda s, i: Reply(status=503, headers=[])).start(nursery)
+    async with open_event_stream(server.url(), strict=True) as events:
+        with pytest.raises(EventStreamFailed, match="503"):
+            await events.__anext__()
+    assert len(server.requests) == 1
+
+
+async def test_events_of_a_topic_url_carry_the_topic(nursery: trio.Nursery) -> None:
+    body = b'id: E.7\nevent: tidings.reset\ndata: {"cursor":"E.7"}\n\nid: E.8\ndata: x\n\n'
+    server = await FakeServer(lambda s, i: sse_reply(body, hold=True)).start(nursery)
+    async with open_event_stream(server.url("/base/topics/a%2Db/events?x=1")) as events:
+        assert events.topic == "a-b"
+        assert await take(events, 2) == [ResetNotice("a-b", "E.7"), event("x", "E.8", topic="a-b")]
 
 
 async def test_idle_timeout_counts_as_a_network_error(
@@ -233,7 +292,7 @@ async def test_204_stops_the_stream_with_event_stream_closed(nursery: trio.Nurse
         return Reply(status=204, headers=[])
 
     server = await FakeServer(respond).start(nursery)
-    async with open_event_stream(server.url(), policy=NoJitter(base=0.001)) as events:
+    async with open_event_stream(server.url(), backoff=Backoff(NoJitter(base=0.001))) as events:
         assert await events.__anext__() == event("a", "1")
         with pytest.raises(EventStreamClosed) as info:
             await events.__anext__()
@@ -247,8 +306,8 @@ async def test_204_stops_the_stream_with_event_stream_closed(nursery: trio.Nurse
 @pytest.mark.parametrize(
     ("status", "headers", "match"),
     [
-        (500, [SSE], "status 500"),
-        (404, [("content-type", "text/html")], "status 404"),
+        (501, [SSE], "HTTP 501 Not Implemented"),
+        (404, [("content-type", "text/html")], "HTTP 404 Not Found"),
         (200, [("content-type", "text/plain")], "not text/event-stream"),
         (200, [], "no Content-Type"),
     ],
@@ -405,11 +464,11 @@ async def _stop_process_group(process: trio.Process, grace: float) -> None:
 async def test_foreign_server_stream_is_followed_across_its_ends(peer: str, http2: bool) -> None:
     # The peer ends every response after three events and resumes from Last-Event-ID.
     async with open_event_stream(
-        peer + "/events", http2=http2, policy=NoJitter(base=0.01, cap=0.01)
+        peer + "/events", http2=http2, backoff=Backoff(NoJitter(base=0.01, cap=0.01))
     ) as events:
         got = await take(events, 10)
         assert events.connections == 4
-    assert [(e.last_event_id, e.data) for e in got if isinstance(e, MessageEvent)] == [
+    assert [(e.id, e.data) for e in got if isinstance(e, Event)] == [
         (str(i), f"event {i}") for i in range(1, 11)
     ]
 
@@ -440,11 +499,11 @@ async def test_no_event_is_lost_or_repeated_when_connections_are_cut(
             proxy.url("/topics/chaos/events"),
             http2=http2,
             last_event_id=hub.history.memory.head("chaos").format(),
-            policy=NoJitter(base=0.001, cap=0.01),
+            backoff=Backoff(NoJitter(base=0.001, cap=0.01)),
         ) as events:
             nursery.start_soon(publish)
             async for item in events:
-                assert isinstance(item, MessageEvent), item  # never a reset: history holds all
+                assert isinstance(item, Event), item  # never a reset: history holds all
                 received.append(item.data)
                 if len(received) == total:
                     break

@@ -13,8 +13,9 @@ import trio.testing
 from tidings.backoff import Backoff, NoJitter
 from tidings.cursor import Position, new_epoch
 from tidings.errors import LocalProtocolError, RemoteProtocolError
+from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory
-from tidings.longpoll import AdaptivePoller, PollEvent, PollRejected, PollReset
+from tidings.longpoll import AdaptivePoller, PollRejected
 from tidings.trio import Hub, LongPoll, Server, ServerConfig, open_long_poll, serve
 
 try:
@@ -26,8 +27,8 @@ POLL = "/topics/t/poll"
 FAST = Backoff(NoJitter(base=0.001, cap=0.01))
 
 
-async def take(poll: LongPoll, count: int) -> list[PollEvent | PollReset]:
-    out: list[PollEvent | PollReset] = []
+async def take(poll: LongPoll, count: int) -> list[Event | ResetNotice]:
+    out: list[Event | ResetNotice] = []
     async for item in poll:
         out.append(item)
         if len(out) == count:
@@ -35,7 +36,7 @@ async def take(poll: LongPoll, count: int) -> list[PollEvent | PollReset]:
     return out
 
 
-async def take_live(poll: LongPoll, hub: Hub, data: str) -> list[PollEvent | PollReset]:
+async def take_live(poll: LongPoll, hub: Hub, data: str) -> list[Event | ResetNotice]:
     """Publish *data* on topic t once *poll*'s request is held; take what it brings."""
 
     async def later() -> None:
@@ -58,10 +59,10 @@ async def test_replays_from_earliest_then_follows_live_events(server: Server, hu
             third = await take_live(poll, hub, "c")
             assert poll.http_version == "1.1"
     assert first == [
-        PollEvent(a.format(), None, "a"),
-        PollEvent(b.format(), "tick", "b"),
+        Event("t", a.format(), "message", "a"),
+        Event("t", b.format(), "tick", "b"),
     ]
-    assert [item.data for item in third if isinstance(item, PollEvent)] == ["c"]
+    assert [item.data for item in third if isinstance(item, Event)] == ["c"]
 
 
 async def test_a_start_cursor_that_was_evicted_yields_a_reset_then_live_events(
@@ -79,9 +80,9 @@ async def test_a_start_cursor_that_was_evicted_yields_a_reset_then_live_events(
             assert poll.cursor == head.format()
             fresh = await take_live(poll, hub, "fresh")
             assert poll.http_version == "2"
-    assert reset == [PollReset(cursor)]
+    assert reset == [ResetNotice("t", cursor, "evicted")]
     assert [item.data for item in retained] == [str(i) for i in range(20, 120)]  # type: ignore[union-attr]
-    assert isinstance(fresh[0], PollEvent)
+    assert isinstance(fresh[0], Event)
     assert fresh[0].data == "fresh"
 
 
@@ -99,7 +100,7 @@ async def test_timeout_answers_are_followed_by_new_polls_without_loss(
             nursery.start_soon(later)
             got = await take(poll, 1)
         assert poll.requests >= 3
-    assert isinstance(got[0], PollEvent)
+    assert isinstance(got[0], Event)
     assert got[0].data == "late"
 
 
@@ -120,7 +121,7 @@ async def test_conditional_short_polling_with_an_adaptive_poller(
         # Growing intervals (1, 1.5, 2.25, ... capped at 8): far fewer than 30 polls.
         assert 5 <= poll.requests <= 12
     assert poller.interval == 1  # back to active after the change
-    assert isinstance(got[0], PollEvent)
+    assert isinstance(got[0], Event)
     assert got[0].data == "news"
 
 
@@ -147,7 +148,7 @@ async def test_network_failures_are_retried_from_the_same_cursor(
             nursery.start_soon(appear)
             got = await take(poll, 1)
             assert poll.failures >= 3
-    assert got == [PollEvent(stored.format(), None, "waiting")]
+    assert got == [Event("t", stored.format(), "message", "waiting")]
 
 
 async def test_a_404_ends_the_poll_with_poll_rejected(server: Server) -> None:
@@ -183,7 +184,7 @@ async def test_a_drain_sends_the_client_back_without_loss(nursery: trio.Nursery,
 
             nursery.start_soon(drain_then_publish)
             got = await take(poll, 1)
-    assert isinstance(got[0], PollEvent)
+    assert isinstance(got[0], Event)
     assert got[0].data == "after drain"
 
 
@@ -232,7 +233,7 @@ async def test_no_event_is_lost_or_repeated_when_connections_are_cut(
         ) as poll:
             nursery.start_soon(publish)
             async for item in poll:
-                assert isinstance(item, PollEvent), item  # never a reset: history holds all
+                assert isinstance(item, Event), item  # never a reset: history holds all
                 received.append(item.data)
                 ids.append(item.id)
                 if len(received) == total:

@@ -365,7 +365,12 @@ async def test_an_evicted_cursor_gets_a_reset_before_the_earliest_retained(
     with trio.fail_after(5):
         status, headers, body = await client.request("GET", f"{POLL}?cursor={first}")
         assert status == 200
-        assert answer(body) == {"events": [], "cursor": cursor.format(), "reset": True}
+        assert answer(body) == {
+            "events": [],
+            "cursor": cursor.format(),
+            "reset": True,
+            "reason": "evicted",
+        }
         assert headers[b"etag"] == f'"{cursor}"'.encode()
         # Polling on from the reset's cursor gets every event still retained.
         _, _, body = await client.request("GET", f"{POLL}?cursor={cursor}&limit=1000")
@@ -381,7 +386,12 @@ async def test_an_unknown_epoch_gets_a_reset_before_everything_retained(
     with trio.fail_after(5):
         status, _, body = await client.request("GET", f"{POLL}?cursor={other}")
     assert status == 200
-    assert answer(body) == {"events": [], "cursor": f"{stored.epoch}.0", "reset": True}
+    assert answer(body) == {
+        "events": [],
+        "cursor": f"{stored.epoch}.0",
+        "reset": True,
+        "reason": "unknown-epoch",
+    }
 
 
 # -- HTTP/2 ---------------------------------------------------------------------------

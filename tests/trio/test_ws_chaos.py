@@ -18,9 +18,9 @@ import trio.lowlevel
 
 from tidings.backoff import Backoff, FullJitter
 from tidings.cursor import EARLIEST, Position, new_epoch
+from tidings.events import Event
 from tidings.history import MemoryHistory, Replay
 from tidings.trio import Hub, Server, ServerConfig, WebSocketSession, open_session, serve
-from tidings.ws import EventMessage
 
 from ._proxy import ChaosProxy
 
@@ -33,9 +33,9 @@ SERVER_MESSAGES = 5000
 TOTAL = CLIENT_MESSAGES + SERVER_MESSAGES
 
 
-async def follow(session: WebSocketSession, out: list[EventMessage], resets: list[str]) -> None:
+async def follow(session: WebSocketSession, out: list[Event], resets: list[str]) -> None:
     async for item in session:
-        if isinstance(item, EventMessage):
+        if isinstance(item, Event):
             out.append(item)
             if len(out) + len(resets) >= TOTAL:
                 return
@@ -63,7 +63,7 @@ async def test_every_event_once_in_order_and_every_publish_stored_once(
         nursery
     )
     url = f"ws://127.0.0.1:{proxy.port}/ws"
-    received: list[list[EventMessage]] = [[] for _ in range(CLIENTS)]
+    received: list[list[Event]] = [[] for _ in range(CLIENTS)]
     resets: list[list[str]] = [[] for _ in range(CLIENTS)]
     sessions: list[WebSocketSession] = []
     restarted = trio.Event()

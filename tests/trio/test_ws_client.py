@@ -14,6 +14,8 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from tidings.backoff import Backoff, FullJitter, NoJitter
 from tidings.cursor import new_epoch
+from tidings.errors import LocalProtocolError
+from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory
 from tidings.trio import (
     Action,
@@ -27,7 +29,7 @@ from tidings.trio import (
     open_session,
 )
 from tidings.trio._http import Request as HTTPRequest
-from tidings.ws import EventMessage, ResetMessage
+from tidings.ws import EventMessage
 
 from ._proxy import ChaosProxy
 from .conftest import StartServer
@@ -60,9 +62,9 @@ async def test_unknown_cursor_surfaces_as_a_reset(server: Server, hub: Hub) -> N
     head = await hub.publish("t", "x")
     async with open_session(ws_url(server.port), {"t": "zz.9"}) as session:
         reset = await session.__anext__()
-        assert reset == ResetMessage("t", f"{head.epoch}.0", "unknown-epoch")
+        assert reset == ResetNotice("t", f"{head.epoch}.0", "unknown-epoch")
         replayed = await session.__anext__()
-        assert isinstance(replayed, EventMessage)
+        assert isinstance(replayed, Event)
         assert replayed.id == head.format()
 
 
@@ -85,7 +87,7 @@ async def test_session_resumes_every_topic_after_cuts_without_loss_or_duplicates
             await hub.publish(topics[i % 2], f"{i}")
         while sum(map(len, seen.values())) < 300:
             item = await session.__anext__()
-            assert isinstance(item, EventMessage), item
+            assert isinstance(item, Event), item
             seen[item.topic].append(item.data)
         assert session.connections > 1
     assert seen == {t: [str(i) for i in range(k, 300, 2)] for k, t in enumerate(topics)}
@@ -103,14 +105,42 @@ async def test_refused_handshake_gives_up_with_the_status(start_server: StartSer
     assert session.attempts == 1
 
 
+async def test_a_404_raises_session_closed_bare_out_of_the_block(server: Server) -> None:
+    async def follow() -> None:
+        async with open_session(f"ws://127.0.0.1:{server.port}/nope", ["t"]) as session:
+            async for _ in session:
+                pass  # pragma: no cover
+
+    with pytest.raises(SessionClosed) as info:  # not an ExceptionGroup around it
+        await follow()
+    assert info.value.status == 404
+    assert "404" in str(info.value)
+
+
+async def test_what_the_body_raises_comes_out_bare(server: Server) -> None:
+    class Mine(Exception):
+        pass
+
+    with pytest.raises(Mine):
+        async with open_session(ws_url(server.port), ["t"]):
+            raise Mine
+
+
+@pytest.mark.parametrize(
+    "headers", [[("authorization", "x")], {"Sec-WebSocket-Protocol": "x"}, {"X-Bad": "a\nb"}]
+)
+async def test_headers_are_a_checked_mapping(headers: object) -> None:
+    with pytest.raises(LocalProtocolError):
+        async with open_session("ws://127.0.0.1:9/ws", headers=headers):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+
+
 async def test_credentials_reach_the_auth_hook(start_server: StartServer) -> None:
     async def auth(request: HTTPRequest, action: Action, topic: str | None) -> Refusal | None:
         return None if request.header(b"authorization") == b"Bearer ok" else Refusal()
 
     server = await start_server(config=ServerConfig(auth=auth))
-    async with open_session(
-        ws_url(server.port), headers=[(b"authorization", b"Bearer ok")]
-    ) as session:
+    async with open_session(ws_url(server.port), headers={"Authorization": "Bearer ok"}) as session:
         assert await session.publish("t", "in")
 
 
@@ -288,7 +318,7 @@ async def test_busy_consumer_loses_no_event_and_is_not_taken_for_a_dead_peer(
             "ws://fake/ws", {"t": "earliest"}, buffer=0, ping_interval=1, pong_timeout=1
         ) as session:
             async for item in session:
-                assert isinstance(item, EventMessage), item
+                assert isinstance(item, Event), item
                 got.append(item.data)
                 if len(got) == 1:
                     await trio.sleep(30)  # a busy consumer: no pongs are read meanwhile
@@ -313,11 +343,11 @@ async def test_event_whose_hand_over_a_lost_connection_cancelled_is_delivered_be
     patch_transport(monkeypatch, nursery, server.serve_stream, attempts)
     for i in range(1, 4):
         hub.publish_nowait("t", str(i))
-    got: list[EventMessage] = []
+    got: list[Event] = []
 
     async def consume(session: WebSocketSession) -> None:
         async for item in session:
-            assert isinstance(item, EventMessage), item
+            assert isinstance(item, Event), item
             got.append(item)
             if len(got) == 1:
                 await trio.sleep(5)  # "2" is received and waits for us meanwhile

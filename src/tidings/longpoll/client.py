@@ -17,6 +17,10 @@ next request.  The adapter only performs requests::
         for item in client.receive_response(status, headers, body, now()):
             yield item          # PollEvent or PollReset
 
+(An adapter that streams the answer should call :meth:`LongPollClient.receive_head`
+as soon as the head arrives: an endpoint that is not a poll endpoint -- an event
+stream, say, whose body never ends -- is then refused at once.)
+
 The cursor only moves when a complete, valid answer arrived, so a request cut off at
 any point is simply repeated from the same cursor: nothing is skipped and nothing is
 delivered twice.
@@ -30,11 +34,15 @@ Scheduling rules:
 * a reset: at once the first time; a second reset in a row backs off, since two
   resets in a row mean the cursor is not sticking (say, servers with separate
   histories behind one balancer);
-* a network error, ``408``, ``429`` or ``5xx``: back off with :class:`tidings.backoff.Backoff`;
-  on ``429`` and ``503`` a ``Retry-After`` is a floor under the delay (capped at
-  *max_retry_after*);
+* a network error, or a status the one retry decision of every tidings client
+  (:func:`tidings.retry.classify_http`) retries -- 408, 425, 429, 500, 502, 503, 504
+  -- backs off, with any ``Retry-After`` as a floor under the delay (capped at
+  *max_retry_after*).  An answer that brought new events counts as progress and a run
+  of good answers that lasted the stable period as a stable connection, as for the
+  streaming transports (see :class:`tidings.backoff.Backoff`);
 * ``204``: the server says stop; the client closes quietly;
-* any other status: :class:`PollRejected`, and the client closes;
+* any other status, or *max_retries* failed retries in a row: :class:`PollRejected`,
+  and the client closes;
 * a ``200`` whose body is not a valid answer: :class:`~tidings.errors.RemoteProtocolError`,
   and the client closes (the URL is not a tidings poll endpoint).
 """
@@ -54,7 +62,8 @@ from tidings.cursor import EARLIEST, Position
 from tidings.errors import InvalidCursor, LocalProtocolError, RemoteProtocolError
 from tidings.longpoll.adaptive import AdaptivePoller
 from tidings.longpoll.request import DEFAULT_TIMEOUT
-from tidings.retry_after import parse_retry_after
+from tidings.retry import GiveUp, Reconnect, Retrier
+from tidings.retry_after import retry_after_from_headers
 
 __all__ = [
     "ClientState",
@@ -68,8 +77,6 @@ __all__ = [
 #: Largest answer body accepted by default, in bytes.
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 _MAX_TIMEOUT = 86_400.0
-_RETRY_STATUSES = frozenset({408, 429})
-_FLOOR_STATUSES = frozenset({429, 503})
 
 
 class ClientState(enum.Enum):
@@ -97,10 +104,11 @@ class PollReset:
     """The server could not continue from the cursor; resynchronise from ``cursor``.
 
     Events before this point may have been missed; the events that follow it continue
-    from ``cursor`` (the head when the reset was decided).
+    from ``cursor``.  ``reason`` is the answer's ``"reason"`` member when it has one.
     """
 
     cursor: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +126,18 @@ class OutgoingPoll:
 
 
 class PollRejected(RemoteProtocolError):
-    """The server answered with a status that means "do not retry" (most 4xx).
+    """The long poll ended for good: the server answered with a status that means "do
+    not retry" (most 4xx), or *max_retries* retries in a row failed.
 
-    ``status`` is that HTTP status; the message includes the server's ``error`` text
-    when the body carried one.  (``error_status_hint`` keeps its default: it is about
-    answering a request, which a client does not do.)
+    ``status`` is the HTTP status that decided (``None`` when the last failure was a
+    network error); the message includes the server's ``error`` text when the body
+    carried one.  (``error_status_hint`` keeps its default: it is about answering a
+    request, which a client does not do.)
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int | None, message: str) -> None:
         super().__init__(message)
-        #: The HTTP status the server answered with.
+        #: The HTTP status that decided, if one did.
         self.status = status
 
 
@@ -174,7 +184,7 @@ def _parse_event(item: object, index: int) -> PollEvent:
     return PollEvent(event_id, kind, data)
 
 
-def _parse_body(body: bytes) -> tuple[list[PollEvent], str, bool]:
+def _parse_body(body: bytes) -> tuple[list[PollEvent], str, bool, str | None]:
     try:
         document: Any = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -191,7 +201,23 @@ def _parse_body(body: bytes) -> tuple[list[PollEvent], str, bool]:
     reset = document["reset"]
     if not isinstance(reset, bool):
         raise RemoteProtocolError("'reset' must be true or false")
-    return [_parse_event(item, i) for i, item in enumerate(raw_events)], cursor, reset
+    reason = document.get("reason")
+    if not isinstance(reason, str):
+        reason = None
+    events = [_parse_event(item, i) for i, item in enumerate(raw_events)]
+    return events, cursor, reset, reason
+
+
+def _check_json(headers: Iterable[tuple[bytes | str, bytes | str]]) -> None:
+    for raw_name, raw_value in headers:
+        if _text(raw_name).lower() == "content-type":
+            media = _text(raw_value).split(";", 1)[0].strip(" \t").lower()
+            if media == "text/event-stream":
+                raise RemoteProtocolError(
+                    "answer is text/event-stream, not JSON: an event stream, not a poll endpoint"
+                )
+            if media != "application/json" and not media.endswith("+json"):
+                raise RemoteProtocolError(f"answer has content-type {media!r}, not JSON")
 
 
 def _error_text(body: bytes) -> str | None:
@@ -218,23 +244,26 @@ class LongPollClient:
     default 0: conditional short polling paced by the :class:`AdaptivePoller`, with
     the cursor in the header).  *limit* asks for at most that many events per answer
     (``None``: the server's default).  *rng* feeds the backoff jitter; *backoff* is the
-    tracker to use (default :class:`tidings.backoff.Backoff` with full jitter).
+    pacing (default :func:`tidings.backoff.default_backoff`, as for every tidings
+    client) and *max_retries* the failed retries in a row after which the client gives
+    up (``None``: never).
 
     All times (``now``) are seconds on one monotonic clock of the caller's choosing.
     """
 
     __slots__ = (
-        "_backoff",
         "_cursor",
+        "_gave_up",
         "_header_mode",
         "_limit",
         "_poller",
         "_reset_streak",
-        "_rng",
+        "_retrier",
         "_send_at",
         "_sent_at",
         "_state",
         "_timeout",
+        "_up",
         "max_body_size",
         "max_retry_after",
         "min_interval",
@@ -253,6 +282,7 @@ class LongPollClient:
         limit: int | None = None,
         poller: AdaptivePoller | None = None,
         backoff: Backoff | None = None,
+        max_retries: int | None = None,
         min_interval: float = 1.0,
         timeout_grace: float = 10.0,
         max_retry_after: float = 600.0,
@@ -302,8 +332,12 @@ class LongPollClient:
         self._timeout = float(timeout)
         self._limit = limit
         self._poller = poller
-        self._backoff = Backoff() if backoff is None else backoff
-        self._rng = rng
+        self._retrier = Retrier(
+            rng, backoff=backoff, max_retries=max_retries, max_floor=self.max_retry_after
+        )
+        # Whether a run of good answers is going on (the long-poll "connection").
+        self._up = False
+        self._gave_up: GiveUp | None = None
         self._state = ClientState.READY
         self._send_at = -math.inf
         self._sent_at = -math.inf
@@ -327,7 +361,18 @@ class LongPollClient:
     @property
     def attempt(self) -> int:
         """Consecutive failures (and repeated resets) behind the current backoff."""
-        return self._backoff.attempt
+        return self._retrier.attempt
+
+    @property
+    def retrier(self) -> Retrier:
+        """The retry decision and its pacing (read it; the client drives it)."""
+        return self._retrier
+
+    @property
+    def gave_up(self) -> GiveUp | None:
+        """Why the client stopped retrying, once it did (``None`` otherwise, and after a
+        ``204`` or :meth:`close`)."""
+        return self._gave_up
 
     def next_deadline(self) -> float | None:
         """When to send the next request (``-inf``: at once); ``None`` unless ready."""
@@ -368,20 +413,43 @@ class LongPollClient:
             raise LocalProtocolError(f"no request outstanding (client is {self._state.value})")
         _check_number("now", now, low=-math.inf)
 
-    def _retry(self, now: float, floor: float = 0.0) -> float:
-        delay = self._backoff.disconnected(now, self._rng, floor)
-        self._state = ClientState.READY
-        self._send_at = now + delay
-        return delay
+    def _decide(self, decision: Reconnect | GiveUp, now: float) -> Reconnect | GiveUp:
+        self._up = False
+        if isinstance(decision, GiveUp):
+            self._state = ClientState.CLOSED
+            self._gave_up = decision
+        else:
+            self._state = ClientState.READY
+            self._send_at = now + decision.delay
+        return decision
 
-    def connection_failed(self, now: float) -> float:
-        """The outstanding request failed without an answer; returns the wait (s).
+    def connection_failed(self, now: float, error: str = "") -> Reconnect | GiveUp:
+        """The outstanding request failed without an answer: retry later, or give up.
 
         Covers connection errors, connections cut mid-answer, and the request
         timeout of :class:`OutgoingPoll` expiring.  The cursor stays where it was.
+        *error* describes the failure.  After :class:`~tidings.retry.GiveUp` (only
+        with *max_retries*) the client is closed.
         """
         self._expect_waiting(now)
-        return self._retry(now)
+        return self._decide(self._retrier.network_error(now, error), now)
+
+    def receive_head(self, status: int, headers: Iterable[tuple[bytes | str, bytes | str]]) -> None:
+        """Judge the head of the answer before its body (optional, but saves waiting).
+
+        Raises :class:`~tidings.errors.RemoteProtocolError`, and closes the client, for
+        a ``200`` that is not JSON: the URL is not a poll endpoint (an event stream,
+        whose body would never end, or an HTML page).  Anything else is judged by
+        :meth:`receive_response` with the complete body.
+        """
+        self._expect_waiting(0.0)
+        if status != 200:
+            return
+        try:
+            _check_json(headers)
+        except RemoteProtocolError:
+            self._state = ClientState.CLOSED
+            raise
 
     def receive_response(
         self,
@@ -399,7 +467,8 @@ class LongPollClient:
         an HTTP-date when the answer has no ``Date`` field (see
         :func:`~tidings.retry_after.parse_retry_after`).
 
-        Raises :class:`PollRejected` for a status that must not be retried and
+        Raises :class:`PollRejected` for a status that must not be retried (or when
+        *max_retries* failed retries in a row are reached) and
         :class:`~tidings.errors.RemoteProtocolError` for an invalid ``200`` answer;
         either closes the client.
         """
@@ -411,56 +480,38 @@ class LongPollClient:
                 self._state = ClientState.CLOSED
                 raise
         if status == 304:
-            self._progress(changed=False, now=now)
+            self._good(now)
+            self._schedule(changed=False, now=now)
             return []
         if status == 204:
             self._state = ClientState.CLOSED
             return []
-        if status in _RETRY_STATUSES or 500 <= status <= 599:
-            floor = 0.0
-            if status in _FLOOR_STATUSES:
-                floor = self._retry_after(headers, wall_time)
-            self._retry(now, floor)
+        headers = list(headers)
+        retry_after = retry_after_from_headers(headers, wall_time=wall_time)
+        decision = self._decide(self._retrier.http_failure(status, retry_after, now), now)
+        if isinstance(decision, Reconnect):
             return []
-        self._state = ClientState.CLOSED
         detail = _error_text(body) if len(body) <= self.max_body_size else None
-        message = f"poll rejected with status {status}"
+        message = f"poll rejected: {decision.reason}"
         raise PollRejected(status, f"{message}: {detail}" if detail else message)
-
-    def _retry_after(
-        self, headers: Iterable[tuple[bytes | str, bytes | str]], wall_time: float | None
-    ) -> float:
-        retry_after: str | None = None
-        date: str | None = None
-        for raw_name, raw_value in headers:
-            name = _text(raw_name).lower()
-            if name == "retry-after" and retry_after is None:
-                retry_after = _text(raw_value)
-            elif name == "date" and date is None:
-                date = _text(raw_value)
-        if retry_after is None:
-            return 0.0
-        delay = parse_retry_after(retry_after, date=date, wall_time=wall_time)
-        return 0.0 if delay is None else min(delay, self.max_retry_after)
 
     def _receive_ok(
         self, headers: Iterable[tuple[bytes | str, bytes | str]], body: bytes, now: float
     ) -> list[PollEvent | PollReset]:
-        for raw_name, raw_value in headers:
-            if _text(raw_name).lower() == "content-type":
-                media = _text(raw_value).split(";", 1)[0].strip(" \t").lower()
-                if media != "application/json" and not media.endswith("+json"):
-                    raise RemoteProtocolError(f"answer has content-type {media!r}, not JSON")
+        _check_json(headers)
         if len(body) > self.max_body_size:
             raise RemoteProtocolError(f"answer body exceeds {self.max_body_size} bytes")
-        events, cursor, reset = _parse_body(body)
+        events, cursor, reset, reason = _parse_body(body)
         self._cursor = cursor
+        self._good(now)
         items: list[PollEvent | PollReset] = []
         if reset:
-            items.append(PollReset(cursor))
+            items.append(PollReset(cursor, reason))
             self._reset_streak += 1
             if self._reset_streak > 1:
-                self._retry(now)
+                # Two resets in a row: the cursor does not stick (say, servers with
+                # separate histories behind one balancer).  Back off as for a failure.
+                self._decide(self._retrier.ended(now, "repeated reset"), now)
                 items.extend(events)
                 return items
             self._state = ClientState.READY
@@ -468,14 +519,21 @@ class LongPollClient:
             if self._poller is not None:
                 self._poller.record(True, now)
         else:
-            self._progress(changed=bool(events), now=now)
+            if events:
+                self._retrier.progress()
+            self._schedule(changed=bool(events), now=now)
         items.extend(events)
         return items
 
-    def _progress(self, *, changed: bool, now: float) -> None:
+    def _good(self, now: float) -> None:
+        """A valid answer arrived: the long-poll "connection" is up (since *now* if new)."""
+        if not self._up:
+            self._retrier.connected(now)
+            self._up = True
+
+    def _schedule(self, *, changed: bool, now: float) -> None:
         """A good, non-reset answer: schedule the next request."""
         self._reset_streak = 0
-        self._backoff.reset()
         self._state = ClientState.READY
         if self._poller is not None:
             deadline = self._poller.record(changed, now)
@@ -492,5 +550,5 @@ class LongPollClient:
     def __repr__(self) -> str:
         return (
             f"<LongPollClient {self.url!r} cursor={self._cursor!r} state={self._state.value} "
-            f"attempt={self._backoff.attempt}>"
+            f"attempt={self._retrier.attempt}>"
         )

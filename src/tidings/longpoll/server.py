@@ -77,15 +77,21 @@ def _event_json(event: StoredEvent) -> str:
     )
 
 
-def encode_poll_body(events: Sequence[StoredEvent], cursor: Position, reset: bool) -> bytes:
+def encode_poll_body(
+    events: Sequence[StoredEvent], cursor: Position, reset: bool, reason: str | None = None
+) -> bytes:
     """The JSON answer body ``{"events": [...], "cursor": ..., "reset": ...}``.
 
     Each event is ``{"id", "event", "data"}`` (``event`` is ``null`` for an untyped
-    event).  Output is compact and pure ASCII (non-ASCII text is ``\\u`` escaped).
+    event).  A reset may carry ``"reason"`` (a :class:`~tidings.history.ResetReason`
+    value).  Output is compact and pure ASCII (non-ASCII text is ``\\u`` escaped).
     """
     parts = ",".join([_event_json(event) for event in events])
     flag = "true" if reset else "false"
-    return f'{{"events":[{parts}],"cursor":"{cursor.format()}","reset":{flag}}}'.encode("ascii")
+    extra = "" if reason is None else f',"reason":{encode_basestring_ascii(reason)}'
+    return (f'{{"events":[{parts}],"cursor":"{cursor.format()}","reset":{flag}{extra}}}').encode(
+        "ascii"
+    )
 
 
 def _headers_200(cursor: Position, length: int) -> tuple[tuple[bytes, bytes], ...]:
@@ -97,8 +103,10 @@ def _headers_200(cursor: Position, length: int) -> tuple[tuple[bytes, bytes], ..
     )
 
 
-def _ok(events: Sequence[StoredEvent], cursor: Position, reset: bool) -> PollAnswer:
-    body = encode_poll_body(events, cursor, reset)
+def _ok(
+    events: Sequence[StoredEvent], cursor: Position, reset: bool, reason: str | None = None
+) -> PollAnswer:
+    body = encode_poll_body(events, cursor, reset, reason)
     return PollAnswer(200, _headers_200(cursor, len(body)), body)
 
 
@@ -109,7 +117,7 @@ def _answer(actions: Sequence[object], cursor: Position | None) -> PollAnswer | 
     events: list[StoredEvent] = []
     for action in actions:
         if isinstance(action, Reset):
-            return _ok((), action.cursor, reset=True)
+            return _ok((), action.cursor, reset=True, reason=action.reason.value)
         if isinstance(action, Deliver):
             events += action.events
     if events:

@@ -6,11 +6,11 @@
   exactly as a browser does (HTML Living Standard, "Server-sent events").
 * :class:`EventSourceClient` is the connection model around it: request headers,
   judging responses, and when to reconnect.
-* :class:`ResetNotice` is how a tidings server says "I could not resume you".
+* :func:`parse_reset` recognises how a tidings server says "I could not resume you"
+  (a :class:`~tidings.events.ResetNotice`, re-exported here).
 """
 
 from tidings.sse.client import (
-    DEFAULT_FLOOR_SPREAD,
     DEFAULT_MAX_RECONNECTION_TIME,
     EVENT_STREAM_MEDIA_TYPE,
     EventSourceClient,
@@ -27,7 +27,6 @@ from tidings.sse.parser import (
 from tidings.sse.reset import RESET_EVENT_TYPE, ResetNotice, encode_reset_data, parse_reset
 
 __all__ = [
-    "DEFAULT_FLOOR_SPREAD",
     "DEFAULT_MAX_EVENT_SIZE",
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_RECONNECTION_TIME",

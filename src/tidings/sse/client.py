@@ -3,9 +3,11 @@
 :class:`EventSourceClient` decides everything a browser's ``EventSource`` decides --
 which headers the next request carries, whether a response opens the stream, what
 the body means, when to reconnect and with which ``Last-Event-ID`` -- and leaves the
-sockets, the clock and the sleeping to an adapter.  Reconnection follows the spec
-("wait the reconnection time, optionally some more") with capped, jittered backoff from
-:mod:`tidings.backoff` on top and the server's ``retry`` as a floor.
+sockets, the clock and the sleeping to an adapter.  Whether and when to reconnect is
+the one decision every tidings client shares (:class:`tidings.retry.Retrier`): the
+server's ``retry`` is a floor under jittered backoff, a connection that delivered new
+events resumes promptly, and overloaded servers (``503``, ``429`` ...) are waited for
+rather than abandoned -- unless *strict*, which follows the WHATWG rules to the letter.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ import re
 from collections.abc import Iterable
 from operator import attrgetter
 
-from tidings.backoff import DEFAULT_STABLE_PERIOD, Backoff, BackoffPolicy, Random
+from tidings.backoff import Backoff, Random
 from tidings.errors import LocalProtocolError, RemoteProtocolError
+from tidings.retry import GiveUp, Reconnect, Retrier
+from tidings.retry_after import retry_after_from_headers
 from tidings.sse.parser import (
     DEFAULT_MAX_EVENT_SIZE,
     DEFAULT_MAX_LINE_LENGTH,
     EventStreamParser,
     MessageEvent,
 )
+from tidings.sse.reset import RESET_EVENT_TYPE
 
 __all__ = [
-    "DEFAULT_FLOOR_SPREAD",
     "DEFAULT_MAX_RECONNECTION_TIME",
     "EVENT_STREAM_MEDIA_TYPE",
     "EventSourceClient",
@@ -38,8 +42,6 @@ __all__ = [
 EVENT_STREAM_MEDIA_TYPE = "text/event-stream"
 #: Longest server ``retry`` honoured, in seconds; longer values are clamped to it.
 DEFAULT_MAX_RECONNECTION_TIME = 3600.0
-#: Default upward spread of the ``retry`` floor (see :class:`~tidings.backoff.Backoff`).
-DEFAULT_FLOOR_SPREAD = 0.25
 
 _HTTP_WHITESPACE = " \t\r\n"
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -83,8 +85,9 @@ class EventSourceCloseReason(enum.Enum):
     USER = "user"
     #: The server answered ``204 No Content``: it asks the client to stop.
     SERVER_STOP = "server-stop"
-    #: A response that cannot open the stream (status or media type), or a stream
-    #: that broke the protocol or a limit; the spec's "fail the connection".
+    #: A response that cannot open the stream (a status that must not be retried, or
+    #: the wrong media type), a stream that broke the protocol or a limit, or
+    #: ``max_retries`` failed retries in a row; the spec's "fail the connection".
     FAILED = "failed"
 
 
@@ -145,14 +148,14 @@ class EventSourceClient:
             try:
                 response = <send the request, follow redirects, read the head>
                 client.receive_response(response.status, response.headers, now)
-                if client.state is EventSourceState.CLOSED:
-                    break                             # 204, bad status or media type
+                if client.state is not EventSourceState.OPEN:
+                    continue                          # WAITING (503 ...) or CLOSED
                 async for chunk in <the body>:
                     for event in client.receive_data(chunk):
                         <deliver event>               # MessageEvent(type, data, last_event_id)
-                client.receive_eof(now)               # body ended: state is WAITING
+                client.receive_eof(now)               # body ended: WAITING (or CLOSED)
             except <network error>:
-                client.connection_failed(now)         # state is WAITING
+                client.connection_failed(now)         # WAITING (or CLOSED)
             # (a RemoteProtocolError from receive_data leaves the client CLOSED)
             <sleep until client.next_deadline()>
             client.handle_timer(now)                  # state is CONNECTING again
@@ -168,18 +171,31 @@ class EventSourceClient:
     :class:`~tidings.sse.parser.EventStreamParser` with *max_line_length* and
     *max_event_size* (1 MiB and 16 MiB of characters by default).
 
-    Reconnect delay: ``max(floor, jittered)``, where ``jittered`` comes from
-    *policy* (:class:`~tidings.backoff.FullJitter` by default) and ``floor`` is the
-    reconnection time spread upward by up to *floor_spread* of itself so that clients
-    given the same ``retry`` do not return in step.  The attempt counter resets only
-    when the connection that ended had been open for *stable_period* seconds.
+    **Reconnecting** is decided by a :class:`~tidings.retry.Retrier` (:attr:`retrier`)
+    with *backoff* (:func:`~tidings.backoff.default_backoff` by default) and
+    *max_retries* (``None``: retry forever).  The delay is the reconnection time plus
+    jitter, where the jitter grows with failed attempts; a connection that delivered
+    new events (an event of a type other than ``tidings.reset``, and the last event ID
+    moved between the start and the end of the connection) counts as progress: it
+    resets the attempts and resumes after a short jitter without the reconnection
+    time, so a follower keeps up on a link that drops every few kilobytes; a server
+    that repeats the same backlog on every connection makes none.  A connection that
+    lived for the stable period resets the attempts too, but spreads its first
+    reconnection widely, since a server restart drops all clients at once.
 
-    Judging a response: status 200 with media type ``text/event-stream`` (any case,
-    parameters ignored) opens the stream.  204 closes it for good because the server
-    asked (:attr:`EventSourceCloseReason.SERVER_STOP`).  Anything else closes it for good
-    as a failure, with a reason in :attr:`close_message` -- including 3xx: following
-    redirects (with the same request headers) is the adapter's job, as it is Fetch's in
-    a browser.  The body must be handed over after any content coding was removed.
+    **Judging a response**: status 200 with media type ``text/event-stream`` (any case,
+    parameters ignored) opens the stream; 200 with another media type closes it for
+    good (FAILED).  204 closes it for good because the server asked
+    (:attr:`EventSourceCloseReason.SERVER_STOP`).  Any other status is judged by
+    :func:`~tidings.retry.classify_http`: 408, 425, 429, 500, 502, 503 and 504 are
+    retried (a ``Retry-After`` is a floor under the delay), the rest close the stream
+    for good (FAILED) -- including 3xx: following redirects (with the same request
+    headers) is the adapter's job, as it is Fetch's in a browser.  The body must be
+    handed over after any content coding was removed.
+
+    *strict* follows the WHATWG rules where tidings is more forgiving: every status
+    other than 200 fails the stream, as in a browser, and the reconnection time is
+    waited even after a productive connection.
 
     One deliberate addition to the spec: an ``id`` that could not be sent back in an
     HTTP header (leading or trailing whitespace, vertical tab or form feed), seen on a
@@ -197,9 +213,9 @@ class EventSourceClient:
         last_event_id: str = "",
         reconnection_time: float = 0.0,
         max_reconnection_time: float = DEFAULT_MAX_RECONNECTION_TIME,
-        policy: BackoffPolicy | None = None,
-        stable_period: float = DEFAULT_STABLE_PERIOD,
-        floor_spread: float = DEFAULT_FLOOR_SPREAD,
+        backoff: Backoff | None = None,
+        max_retries: int | None = None,
+        strict: bool = False,
         max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     ) -> None:
@@ -213,10 +229,10 @@ class EventSourceClient:
         ):
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise LocalProtocolError(f"{name} must be finite and >= 0, got {value!r}")
-        self._rng = rng
-        self._backoff = Backoff(policy, stable_period=stable_period, floor_spread=floor_spread)
+        self._retrier = Retrier(rng, backoff=backoff, max_retries=max_retries, strict=strict)
         self._max_reconnection_time = float(max_reconnection_time)
         self._reconnection_time = min(float(reconnection_time), self._max_reconnection_time)
+        self._retrier.standing_floor = self._reconnection_time
         self._last_event_id = last_event_id
         self._max_line_length = max_line_length
         self._max_event_size = max_event_size
@@ -227,6 +243,11 @@ class EventSourceClient:
         self._deadline: float | None = None
         self._close_reason: EventSourceCloseReason | None = None
         self._close_message = ""
+        self._last_decision: Reconnect | GiveUp | None = None
+        # The last event ID when the current connection opened (progress moves it),
+        # and whether the connection delivered an event other than a reset notice.
+        self._opened_with: str | None = None
+        self._delivered = False
 
     # -- inspection -------------------------------------------------------------------
 
@@ -248,7 +269,24 @@ class EventSourceClient:
     @property
     def backoff(self) -> Backoff:
         """The attempt tracker (read it; the client drives it)."""
-        return self._backoff
+        return self._retrier.backoff
+
+    @property
+    def retrier(self) -> Retrier:
+        """The retry decision and its pacing (read it; the client drives it)."""
+        return self._retrier
+
+    @property
+    def strict(self) -> bool:
+        """Whether the WHATWG rules apply to the letter (see the class documentation)."""
+        return self._retrier.strict
+
+    @property
+    def last_decision(self) -> Reconnect | GiveUp | None:
+        """What the last ended connection (or refused attempt) led to, with the reason:
+        :class:`~tidings.retry.Reconnect` while WAITING, :class:`~tidings.retry.GiveUp`
+        once it gave up; ``None`` before the first."""
+        return self._last_decision
 
     @property
     def close_reason(self) -> EventSourceCloseReason | None:
@@ -287,12 +325,16 @@ class EventSourceClient:
         status: int,
         headers: Iterable[tuple[bytes | str, bytes | str]],
         now: float,
+        *,
+        wall_time: float | None = None,
     ) -> EventSourceState:
         """Judge the response head (CONNECTING only) and return the new state.
 
         OPEN when the stream starts (the connection's lifetime counts from *now*),
+        WAITING when the status is worth another attempt (see :attr:`last_decision`),
         CLOSED otherwise.  Header names are matched case-insensitively; bytes are
-        decoded as Latin-1.
+        decoded as Latin-1.  *wall_time* (Unix time) reads a ``Retry-After`` given as
+        an HTTP-date when the response has no ``Date``.
         """
         self._require(EventSourceState.CONNECTING, "receive_response")
         _check_now(now)
@@ -300,7 +342,9 @@ class EventSourceClient:
             self._finish(EventSourceCloseReason.SERVER_STOP, "server answered 204 No Content")
             return self._state
         if status != 200:
-            self._finish(EventSourceCloseReason.FAILED, f"server answered status {status}")
+            headers = list(headers)
+            retry_after = retry_after_from_headers(headers, wall_time=wall_time)
+            self._decide(self._retrier.http_failure(status, retry_after, now), now)
             return self._state
         content_types = [
             _text(value) for name, value in headers if _text(name).lower() == "content-type"
@@ -315,7 +359,9 @@ class EventSourceClient:
             return self._state
         self._parser = self._new_parser()
         self._state = EventSourceState.OPEN
-        self._backoff.connected(now)
+        self._retrier.connected(now)
+        self._opened_with = self._last_event_id
+        self._delivered = False
         return self._state
 
     def receive_data(self, data: bytes) -> list[MessageEvent]:
@@ -342,10 +388,25 @@ class EventSourceClient:
             raise
         self._take_retry(parser)
         self._last_event_id = last_event_id
+        if not self._delivered and any(e.type != RESET_EVENT_TYPE for e in events):
+            self._delivered = True
         return events
 
-    def receive_eof(self, now: float) -> float:
-        """The body ended (OPEN only): returns the delay before reconnecting, in seconds.
+    def _note_progress(self) -> None:
+        # At the end of a connection: it made progress if it delivered an event that
+        # is not a reset notice *and* the last event ID moved.  A foreign server that
+        # repeats its backlog (with or without IDs) on every connection ends where it
+        # started, and makes none.
+        if (
+            self._state is EventSourceState.OPEN
+            and self._delivered
+            and self._last_event_id != self._opened_with
+        ):
+            self._retrier.progress()
+
+    def receive_eof(self, now: float) -> Reconnect | GiveUp:
+        """The body ended (OPEN only): reconnect after a delay, or (with *max_retries*)
+        give up.
 
         An event not yet ended by a blank line is discarded, and an ``id`` inside it
         does not change :attr:`last_event_id`; a ``retry`` inside it still counts, as
@@ -357,19 +418,22 @@ class EventSourceClient:
         assert parser is not None
         parser.receive_eof()
         self._take_retry(parser)
-        return self._start_waiting(now)
+        self._note_progress()
+        return self._decide(self._retrier.ended(now), now)
 
-    def connection_failed(self, now: float) -> float:
-        """A network error (CONNECTING or OPEN): returns the delay before reconnecting.
+    def connection_failed(self, now: float, error: str = "") -> Reconnect | GiveUp:
+        """A network error (CONNECTING or OPEN): reconnect after a delay, or give up.
 
         Use it for a refused or reset connection, a timeout, an HTTP/2 stream reset or a
         body cut short: anything but a complete response head that :meth:`receive_response`
-        could judge.  A partial event is discarded as at the end of the body.
+        could judge.  A partial event is discarded as at the end of the body.  *error*
+        describes the failure for :attr:`last_decision`.
         """
         if self._state not in (EventSourceState.CONNECTING, EventSourceState.OPEN):
             raise LocalProtocolError(f"connection_failed called in state {self._state.name}")
         _check_now(now)
-        return self._start_waiting(now)
+        self._note_progress()
+        return self._decide(self._retrier.network_error(now, error), now)
 
     def handle_timer(self, now: float) -> None:
         """Move from WAITING to CONNECTING once *now* reached :meth:`next_deadline`.
@@ -418,16 +482,22 @@ class EventSourceClient:
         if retry is not None:
             # Clamp before dividing: a retry of hundreds of digits overflows a float.
             self._reconnection_time = min(retry, self._max_reconnection_time * 1000) / 1000
+            self._retrier.standing_floor = self._reconnection_time
 
-    def _start_waiting(self, now: float) -> float:
+    def _decide(self, decision: Reconnect | GiveUp, now: float) -> Reconnect | GiveUp:
         self._parser = None
-        delay = self._backoff.disconnected(now, self._rng, floor=self._reconnection_time)
-        self._state = EventSourceState.WAITING
-        self._deadline = now + delay
-        return delay
+        self._opened_with = None
+        self._last_decision = decision
+        if isinstance(decision, GiveUp):
+            self._finish(EventSourceCloseReason.FAILED, decision.reason)
+        else:
+            self._state = EventSourceState.WAITING
+            self._deadline = now + decision.delay
+        return decision
 
     def _finish(self, reason: EventSourceCloseReason, message: str) -> None:
         self._parser = None
+        self._opened_with = None
         self._deadline = None
         self._state = EventSourceState.CLOSED
         self._close_reason = reason
@@ -437,5 +507,5 @@ class EventSourceClient:
         return (
             f"<EventSourceClient state={self._state.name} "
             f"last_event_id={self._last_event_id!r} "
-            f"reconnection_time={self._reconnection_time!r} attempt={self._backoff.attempt}>"
+            f"reconnection_time={self._reconnection_time!r} attempt={self._retrier.attempt}>"
         )

@@ -8,14 +8,15 @@ should also carry ``id: <cursor>`` so that a plain ``EventSource`` resumes from 
 new position too.
 
 To any other SSE client it is an ordinary event of an unusual type; :func:`parse_reset`
-is how a tidings client recognises it.
+is how a tidings client recognises it, giving the :class:`~tidings.events.ResetNotice`
+every tidings client yields (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
+from tidings.events import ResetNotice
 from tidings.sse.parser import MessageEvent
 
 __all__ = [
@@ -29,19 +30,6 @@ __all__ = [
 RESET_EVENT_TYPE = "tidings.reset"
 
 
-@dataclass(frozen=True, slots=True)
-class ResetNotice:
-    """The server could not resume from the last event ID; events may have been missed.
-
-    ``cursor`` is where the stream continues from (the head when the reset was
-    decided); ``reason`` is the server's short explanation (for tidings servers one
-    of :class:`tidings.history.ResetReason`'s values), or ``None``.
-    """
-
-    cursor: str
-    reason: str | None = None
-
-
 def encode_reset_data(cursor: str, reason: str | None = None) -> str:
     """The ``data`` of a reset event: ``{"cursor": ..., "reason": ...}`` on one line."""
     body: dict[str, str] = {"cursor": cursor}
@@ -50,8 +38,9 @@ def encode_reset_data(cursor: str, reason: str | None = None) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def parse_reset(event: MessageEvent) -> ResetNotice | None:
-    """The :class:`ResetNotice` that *event* carries, or ``None`` for any other event.
+def parse_reset(event: MessageEvent, topic: str | None = None) -> ResetNotice | None:
+    """The :class:`~tidings.events.ResetNotice` that *event* carries (for *topic*), or
+    ``None`` for any other event.
 
     An event of type ``tidings.reset`` whose data is not a JSON object with a string
     ``cursor`` (and, if present, a string or null ``reason``) is not a reset: it is
@@ -70,4 +59,4 @@ def parse_reset(event: MessageEvent) -> ResetNotice | None:
     reason = body.get("reason")
     if not isinstance(cursor, str) or not (reason is None or isinstance(reason, str)):
         return None
-    return ResetNotice(cursor, reason)
+    return ResetNotice(topic, cursor, reason)

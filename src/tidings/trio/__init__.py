@@ -3,7 +3,8 @@
 The server side is :class:`Hub` (the pump between a :class:`History` and live
 subscribers; :class:`LocalHistory` keeps events in memory), :func:`serve` /
 :class:`Server` (listening, limits, drain) and :class:`ServerConfig`; the client side
-is :func:`open_event_stream`, :func:`open_long_poll` and :func:`open_session`.
+is :func:`open_event_stream` (SSE), :func:`open_long_poll` and :func:`open_session`
+(WebSocket), which all yield :class:`tidings.Event` and :class:`tidings.ResetNotice`.
 """
 
 from tidings.trio._auth import Action, AuthHook, Refusal, publish_token

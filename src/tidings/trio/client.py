@@ -10,6 +10,9 @@ machine's.
 The stream is *pulled*: nothing is read from the network while the consumer is busy,
 so a slow consumer applies backpressure to the server (TCP and HTTP/2 flow control)
 instead of growing a buffer here.
+
+Connections and reconnections (with the reason and the delay) are logged under
+``tidings.trio.client`` at INFO; nothing is printed.
 """
 
 from __future__ import annotations
@@ -17,26 +20,28 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from urllib.parse import urljoin
 
 import trio
 
-from tidings.backoff import DEFAULT_STABLE_PERIOD, BackoffPolicy, Random
+from tidings.backoff import Backoff, Random
 from tidings.errors import LocalProtocolError, RemoteProtocolError
+from tidings.events import Event, ResetNotice
+from tidings.retry import GiveUp, Reconnect
 from tidings.sse.client import (
-    DEFAULT_FLOOR_SPREAD,
     DEFAULT_MAX_RECONNECTION_TIME,
     EventSourceClient,
     EventSourceCloseReason,
     EventSourceState,
 )
 from tidings.sse.parser import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LENGTH, MessageEvent
-from tidings.sse.reset import ResetNotice, parse_reset
-from tidings.trio._client_args import check_headers, check_timeout
+from tidings.sse.reset import parse_reset
+from tidings.trio._client_args import check_headers, check_timeout, topic_from_path
 from tidings.trio._http_client import URL, HTTPResponse, HTTPTransportError, open_request
 
 __all__ = [
@@ -81,9 +86,10 @@ class EventStreamClosed(EventStreamError):
 
 
 class EventStreamFailed(EventStreamError):
-    """The stream cannot go on: a status other than 200 (after redirects), a media
-    type other than ``text/event-stream``, too many redirects, or a body that broke the
-    protocol or a size limit."""
+    """The stream cannot go on: a status that must not be retried (after redirects;
+    with ``strict=True``, any status but 200), a media type other than
+    ``text/event-stream``, too many redirects, a body that broke the protocol or a size
+    limit, or ``max_retries`` failed retries in a row."""
 
 
 _MANAGED = frozenset({b"accept", b"cache-control", b"last-event-id"})
@@ -97,12 +103,13 @@ def _content_type(response: HTTPResponse) -> str | None:
 class EventStream:
     """The events of one logical stream, across reconnections: an async iterator.
 
-    Yields :class:`~tidings.sse.parser.MessageEvent` for every event and
-    :class:`~tidings.sse.reset.ResetNotice` when a tidings server says it could not resume
-    from :attr:`last_event_id` (type ``tidings.reset``).  Raises
-    :class:`EventStreamClosed` or :class:`EventStreamFailed` when the stream ends for
-    good; network errors and ended bodies are never seen, they cause a reconnection.
-    Obtain one with :func:`open_event_stream`.
+    Yields :class:`~tidings.events.Event` for every event and
+    :class:`~tidings.events.ResetNotice` when a tidings server says it could not resume
+    from :attr:`last_event_id` (type ``tidings.reset``); their ``topic`` is
+    :attr:`topic`.  Raises :class:`EventStreamClosed` or :class:`EventStreamFailed` when
+    the stream ends for good; network errors, ended bodies and statuses worth another
+    attempt (503 ...) are never seen, they cause a reconnection.  Obtain one with
+    :func:`open_event_stream`.
     """
 
     def __init__(
@@ -131,6 +138,7 @@ class EventStream:
         self._error: EventStreamError | None = None
         self._connections = 0
         self._consumed_id = machine.last_event_id
+        self._topic = topic_from_path(url.target, "events")
 
     # -- inspection -------------------------------------------------------------------
 
@@ -144,6 +152,11 @@ class EventStream:
         if self._pending:
             return self._consumed_id
         return self._machine.last_event_id
+
+    @property
+    def topic(self) -> str | None:
+        """The topic named by the URL (``.../topics/{topic}/events``), else ``None``."""
+        return self._topic
 
     @property
     def reconnection_time(self) -> float:
@@ -165,12 +178,14 @@ class EventStream:
     def __aiter__(self) -> EventStream:
         return self
 
-    async def __anext__(self) -> MessageEvent | ResetNotice:
+    async def __anext__(self) -> Event | ResetNotice:
         while not self._pending:
             await self._fill()
         event = self._pending.popleft()
         self._consumed_id = event.last_event_id
-        return parse_reset(event) or event
+        return parse_reset(event, self._topic) or Event(
+            self._topic, event.last_event_id, event.type, event.data
+        )
 
     async def _fill(self) -> None:
         """One step: wait, connect or read, as the machine's state says; or raise."""
@@ -199,12 +214,18 @@ class EventStream:
                 response = await self._follow(stack, request_headers)
         except (HTTPTransportError, trio.TooSlowError) as exc:
             await stack.aclose()
-            self._lost("connecting failed", exc)
+            self._lost("", exc)
             return
         except BaseException:
             await stack.aclose()
             raise
-        machine.receive_response(response.status, response.headers, trio.current_time())
+        machine.receive_response(
+            response.status, response.headers, trio.current_time(), wall_time=time.time()
+        )
+        if machine.state is EventSourceState.WAITING:
+            await stack.aclose()
+            self._log_reconnect(machine.last_decision)
+            return
         if machine.state is EventSourceState.CLOSED:
             await stack.aclose()
             kind = (
@@ -222,7 +243,7 @@ class EventStream:
         self._response = response
         self._connections += 1
         logger.info(
-            "connected to %s (HTTP/%s), last event id %r",
+            "%s: connected (HTTP/%s), last event id %r",
             self._url,
             response.http_version,
             machine.last_event_id,
@@ -274,8 +295,7 @@ class EventStream:
         machine = self._machine
         if not data:
             await self._disconnect()
-            delay = machine.receive_eof(trio.current_time())
-            logger.info("stream ended by the server; reconnecting in %.3f s", delay)
+            self._after(machine.receive_eof(trio.current_time()))
             return
         try:
             self._pending.extend(machine.receive_data(data))
@@ -284,9 +304,21 @@ class EventStream:
             raise self._fail(f"invalid event stream: {exc}", response) from exc
 
     def _lost(self, what: str, exc: BaseException) -> None:
-        delay = self._machine.connection_failed(trio.current_time())
         reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-        logger.warning("%s: %s: %s; reconnecting in %.3f s", self._url, what, reason, delay)
+        error = f"{what}: {reason}" if what else reason
+        self._after(self._machine.connection_failed(trio.current_time(), error))
+
+    def _after(self, decision: Reconnect | GiveUp) -> None:
+        if isinstance(decision, GiveUp):
+            self._error = EventStreamFailed(f"{self._url}: {decision.reason}")
+            raise self._error
+        self._log_reconnect(decision)
+
+    def _log_reconnect(self, decision: Reconnect | GiveUp | None) -> None:
+        if isinstance(decision, Reconnect):
+            logger.info(
+                "%s: %s; reconnecting in %.3f s", self._url, decision.reason, decision.delay
+            )
 
     async def _disconnect(self) -> None:
         stack, self._connection, self._response = self._connection, None, None
@@ -316,15 +348,15 @@ async def open_event_stream(
     url: str,
     *,
     last_event_id: str | None = None,
-    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
     http2: bool | None = None,
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float | None = None,
     max_redirects: int = DEFAULT_MAX_REDIRECTS,
-    policy: BackoffPolicy | None = None,
-    stable_period: float = DEFAULT_STABLE_PERIOD,
-    floor_spread: float = DEFAULT_FLOOR_SPREAD,
+    backoff: Backoff | None = None,
+    max_retries: int | None = None,
+    strict: bool = False,
     max_reconnection_time: float = DEFAULT_MAX_RECONNECTION_TIME,
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
@@ -335,19 +367,28 @@ async def open_event_stream(
     ::
 
         async with open_event_stream("http://localhost:8000/topics/news/events") as events:
-            async for event in events:
-                if isinstance(event, ResetNotice):
-                    ...  # resynchronise: events before event.cursor were skipped
+            async for item in events:
+                if isinstance(item, ResetNotice):
+                    ...  # resynchronise: events before item.cursor were skipped
                 else:
-                    print(event.last_event_id, event.type, event.data)
+                    print(item.topic, item.id, item.event, item.data)
+
+    It yields :class:`~tidings.events.Event` and :class:`~tidings.events.ResetNotice`,
+    as the long-poll and WebSocket clients do; ``topic`` comes from a
+    ``/topics/{topic}/events`` URL and is ``None`` for other streams.
 
     The first connection sends *last_event_id* as ``Last-Event-ID`` (when given and
     not empty); later ones send the ID of the last event received.  The connection is
-    made lazily, on the first iteration.  A network error, a timeout or the end of
-    the body leads to a reconnection after a delay from *policy* (full jitter by
-    default), never shorter than the server's ``retry``; see
-    :class:`~tidings.sse.client.EventSourceClient` for *stable_period*, *floor_spread*,
-    *max_reconnection_time* and the parser limits *max_line_length* and
+    made lazily, on the first iteration.  A network error, a timeout, the end of the
+    body or a status worth another attempt (408, 425, 429, 500, 502, 503, 504, with
+    ``Retry-After`` honoured) leads to a reconnection, decided and paced as for every
+    tidings client by a :class:`~tidings.retry.Retrier`: *backoff*
+    (:func:`~tidings.backoff.default_backoff` by default) with the server's ``retry``
+    as a floor, except after a connection that delivered new events, which resumes
+    promptly; *max_retries* failed retries in a row end the stream (``None``: never).
+    *strict* applies the WHATWG rules instead: any status but 200 fails the stream and
+    the ``retry`` is always waited.  See :class:`~tidings.sse.client.EventSourceClient`
+    for *max_reconnection_time* and the parser limits *max_line_length* and
     *max_event_size*.
 
     *http2*: ``None`` lets TLS (ALPN) choose between HTTP/2 and HTTP/1.1 and uses
@@ -356,9 +397,10 @@ async def open_event_stream(
     protocols set accordingly.  *connect_timeout* bounds connecting plus the response
     head, *idle_timeout* (default: none) the silence between two reads of the body;
     both count as network errors.  Up to *max_redirects* redirects are followed, and
-    every reconnection starts again from *url*.  *headers* are added to every
-    request; ``Accept``, ``Cache-Control`` and ``Last-Event-ID`` are the client's own.
-    *rng* drives the jitter (default :class:`random.SystemRandom`).
+    every reconnection starts again from *url*.  *headers* (a mapping of names to
+    values, as for every tidings client) are added to every request; ``Accept``,
+    ``Cache-Control`` and ``Last-Event-ID`` are the client's own.  *rng* drives the
+    jitter (default :class:`random.SystemRandom`).
 
     Leaving the block closes the connection.
     """
@@ -372,9 +414,9 @@ async def open_event_stream(
         rng=random.SystemRandom() if rng is None else rng,
         last_event_id=last_event_id or "",
         max_reconnection_time=max_reconnection_time,
-        policy=policy,
-        stable_period=stable_period,
-        floor_spread=floor_spread,
+        backoff=backoff,
+        max_retries=max_retries,
+        strict=strict,
         max_line_length=max_line_length,
         max_event_size=max_event_size,
     )

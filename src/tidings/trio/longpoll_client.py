@@ -10,8 +10,11 @@ the machine's.
 Like :func:`~tidings.trio.open_event_stream`, the result is *pulled*: the next
 request goes out only when the consumer has taken everything the previous answer
 brought, so a slow consumer slows the polling instead of growing a buffer here.  It
-yields the machine's own types, :class:`~tidings.longpoll.PollEvent` (``id``,
-``event``, ``data``) and :class:`~tidings.longpoll.PollReset` (``cursor``), in order.
+yields what every tidings client yields, :class:`~tidings.events.Event` and
+:class:`~tidings.events.ResetNotice`, in order.
+
+Failed polls are logged under ``tidings.trio.longpoll`` at INFO (with the reason and
+the delay); nothing is printed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Literal
@@ -29,9 +32,17 @@ from typing import Literal
 import trio
 
 from tidings.backoff import Backoff, Random
+from tidings.events import DEFAULT_EVENT_TYPE, Event, ResetNotice
 from tidings.longpoll.adaptive import AdaptivePoller
-from tidings.longpoll.client import DEFAULT_MAX_BODY_SIZE, LongPollClient, PollEvent, PollReset
-from tidings.trio._client_args import check_headers, check_timeout
+from tidings.longpoll.client import (
+    DEFAULT_MAX_BODY_SIZE,
+    LongPollClient,
+    PollEvent,
+    PollRejected,
+    PollReset,
+)
+from tidings.retry import GiveUp
+from tidings.trio._client_args import check_headers, check_timeout, topic_from_path
 from tidings.trio._http_client import URL, HTTPTransportError, open_request
 
 __all__ = ["DEFAULT_POLL_CONNECT_TIMEOUT", "LongPoll", "open_long_poll"]
@@ -47,14 +58,17 @@ _MANAGED = frozenset({b"accept", b"cache-control", b"if-none-match"})
 class LongPoll:
     """The events of one poll endpoint, across requests and failures: an async iterator.
 
-    Yields :class:`~tidings.longpoll.PollEvent` for every event and
-    :class:`~tidings.longpoll.PollReset` when the server could not continue from the
-    cursor (events were skipped; resynchronise, then carry on).  Network errors,
-    timeouts, ``408``/``429``/``5xx`` answers are never seen: the request is repeated
+    Yields :class:`~tidings.events.Event` for every event and
+    :class:`~tidings.events.ResetNotice` when the server could not continue from the
+    cursor (events were skipped; resynchronise, then carry on); their ``topic`` is
+    :attr:`topic`.  Network errors, timeouts and the statuses every tidings client
+    retries (408, 425, 429, 500, 502, 503, 504) are never seen: the request is repeated
     from the same cursor after a backoff.  Iteration ends when the server answers
-    ``204``; :class:`~tidings.longpoll.PollRejected` (another status) or
-    :class:`~tidings.errors.RemoteProtocolError` (a ``200`` that is not a poll answer)
-    end it for good.  Obtain one with :func:`open_long_poll`.
+    ``204``; :class:`~tidings.longpoll.PollRejected` (a status that must not be
+    retried, or ``max_retries`` failures in a row) or
+    :class:`~tidings.errors.RemoteProtocolError` (a ``200`` that is not a poll answer,
+    refused as soon as its head arrives) end it for good.  Obtain one with
+    :func:`open_long_poll`.
     """
 
     def __init__(
@@ -72,6 +86,7 @@ class LongPoll:
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._pending: deque[PollEvent | PollReset] = deque()
+        self._topic = topic_from_path(URL.parse(machine.url).target, "poll")
         self._consumed = machine.cursor
         self._requests = 0
         self._failures = 0
@@ -88,6 +103,11 @@ class LongPoll:
         if self._pending:
             return self._consumed
         return self._machine.cursor
+
+    @property
+    def topic(self) -> str | None:
+        """The topic named by the URL (``.../topics/{topic}/poll``), else ``None``."""
+        return self._topic
 
     @property
     def requests(self) -> int:
@@ -109,14 +129,20 @@ class LongPoll:
     def __aiter__(self) -> LongPoll:
         return self
 
-    async def __anext__(self) -> PollEvent | PollReset:
+    async def __anext__(self) -> Event | ResetNotice:
         while not self._pending:
             if self._machine.closed:
+                gave_up = self._machine.gave_up
+                if gave_up is not None:
+                    raise PollRejected(gave_up.status, f"{self._machine.url}: {gave_up.reason}")
                 raise StopAsyncIteration
             await self._poll_once()
         item = self._pending.popleft()
-        self._consumed = item.id if isinstance(item, PollEvent) else item.cursor
-        return item
+        if isinstance(item, PollReset):
+            self._consumed = item.cursor
+            return ResetNotice(self._topic, item.cursor, item.reason)
+        self._consumed = item.id
+        return Event(self._topic, item.id, item.event or DEFAULT_EVENT_TYPE, item.data)
 
     async def _poll_once(self) -> None:
         machine = self._machine
@@ -139,12 +165,20 @@ class LongPoll:
                     http2=self._http2,
                     ssl_context=self._ssl_context,
                 ) as response:
+                    # A 200 that is not JSON (an event stream never ends) fails now.
+                    machine.receive_head(response.status, response.headers)
                     body = await self._read(response.receive_some)
         except (HTTPTransportError, trio.TooSlowError) as exc:
-            delay = machine.connection_failed(trio.current_time())
             self._failures += 1
             reason = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-            logger.warning("%s: poll failed: %s; retrying in %.3f s", machine.url, reason, delay)
+            decision = machine.connection_failed(trio.current_time(), reason)
+            if not isinstance(decision, GiveUp):
+                logger.info(
+                    "%s: %s; retrying in %.3f s",
+                    machine.url,
+                    decision.reason,
+                    decision.delay,
+                )
             return
         self._requests += 1
         self._http_version = response.http_version
@@ -155,8 +189,15 @@ class LongPoll:
             trio.current_time(),
             wall_time=time.time(),
         )
-        if machine.attempt and not items:
-            logger.warning("%s: server answered %d; backing off", machine.url, response.status)
+        if response.status not in (200, 204, 304):  # a status worth another attempt
+            deadline = machine.next_deadline()
+            assert deadline is not None
+            logger.info(
+                "%s: server answered %d; retrying in %.3f s",
+                machine.url,
+                response.status,
+                deadline - trio.current_time(),
+            )
         self._pending.extend(items)
 
     async def _read(self, receive: Callable[[], Awaitable[bytes]]) -> bytes:
@@ -198,11 +239,12 @@ async def open_long_poll(
     hold: float | None = None,
     limit: int | None = None,
     poller: AdaptivePoller | None = None,
-    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
     http2: bool | None = None,
     ssl_context: ssl.SSLContext | None = None,
     connect_timeout: float | None = DEFAULT_POLL_CONNECT_TIMEOUT,
     backoff: Backoff | None = None,
+    max_retries: int | None = None,
     min_interval: float = 1.0,
     timeout_grace: float = 10.0,
     max_retry_after: float = 600.0,
@@ -215,10 +257,14 @@ async def open_long_poll(
 
         async with open_long_poll("http://localhost:8000/topics/news/poll") as poll:
             async for item in poll:
-                if isinstance(item, PollReset):
+                if isinstance(item, ResetNotice):
                     ...  # resynchronise: events before item.cursor were skipped
                 else:
-                    print(item.id, item.event, item.data)
+                    print(item.topic, item.id, item.event, item.data)
+
+    It yields :class:`~tidings.events.Event` and :class:`~tidings.events.ResetNotice`,
+    as the SSE and WebSocket clients do; ``topic`` comes from a ``/topics/{topic}/poll``
+    URL and is ``None`` for other endpoints.
 
     *cursor* is where to start: a cursor (the ``id`` of the last event handled),
     ``"earliest"`` for everything retained, or ``None`` for live from now.  The
@@ -227,14 +273,14 @@ async def open_long_poll(
 
     *hold* is the ``timeout`` asked of the server: how long it may hold a request
     when nothing is new (default 25 s; ``0`` with a *poller*).  *cursor_in*, *limit*,
-    *poller*, *backoff*, *min_interval*, *timeout_grace*, *max_retry_after* and
-    *max_body_size* configure the :class:`~tidings.longpoll.LongPollClient` (see
-    there: by default the cursor goes in the query; with an
-    :class:`~tidings.longpoll.AdaptivePoller` it is conditional short polling with
-    ``If-None-Match``).  *rng* drives the backoff jitter (default
-    :class:`random.SystemRandom`).
+    *poller*, *backoff*, *max_retries*, *min_interval*, *timeout_grace*,
+    *max_retry_after* and *max_body_size* configure the
+    :class:`~tidings.longpoll.LongPollClient` (see there: by default the cursor goes in
+    the query; with an :class:`~tidings.longpoll.AdaptivePoller` it is conditional short
+    polling with ``If-None-Match``; retries are decided and paced as for every tidings
+    client).  *rng* drives the backoff jitter (default :class:`random.SystemRandom`).
 
-    *http2*, *ssl_context* and *headers* are as for
+    *http2*, *ssl_context* and *headers* (a mapping of names to values) are as for
     :func:`~tidings.trio.open_event_stream` (``Accept``, ``Cache-Control`` and
     ``If-None-Match`` are the client's own).  Each poll uses a fresh connection; a
     poll that gets no complete answer within *connect_timeout* plus the hold time
@@ -253,6 +299,7 @@ async def open_long_poll(
         limit=limit,
         poller=poller,
         backoff=backoff,
+        max_retries=max_retries,
         min_interval=min_interval,
         timeout_grace=timeout_grace,
         max_retry_after=max_retry_after,

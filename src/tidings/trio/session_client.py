@@ -10,6 +10,11 @@ closes the connection with 1011 and the session reconnects.  The pong timeout do
 not run while the consumer holds up the reading (the pong waits behind messages it
 has not taken yet): that is backpressure, not a dead peer.
 
+It yields what every tidings client yields, :class:`~tidings.events.Event` and
+:class:`~tidings.events.ResetNotice`; the wire messages (:class:`~tidings.ws.EventMessage`,
+:class:`~tidings.ws.ResetMessage`) stay inside.  Reconnections are logged under
+``tidings.trio.session`` at INFO; nothing is printed.
+
 Events are *pulled*: a consumer that stops iterating stops the reading, and the
 server catches the session up from its history later.  An event's cursor moves when
 it is received, before the consumer takes it, so an event whose hand-over a lost
@@ -42,7 +47,8 @@ from wsproto.utilities import LocalProtocolError as WsprotoLocalProtocolError
 
 from tidings.backoff import Backoff, Random
 from tidings.errors import LocalProtocolError
-from tidings.retry_after import parse_retry_after
+from tidings.events import DEFAULT_EVENT_TYPE, Event, ResetNotice
+from tidings.retry_after import retry_after_from_headers
 from tidings.session import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PONG_TIMEOUT,
@@ -54,6 +60,7 @@ from tidings.session import (
     SessionAction,
     Wait,
 )
+from tidings.trio._client_args import check_headers
 from tidings.ws import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OUTBOX,
@@ -117,10 +124,10 @@ class _Pending:
 class WebSocketSession:
     """A live ``tidings.v1`` session: iterate for events and resets, publish, close.
 
-    Made by :func:`open_session`.  Iterating yields
-    :class:`~tidings.ws.EventMessage` (``topic``, ``id``, ``event``, ``data``) and
-    :class:`~tidings.ws.ResetMessage` (``topic``, ``cursor``: events up to it were
-    skipped), in order per topic, each event once; iteration ends when the session
+    Made by :func:`open_session`.  Iterating yields :class:`~tidings.events.Event`
+    (``topic``, ``id``, ``event``, ``data``) and :class:`~tidings.events.ResetNotice`
+    (``topic``, ``cursor``: events before it may be missing, the ones after it
+    follow), in order per topic, each event once; iteration ends when the session
     gives up, raising :class:`SessionClosed` unless it was closed by :meth:`aclose`.
     """
 
@@ -130,7 +137,7 @@ class WebSocketSession:
         client: SessionClient,
         *,
         ssl_context: ssl.SSLContext | None,
-        headers: Iterable[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]],
         connect_timeout: float,
         ping_interval: float,
         pong_timeout: float,
@@ -159,9 +166,9 @@ class WebSocketSession:
         self._ping_interval = ping_interval
         self._pong_timeout = pong_timeout
         self._receive_buffer_size = receive_buffer_size
-        self._send, self._receive = trio.open_memory_channel[EventMessage | ResetMessage](buffer)
+        self._send, self._receive = trio.open_memory_channel[Event | ResetNotice](buffer)
         # Received (their cursors already moved) but not yet taken by the consumer.
-        self._undelivered: deque[EventMessage | ResetMessage] = deque()
+        self._undelivered: deque[Event | ResetNotice] = deque()
         # Set while the reading waits for a busy consumer (None: not waiting) ...
         self._consumer_busy: trio.Event | None = None
         # ... and when such a wait last ended.
@@ -194,7 +201,7 @@ class WebSocketSession:
     def __aiter__(self) -> WebSocketSession:
         return self
 
-    async def __anext__(self) -> EventMessage | ResetMessage:
+    async def __anext__(self) -> Event | ResetNotice:
         try:
             return await self._receive.receive()
         except trio.EndOfChannel:
@@ -274,6 +281,8 @@ class WebSocketSession:
         self._ended_event.set()
 
     async def _run(self) -> None:
+        if self._ended is not None:
+            return  # closed before the task started (the block left at once)
         session = self.client.session
         action: SessionAction | None = session.start(trio.current_time())
         while self._ended is None:
@@ -284,7 +293,9 @@ class WebSocketSession:
                 return
             if isinstance(action, Wait) or action is None:
                 if action is not None:
-                    logger.info("reconnecting in %.1f s (%s)", action.delay, action.reason)
+                    logger.info(
+                        "%s: %s; reconnecting in %.3f s", self.url, action.reason, action.delay
+                    )
                 deadline = session.next_deadline()
                 assert deadline is not None
                 await trio.sleep_until(deadline)
@@ -341,15 +352,12 @@ class WebSocketSession:
             return GiveUp("closed")
         if rejected:
             return self._rejected(rejected[0])
-        logger.info("connection failed: %s", failed[0] if failed else "?")
-        return self.client.session.network_error(trio.current_time(), type(failed[0]).__name__)
+        logger.debug("%s: connection failed: %r", self.url, failed[0] if failed else None)
+        return self.client.session.network_error(trio.current_time(), _describe(failed[0]))
 
     def _rejected(self, exc: ConnectionRejected) -> SessionAction:
-        retry_after = None
-        for name, value in exc.headers:
-            if name.lower() == b"retry-after":
-                retry_after = parse_retry_after(value, wall_time=time.time())
-        logger.warning("handshake refused: HTTP %s", exc.status_code)
+        retry_after = retry_after_from_headers(exc.headers or [], wall_time=time.time())
+        logger.debug("%s: handshake refused: HTTP %s", self.url, exc.status_code)
         if self._finished():
             return GiveUp("closed")
         return self.client.session.http_failure(exc.status_code, retry_after, trio.current_time())
@@ -377,16 +385,17 @@ class WebSocketSession:
                 return self._rejected(exc)
             except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as exc:
                 nursery.cancel_scope.cancel()
-                logger.info("connection failed: %s", exc or type(exc).__name__)
+                logger.debug("%s: connection failed: %r", self.url, exc)
                 if self._finished():
                     return GiveUp("closed")
-                return session.network_error(trio.current_time(), type(exc).__name__)
+                return session.network_error(trio.current_time(), _describe(exc))
             now = trio.current_time()
             if self._finished():
                 nursery.cancel_scope.cancel()
                 return GiveUp("closed")
             session.connected(now)
             self.connections += 1
+            logger.info("%s: connected", self.url)
             if ws.subprotocol != SUBPROTOCOL:
                 nursery.cancel_scope.cancel()
                 self.client.connection_lost()
@@ -471,8 +480,15 @@ class WebSocketSession:
             else:
                 outputs = self.client.receive_text(text)
             for output in outputs:
-                if isinstance(output, EventMessage | ResetMessage):
-                    self._undelivered.append(output)
+                if isinstance(output, EventMessage):
+                    event = output.event or DEFAULT_EVENT_TYPE
+                    self._undelivered.append(Event(output.topic, output.id, event, output.data))
+                    if not await self._deliver():
+                        return
+                elif isinstance(output, ResetMessage):
+                    self._undelivered.append(
+                        ResetNotice(output.topic, output.cursor, output.reason)
+                    )
                     if not await self._deliver():
                         return
                 elif isinstance(output, PublishAcknowledged):
@@ -519,7 +535,7 @@ class WebSocketSession:
                         continue
                 for action in heartbeat.handle_timer(trio.current_time()):
                     if isinstance(action, ClosePeer):
-                        logger.warning("no pong for %.0f s: reconnecting", self._pong_timeout)
+                        logger.info("%s: no pong for %.0f s", self.url, self._pong_timeout)
                         local.append((action.code, action.reason))
                         with trio.move_on_after(1):
                             await ws.aclose(action.code, action.reason)
@@ -537,6 +553,39 @@ class WebSocketSession:
         heartbeat.pong_received(payload, trio.current_time())
 
 
+def _describe(exc: BaseException) -> str:
+    """A one-line description of a connection failure."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    text = str(exc)
+    if isinstance(exc, OSError):
+        return f"connection failed: {text}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out += _leaves(exc)
+        else:
+            out.append(exc)
+    return out
+
+
+_MANAGED = frozenset(
+    {
+        b"host",
+        b"upgrade",
+        b"connection",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-protocol",
+        b"sec-websocket-extensions",
+    }
+)
+
+
 @asynccontextmanager
 async def open_session(
     url: str,
@@ -544,7 +593,7 @@ async def open_session(
     *,
     rng: Random | None = None,
     ssl_context: ssl.SSLContext | None = None,
-    headers: Iterable[tuple[bytes, bytes]] = (),
+    headers: Mapping[str, str] | None = None,
     backoff: Backoff | None = None,
     max_retries: int | None = None,
     connect_timeout: float = DEFAULT_SESSION_CONNECT_TIMEOUT,
@@ -557,19 +606,37 @@ async def open_session(
 ) -> AsyncIterator[WebSocketSession]:
     """Open a ``tidings.v1`` session at *url* (``ws://host/ws`` or ``wss://``).
 
-    *topics* are followed from the start: names (live from now) or a mapping of
-    name to cursor (``"earliest"``, or a saved id to resume after).  The session
-    reconnects with jittered backoff (*backoff*, default
-    :func:`~tidings.session.default_backoff`) until the classifier says stop or
-    *max_retries* consecutive retries failed, resuming every topic from its last id
-    and resending unacknowledged publishes.  *headers* go with every handshake (for
-    example ``Authorization``).  *rng* draws jitter and message ids
-    (default ``random.SystemRandom()``).
+    ::
+
+        async with open_session("ws://localhost:8000/ws", ["news"]) as session:
+            async for item in session:
+                if isinstance(item, ResetNotice):
+                    ...  # resynchronise item.topic: events before item.cursor were skipped
+                else:
+                    print(item.topic, item.id, item.event, item.data)
+
+    It yields :class:`~tidings.events.Event` and :class:`~tidings.events.ResetNotice`,
+    as the SSE and long-poll clients do.  *topics* are followed from the start: names
+    (live from now) or a mapping of name to cursor (``"earliest"``, or a saved id to
+    resume after).  The session reconnects, resuming every topic from its last id and
+    resending unacknowledged publishes, until the one retry decision of every tidings
+    client (:class:`~tidings.retry.Retrier`: the close code or handshake status and who
+    closed) says stop or *max_retries* consecutive retries failed; the delays come from
+    *backoff* (default :func:`~tidings.backoff.default_backoff`), and a connection that
+    delivered a new event or acknowledged a publish is not a failure.  *headers* (a
+    mapping of names to values, for example ``{"Authorization": ...}``) go with every
+    handshake.  *rng* draws jitter and message ids (default ``random.SystemRandom()``).
+
+    Errors are raised bare, not wrapped in an exception group: :class:`SessionClosed`
+    when the session gives up (a refused handshake, a final close code),
+    :class:`~tidings.errors.LocalProtocolError` for a bad argument, and whatever the
+    body of the ``async with`` raises.
     """
     if not url.startswith(("ws://", "wss://")):
         raise LocalProtocolError(f"a session URL starts with ws:// or wss://, not {url!r}")
     if buffer < 0 or not connect_timeout > 0:
         raise LocalProtocolError("buffer must be >= 0 and connect_timeout > 0")
+    extra = check_headers(headers, _MANAGED, "WebSocket session client")
     rng = random.SystemRandom() if rng is None else rng
     reconnecting = ReconnectingSession(rng, backoff=backoff, max_retries=max_retries)
     client = SessionClient(
@@ -587,26 +654,35 @@ async def open_session(
         url,
         client,
         ssl_context=ssl_context,
-        headers=headers,
+        headers=extra,
         connect_timeout=connect_timeout,
         ping_interval=ping_interval,
         pong_timeout=pong_timeout,
         buffer=buffer,
         receive_buffer_size=receive_buffer_size,
     )
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def run() -> None:
+            async def run() -> None:
+                try:
+                    with session._run_scope:
+                        await session._run()
+                finally:
+                    session._end(SessionClosed("session ended"))
+
+            nursery.start_soon(run)
             try:
-                with session._run_scope:
-                    await session._run()
+                yield session
             finally:
-                session._end(SessionClosed("session ended"))
-
-        nursery.start_soon(run)
-        try:
-            yield session
-        finally:
-            with trio.CancelScope(shield=True):
-                await session.aclose()
-            nursery.cancel_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery wraps what the body raised (SessionClosed from the iteration,
+        # the application's own errors).  The run task never raises, so a group of one
+        # is the body's exception: hand it back as it was raised.
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from leaves[0].__cause__
+        raise

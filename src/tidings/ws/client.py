@@ -10,6 +10,10 @@ the original position, so each publish is stored once.
 
 As a last line of defence the client also drops an event whose position is not after
 the last one it delivered for that topic in the same epoch.
+
+A new event and an acknowledged publish count as progress for the session's retry
+decision (:class:`~tidings.retry.Retrier`): a connection that achieved either is not a
+failure when it drops, however young it was.
 """
 
 from __future__ import annotations
@@ -252,12 +256,15 @@ class SessionClient:
         if isinstance(message, ResetMessage | SubscribedMessage):
             if message.topic not in self._last:
                 return []
-            self._advance(message.topic, message.cursor, _parse_or_none(message.cursor))
+            # Every connection repeats these: they are not progress.
+            cursor = message.cursor
+            self._advance(message.topic, cursor, _parse_or_none(cursor), progress=False)
             return [message]
         if isinstance(message, PublishedMessage):
             pending = self._outbox.pop(message.msg_id, None)
             if pending is None:
                 return []  # not ours (any more)
+            self.session.progress()
             return [PublishAcknowledged(message.msg_id, pending.topic, message.id)]
         if message.msg_id is not None:
             pending = self._outbox.pop(message.msg_id, None)
@@ -294,8 +301,10 @@ class SessionClient:
         self._advance(topic, message.id, position)
         return [message]
 
-    def _advance(self, topic: str, cursor: str, position: Position | None) -> None:
-        self.session.message(cursor, topic=topic)
+    def _advance(
+        self, topic: str, cursor: str, position: Position | None, *, progress: bool = True
+    ) -> None:
+        self.session.message(cursor, topic=topic, progress=progress)
         self._last[topic] = position
 
     def __repr__(self) -> str:

@@ -3,8 +3,9 @@
 :class:`MemoryHistory` keeps, for each topic, a ring of the most recent events bounded
 by count and by total size.  :meth:`MemoryHistory.read` answers "what came after this
 position?" with either every retained event after it, in order (a :class:`Replay`), or
-a :class:`Reset` saying why that is impossible and where the head is now.  It never
-silently skips: an evicted, foreign or malformed position always gives a reset.
+a :class:`Reset` saying why that is impossible and where the retained events go on.
+It never silently skips: an evicted, foreign or malformed position always gives a
+reset.
 
 Nothing here waits: waking readers when something is appended is the job of the Trio
 layer (:mod:`tidings.trio`).
@@ -104,9 +105,16 @@ class Replay:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """A read that cannot continue: the client must resynchronise from ``head``."""
+    """A read that cannot continue from the position asked: events were lost.
 
-    head: Position
+    ``cursor`` is where the history continues: reading after it gives every event
+    still retained after the loss.  For an unknown epoch (a restart, a dropped
+    topic) and for evicted events that is just before the earliest event retained;
+    for a position ahead of the head, and for a malformed cursor (which names no
+    place at all), it is the head: live from now.
+    """
+
+    cursor: Position
     reason: ResetReason
 
 
@@ -305,9 +313,11 @@ class MemoryHistory:
         """The events of *topic* after *after*, at most *limit* of them, or a reset.
 
         *after* is a :class:`~tidings.cursor.Position`, its wire form, or
-        :data:`~tidings.cursor.EARLIEST` for everything retained.  A malformed string,
-        a position of another epoch, one ahead of the head, or one whose successors
-        were evicted gives a :class:`Reset` carrying the current head.
+        :data:`~tidings.cursor.EARLIEST` for everything retained.  A position of
+        another epoch, or one whose successors were evicted, gives a :class:`Reset`
+        whose cursor is just before the earliest event retained, so that reading on
+        from it loses nothing more; a malformed string or a position ahead of the
+        head gives one at the head.
         """
         if limit < 1:
             raise LocalProtocolError("limit must be >= 1")
@@ -329,12 +339,13 @@ class MemoryHistory:
         if after.epoch == fresh and after.offset == 0:
             # Handed out before the topic existed: everything of it comes after.
             after = Position(epoch, 0)
+        # A reset continues with every event still retained after the loss.
         if after.epoch != epoch:
-            return Reset(_trusted_position(epoch, last), ResetReason.UNKNOWN_EPOCH)
+            return Reset(_trusted_position(epoch, first - 1), ResetReason.UNKNOWN_EPOCH)
         if after.offset > last:
             return Reset(_trusted_position(epoch, last), ResetReason.UNKNOWN_POSITION)
         if after.offset < first - 1:
-            return Reset(_trusted_position(epoch, last), ResetReason.EVICTED)
+            return Reset(_trusted_position(epoch, first - 1), ResetReason.EVICTED)
         begin = after.offset + 1
         end = min(begin + limit, last + 1)
         if begin == end:

@@ -14,15 +14,16 @@ FORBIDDEN = {"trio", "socket", "ssl", "time", "random", "asyncio", "threading", 
 SANS_IO = sorted(
     path
     for path in SRC.rglob("*.py")
-    # tidings.trio is the I/O layer and __main__ the command line: both may do I/O.
-    if "trio" not in path.relative_to(SRC).parts[:-1] and path.name != "__main__.py"
+    # tidings.trio and tidings.redis are I/O layers and __main__ the command line:
+    # they may do I/O.
+    if not {"trio", "redis"} & set(path.relative_to(SRC).parts[:-1]) and path.name != "__main__.py"
 )
 
 
 def test_sans_io_modules_were_found() -> None:
     names = {p.relative_to(SRC).as_posix() for p in SANS_IO}
     assert {"cursor.py", "history.py", "backoff.py", "sse/parser.py"} <= names
-    assert not any(name.startswith("trio/") for name in names)
+    assert not any(name.startswith(("trio/", "redis/")) for name in names)
 
 
 @pytest.mark.parametrize("path", SANS_IO, ids=lambda p: p.relative_to(SRC).as_posix())
@@ -46,7 +47,9 @@ def test_public_name_is_exported_and_documented(name: str) -> None:
         assert inspect.getdoc(value), f"{name} has no docstring"
 
 
-@pytest.mark.parametrize("module", ["tidings.sse", "tidings.longpoll", "tidings.ws"])
+@pytest.mark.parametrize(
+    "module", ["tidings.sse", "tidings.longpoll", "tidings.ws", "tidings.redis"]
+)
 def test_subpackage_all_is_importable(module: str) -> None:
     mod = importlib.import_module(module)
     for name in mod.__all__:

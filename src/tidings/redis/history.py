@@ -95,9 +95,6 @@ _KEEPALIVE = 5.0
 # Fresh positions: "f_" + the Redis clock in ms, base 36 (real epochs have no "_").
 _FRESH_RE = re.compile(r"f_([0-9a-z]{1,13})")
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-# How far the Redis clock may step back between handing out a fresh position and
-# creating the topic before the position is no longer trusted, in ms.
-_CLOCK_SLACK_MS = 1000
 # A prefix must not contain a hash tag of its own.
 _PREFIX_RE = re.compile(r"[^{}]*")
 
@@ -138,6 +135,16 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(inner) for inner in exc.exceptions)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception a nursery wrapped (the group itself if there were several)."""
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return group
 
 
 class _Keys(NamedTuple):
@@ -246,11 +253,10 @@ def _answer(
         if not state.exists:
             # Still nothing: nothing missed either.  Hand out today's fresh position.
             return Replay((), Position(epoch, 0))
-        if state.created >= fresh - _CLOCK_SLACK_MS and (
-            not horizon or state.created <= fresh + horizon
-        ):
-            # The topic was created after the position was handed out, and no earlier
-            # generation can have expired in between: everything of it comes after.
+        if not horizon or state.created <= fresh + horizon:
+            # No earlier generation can have lived and expired since the position was
+            # handed out (one expires only after horizon ms without an append): every
+            # event of this one comes after it.
             after = Position(epoch, 0)
     elif not state.exists and _fresh_time(after.epoch) is not None:
         # Another fresh position, with an offset: ahead of an empty topic.
@@ -490,9 +496,9 @@ class RedisHistory:
         A topic that does not exist reads as empty, at a *fresh* position: offset 0
         of an epoch ``f_<time>`` naming the Redis clock when it was handed out.
         Reading after a fresh position once the topic exists replays it from its
-        first event -- unless the topic was created too long after (more than *ttl*:
-        an earlier generation may have lived and expired meanwhile) or before the
-        position was handed out, which gives an ``unknown-epoch`` reset instead.
+        first event -- unless the topic was created more than *ttl* after the
+        position was handed out (an earlier generation may have lived and expired
+        meanwhile), which gives an ``unknown-epoch`` reset instead.
         Following a topic from a fresh position loses nothing: its first event is
         offset 1 of its epoch.
         """
@@ -678,7 +684,10 @@ class RedisHistory:
                 if not started and trio.current_time() >= deadline:
                     raise HistoryUnavailable(f"cannot reach Redis: {_describe(exc)}") from exc
                 _log.warning("Redis PUB/SUB connection lost (%s): reconnecting", _describe(exc))
-            await trio.sleep(backoff.disconnected(trio.current_time(), self._rng))
+            delay = backoff.disconnected(trio.current_time(), self._rng)
+            if not started:
+                delay = min(delay, max(0.0, deadline - trio.current_time()))
+            await trio.sleep(delay)
 
     async def _session(self, up: Callable[[], None]) -> None:
         """One PUB/SUB connection, from connecting to its loss (or a forced restart:
@@ -789,10 +798,15 @@ async def open_redis_history(
         dedup_window=dedup_window,
         operation_timeout=operation_timeout,
     )
-    async with client, trio.open_nursery() as nursery:
-        await nursery.start(history._run_pubsub)
-        nursery.start_soon(history._run_unsubscriber)
-        try:
-            yield history
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with client, trio.open_nursery() as nursery:
+            await nursery.start(history._run_pubsub)
+            nursery.start_soon(history._run_unsubscriber)
+            try:
+                yield history
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nurseries (ours, coredis's) wrap whatever was raised, the caller's own
+        # exceptions included: hand back the one exception when there was only one.
+        raise _only(group) from None

@@ -80,6 +80,27 @@ async def test_killed_redis_fails_fast_then_the_feed_comes_back_by_itself(
         assert await a.read("t", EARLIEST, 10) == Replay((after_t,), after_t.position)
 
 
+async def test_the_feed_survives_more_restarts_than_its_pool_has_connections(
+    running: RedisServer, prefix: str
+) -> None:
+    """coredis 6.9 loses a pool slot for each held connection that breaks: the PUB/SUB
+    connection must not come out of a pool that outlives it."""
+    async with (
+        open_redis_history(f"{running.url}?max_connections=2", prefix=prefix) as a,
+        open_redis_history(running.url, prefix=prefix) as b,
+    ):
+        feed = RecordingFeed()
+        a.bind(feed)
+        await a.watch("t")
+        for restart in range(1, 4):
+            running.kill()
+            running.start()
+            await feed.wait_until(lambda restart=restart: len(feed.lost) == restart, within=10)
+            stored = await b.append("t", str(restart))
+            await feed.wait_until(lambda stored=stored: feed.of("t")[-1:] == [stored])
+            assert (await a.append("t", "a")).position == stored.position.next()
+
+
 async def test_stalled_redis_raises_within_the_timeout_and_recovers(
     running: RedisServer, prefix: str
 ) -> None:

@@ -107,7 +107,9 @@ async def test_refuses_oversized_events_and_invalid_topics(
 def test_refuses_bad_options() -> None:
     import coredis
 
-    client = coredis.Redis.from_url("redis://127.0.0.1:1/0")
+    def client() -> coredis.Redis[bytes]:
+        return coredis.Redis.from_url("redis://127.0.0.1:1/0")
+
     for options in [
         {"max_events": 0},
         {"max_event_size": 0},
@@ -119,7 +121,7 @@ def test_refuses_bad_options() -> None:
         with pytest.raises(LocalProtocolError):
             RedisHistory(client, **options)
     with pytest.raises(LocalProtocolError):
-        RedisHistory(coredis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True))
+        RedisHistory(lambda: coredis.Redis.from_url("redis://127.0.0.1:1/0", decode_responses=True))
 
 
 # -- the memory history's answers, side by side --------------------------------------------

@@ -31,6 +31,7 @@ Open one with :func:`open_redis_history`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -135,6 +136,23 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(inner) for inner in exc.exceptions)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _client_from_url(url: str, operation_timeout: float) -> RedisClient:
+    """A client for *url*, with timeouts within *operation_timeout*.
+
+    No retries of its own (the history retries, with an idempotency record); the
+    connect timeout is half the operation timeout so that a connection attempt always
+    ends by coredis's timeout rather than by the history's (see ``_call``).
+    """
+    return coredis.Redis.from_url(
+        url,
+        decode_responses=False,
+        retry_policy=NoRetryPolicy(),
+        connect_timeout=operation_timeout / 2,
+        stream_timeout=operation_timeout,
+        pool_timeout=operation_timeout,
+    )
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -288,7 +306,12 @@ class RedisHistory:
     """The :class:`~tidings.trio.history.History` of topics kept in Redis (see the module).
 
     Make one with :func:`open_redis_history`, which also runs its PUB/SUB reader;
-    the constructor only sets it up.  Every operation that reaches Redis raises
+    the constructor only sets it up.  *connect* makes a coredis client (with
+    ``decode_responses=False``): it is called once for the commands, and once per
+    PUB/SUB connection, each of which gets a client (and so a connection pool) of
+    its own that is closed with it -- coredis 6.9 loses a slot of a pool each time
+    a connection held out of it breaks, so a shared pool would run dry after as many
+    PUB/SUB reconnections as it has slots.  Every operation that reaches Redis raises
     :class:`~tidings.trio.history.HistoryUnavailable` when Redis cannot answer within
     *operation_timeout* seconds (retries included); none hangs.
 
@@ -302,6 +325,8 @@ class RedisHistory:
     __slots__ = (
         "_append_script",
         "_client",
+        "_closing",
+        "_connect",
         "_connected",
         "_failing",
         "_feed",
@@ -310,6 +335,7 @@ class RedisHistory:
         "_read_script",
         "_restart",
         "_rng",
+        "_stopped",
         "_unwatched",
         "_unwatched_wakeup",
         "_watched",
@@ -323,7 +349,7 @@ class RedisHistory:
 
     def __init__(
         self,
-        client: RedisClient,
+        connect: Callable[[], RedisClient],
         *,
         max_events: int = DEFAULT_MAX_EVENTS,
         ttl: float | None = None,
@@ -332,6 +358,7 @@ class RedisHistory:
         dedup_window: float = DEFAULT_DEDUP_MAX_AGE,
         operation_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
+        client = connect()
         if client.decode_responses:
             raise LocalProtocolError("the coredis client must have decode_responses=False")
         if type(max_events) is not int or max_events < 1:
@@ -362,6 +389,7 @@ class RedisHistory:
         #: The most an operation may take before it raises ``HistoryUnavailable``.
         self.operation_timeout = operation_timeout
         self._client = client
+        self._connect = connect
         self._append_script: Script[bytes] = client.register_script(_script("append.lua"))
         self._read_script: Script[bytes] = client.register_script(_script("read.lua"))
         self._rng = random.Random(secrets.randbits(128))
@@ -374,12 +402,14 @@ class RedisHistory:
         self._restart: trio.CancelScope | None = None
         self._connected = False
         self._failing = False
+        self._closing = False
+        self._stopped = trio.Event()
 
     # -- state -----------------------------------------------------------------------
 
     @property
     def client(self) -> RedisClient:
-        """The coredis client in use."""
+        """The coredis client the commands use (not the PUB/SUB connection's)."""
         return self._client
 
     @property
@@ -677,29 +707,62 @@ class RedisHistory:
                 started = True
                 task_status.started()
 
-        while True:
-            try:
-                await self._session(up)
-            except Exception as exc:
-                if not started and trio.current_time() >= deadline:
-                    raise HistoryUnavailable(f"cannot reach Redis: {_describe(exc)}") from exc
-                _log.warning("Redis PUB/SUB connection lost (%s): reconnecting", _describe(exc))
-            delay = backoff.disconnected(trio.current_time(), self._rng)
-            if not started:
-                delay = min(delay, max(0.0, deadline - trio.current_time()))
-            await trio.sleep(delay)
+        try:
+            while not self._is_closing():
+                failure: BaseException | None = None
+                try:
+                    await self._session(up)
+                except* trio.Cancelled:
+                    raise
+                except* Exception as group:
+                    # coredis raises more than ConnectionError when a connection
+                    # breaks (anyio's ClosedResourceError, say), in groups.
+                    failure = group
+                if self._is_closing():
+                    break
+                if failure is not None:
+                    if not started and trio.current_time() >= deadline:
+                        raise HistoryUnavailable(
+                            f"cannot reach Redis: {_describe(failure)}"
+                        ) from failure
+                    _log.warning(
+                        "Redis PUB/SUB connection lost (%s): reconnecting", _describe(failure)
+                    )
+                delay = backoff.disconnected(trio.current_time(), self._rng)
+                if not started:
+                    delay = min(delay, max(0.0, deadline - trio.current_time()))
+                await trio.sleep(delay)
+        finally:
+            self._stopped.set()
+
+    def _is_closing(self) -> bool:
+        # A method, not the attribute: it changes while the reader awaits.
+        return self._closing
+
+    async def _close(self) -> None:
+        """Stop the reader: end the PUB/SUB connection while its client is still up
+        (coredis unsubscribes on the way out), at most *operation_timeout*."""
+        self._closing = True
+        self._reconnect()
+        with trio.move_on_after(self.operation_timeout) as scope:
+            scope.shield = True
+            await self._stopped.wait()
 
     async def _session(self, up: Callable[[], None]) -> None:
         """One PUB/SUB connection, from connecting to its loss (or a forced restart:
         :meth:`_reconnect`)."""
-        pubsub_context = self._client.pubsub(
+        client = self._connect()
+        pubsub_context = client.pubsub(
             ignore_subscribe_messages=True,
             retry_policy=None,
             subscription_timeout=self.operation_timeout,
             max_idle_seconds=_KEEPALIVE,
         )
-        async with pubsub_context as pubsub:
+        # A client of its own, closed with the connection (see the class).
+        async with client, pubsub_context as pubsub:
             with trio.CancelScope() as self._restart:
+                if self._closing:
+                    self._restart.cancel()
                 try:
                     # Not under the lock (a stalled Redis would hold up every watch):
                     # topics watched meanwhile are picked up by the next round, and
@@ -755,7 +818,7 @@ class RedisHistory:
 async def open_redis_history(
     url: str = DEFAULT_URL,
     *,
-    client: RedisClient | None = None,
+    connect: Callable[[], RedisClient] | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
     ttl: float | None = None,
     prefix: str = DEFAULT_PREFIX,
@@ -772,25 +835,19 @@ async def open_redis_history(
     Connects (``redis://``, ``rediss://`` or ``unix://`` URLs, see coredis), starts
     the PUB/SUB reader in a nursery of its own and waits for its first connection:
     raises :class:`~tidings.trio.history.HistoryUnavailable` when Redis cannot be
-    reached within *operation_timeout* seconds.  Leaving the block stops the reader and closes
-    the connections.
+    reached within *operation_timeout* seconds.  Leaving the block stops the reader
+    and closes the connections.
 
-    Pass *client* instead of *url* to use a coredis client you made yourself (for
-    example ``coredis.RedisCluster``, or a Sentinel's ``primary_for(...)``); it must
-    have ``decode_responses=False``.  The other arguments are those of
+    Pass *connect* instead of *url* to make the coredis clients yourself, for example
+    ``coredis.RedisCluster`` or a Sentinel's ``primary_for(...)``: a callable that
+    returns a new client (not entered yet) with ``decode_responses=False`` each time
+    it is called; see :class:`RedisHistory`.  The other arguments are those of
     :class:`RedisHistory`.
     """
-    if client is None:
-        client = coredis.Redis.from_url(
-            url,
-            decode_responses=False,
-            retry_policy=NoRetryPolicy(),
-            connect_timeout=operation_timeout / 2,
-            stream_timeout=operation_timeout,
-            pool_timeout=operation_timeout,
-        )
+    if connect is None:
+        connect = functools.partial(_client_from_url, url, operation_timeout)
     history = RedisHistory(
-        client,
+        connect,
         max_events=max_events,
         ttl=ttl,
         prefix=prefix,
@@ -799,12 +856,13 @@ async def open_redis_history(
         operation_timeout=operation_timeout,
     )
     try:
-        async with client, trio.open_nursery() as nursery:
+        async with history.client, trio.open_nursery() as nursery:
             await nursery.start(history._run_pubsub)
             nursery.start_soon(history._run_unsubscriber)
             try:
                 yield history
             finally:
+                await history._close()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The nurseries (ours, coredis's) wrap whatever was raised, the caller's own

@@ -52,7 +52,7 @@ from coredis.response.types import PubSubMessage
 from coredis.retry import NoRetryPolicy
 
 from tidings.backoff import Backoff, FullJitter
-from tidings.cursor import EARLIEST, Position, new_epoch
+from tidings.cursor import EARLIEST, Position, _trusted_position, new_epoch
 from tidings.dedup import DEFAULT_DEDUP_MAX_AGE
 from tidings.errors import InvalidCursor, LocalProtocolError
 from tidings.history import Replay, Reset, ResetReason, StoredEvent
@@ -189,21 +189,24 @@ def _as_bytes(value: object) -> bytes:
 
 
 def _entry_event(epoch: str, entry: object) -> StoredEvent:
-    """A :class:`StoredEvent` from one XRANGE entry ``[id, [field, value, ...]]``."""
-    ident, fields = cast(Sequence[object], entry)
+    """A :class:`StoredEvent` from one XRANGE entry ``[id, [field, value, ...]]``
+    (*epoch* already checked)."""
+    ident, fields = cast(Sequence[Any], entry)
     offset = int(_as_bytes(ident).partition(b"-")[0])
     values = cast(Sequence[bytes], fields)
-    data: str | None = None
-    event: str | None = None
-    for index in range(0, len(values) - 1, 2):
-        name = values[index]
-        if name == b"d":
-            data = _decode(values[index + 1])
-        elif name == b"e":
-            event = _decode(values[index + 1])
-    if data is None:
+    if len(values) == 2 and values[0] == b"d":  # as append.lua writes them
+        return StoredEvent(_trusted_position(epoch, offset), _decode(values[1]))
+    if len(values) == 4 and values[0] == b"d" and values[2] == b"e":
+        return StoredEvent(_trusted_position(epoch, offset), _decode(values[1]), _decode(values[3]))
+    found = dict(zip(values[::2], values[1::2], strict=False))
+    if b"d" not in found:
         raise ValueError(f"stream entry {ident!r} has no data")
-    return StoredEvent(Position(epoch, offset), data, event)
+    event = found.get(b"e")
+    return StoredEvent(
+        _trusted_position(epoch, offset),
+        _decode(found[b"d"]),
+        None if event is None else _decode(event),
+    )
 
 
 def _decode_message(payload: bytes) -> StoredEvent:
@@ -243,7 +246,7 @@ def _parse_state(reply: object) -> _State:
     return _State(
         now,
         True,
-        _as_bytes(items[2]).decode("ascii"),
+        Position(_as_bytes(items[2]).decode("ascii"), 0).epoch,  # checks the epoch
         _as_int(items[3]),
         _as_int(items[4]),
         _as_int(items[5]),

@@ -17,7 +17,8 @@ publishes, atomically, so that processes appending at once never share an offset
 and every subscriber sees a topic's events in position order.  When the meta hash
 is missing (a new topic, an expired one, a flushed or failed-over Redis) the script
 starts a new generation with a random epoch and deletes any stream left over, so
-old positions give an explicit reset, never a silent gap.  Reads go through a
+old positions give an explicit reset, never a silent gap (but see the failover
+caveat in :doc:`/scaling`).  Reads go through a
 second script (``read.lua``) that checks the epoch and reads the stream in one
 step.
 
@@ -43,6 +44,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, NamedTuple, cast
 
+import anyio
 import coredis
 import trio
 from coredis.commands.script import Script
@@ -99,7 +101,17 @@ _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 # A prefix must not contain a hash tag of its own.
 _PREFIX_RE = re.compile(r"[^{}]*")
 
-_TRANSIENT = (RedisConnectionError, TimeoutError, OSError)
+# What a lost or stalled connection raises.  coredis wraps most of it in its
+# ConnectionError, but a connection torn down while a command is being queued
+# can let anyio's own exceptions through.
+_TRANSIENT = (
+    RedisConnectionError,
+    TimeoutError,
+    OSError,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+)
 
 
 def _script(name: str) -> str:

@@ -50,7 +50,9 @@ __all__ = [
 class HistoryUnavailable(Exception):
     """The history cannot be reached right now (its store is down): try again later.
 
-    A publish that fails this way was not stored; a server answers it with ``503``.
+    A publish that fails this way was stored at most once (a networked store may
+    still store an append whose answer was lost); resending it with the same
+    idempotency key is safe.  A server answers it with ``503`` and ``Retry-After``.
     """
 
 
@@ -87,9 +89,9 @@ class History(Protocol):
 
         Raises :class:`~tidings.errors.LocalProtocolError` for an event the history
         refuses (too large: ``error_status_hint`` 413), :class:`HistoryUnavailable`
-        when the store cannot be reached (then nothing was stored).  An append cut
-        off in the middle either stored the event once or raises: it is never
-        acknowledged and lost.
+        when the store cannot be reached (the event was then stored at most once:
+        resend with the same *key*).  An append cut off in the middle either
+        stored the event once or raises: it is never acknowledged and lost.
         """
         ...
 

@@ -41,6 +41,15 @@ class ServerConfig:
     write_timeout: float = 60.0
     #: Largest request body (the data of a publish), in bytes.  Larger gets ``413``.
     max_body_size: int = 1024 * 1024
+    #: Longest time a request body may take to arrive completely, counted from the
+    #: end of its head (HTTP/2: from its HEADERS).  Slower gets ``408``; HTTP/1.1
+    #: then closes the connection, HTTP/2 resets the stream (``NO_ERROR``).
+    body_timeout: float = 60.0
+    #: Slowest average rate, in bytes per second, at which a request body may
+    #: arrive once the first :attr:`header_timeout` seconds are over: each byte
+    #: received buys ``1 / body_min_rate`` seconds more, never beyond
+    #: :attr:`body_timeout`.  Slower gets ``408`` as above; ``0`` turns it off.
+    body_min_rate: int = 1024
     #: Whether HTTP/2 is offered (prior knowledge on cleartext, ALPN on TLS).
     http2: bool = True
     #: ``SETTINGS_MAX_CONCURRENT_STREAMS`` on HTTP/2 connections.
@@ -82,13 +91,20 @@ class ServerConfig:
         ):
             if getattr(self, name) < 1:
                 raise LocalProtocolError(f"{name} must be >= 1")
-        for name in ("max_rejected_connections", "retry_after", "max_body_size", "drain_retry"):
+        for name in (
+            "max_rejected_connections",
+            "retry_after",
+            "max_body_size",
+            "body_min_rate",
+            "drain_retry",
+        ):
             if getattr(self, name) < 0:
                 raise LocalProtocolError(f"{name} must be >= 0")
         for name in (
             "header_timeout",
             "idle_timeout",
             "write_timeout",
+            "body_timeout",
             "heartbeat_interval",
             "drain_timeout",
         ):

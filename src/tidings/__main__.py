@@ -75,7 +75,7 @@ def _http2_choice(args: argparse.Namespace) -> bool | None:
 async def _serve(args: argparse.Namespace) -> int:
     history = MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
     hub = Hub(history)
-    config = ServerConfig(http2=args.http2)
+    config = ServerConfig(http2=args.http2, max_connections=args.max_connections)
     ssl_context = None
     if args.certfile is not None:
         try:
@@ -328,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         metavar="N",
         help="events kept per topic for resuming [1000]",
+    )
+    default_max = ServerConfig().max_connections
+    p_serve.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=default_max,
+        metavar="N",
+        help=(
+            "connections served at once; beyond them requests get 503, except"
+            f" /healthz and /readyz [{default_max}]"
+        ),
     )
 
     p_tail = commands.add_parser(

@@ -542,7 +542,7 @@ async def test_connections_beyond_the_limit_get_503_with_retry_after(
     assert (await first.request("GET", "/healthz"))[0] == 200
     assert (await second.request("GET", "/healthz"))[0] == 200
     third = await connect(server)
-    await third.send("GET", "/healthz")
+    await third.send("GET", "/topics/t/poll?timeout=0")
     response = await third.response()
     headers = dict(response.headers)
     assert (response.status_code, headers[b"retry-after"]) == (503, b"7")
@@ -851,3 +851,37 @@ async def test_malformed_chunked_bodies_get_400_and_the_connection_closes(
     assert b"connection: close" in answer
     assert answer.count(b"HTTP/1.1 ") == 1
     assert hub.history.head("t").offset == 0
+
+
+async def test_health_probes_are_answered_while_slow_clients_hold_every_connection(
+    start_server: StartServer, connect: Connect
+) -> None:
+    config = ServerConfig(max_connections=100, max_rejected_connections=8, header_timeout=60)
+    server = await start_server(config=config)
+    held: list[trio.SocketStream] = []
+    try:
+        with trio.fail_after(10):
+            # Slow publishers take every place: each is admitted (its 100 Continue
+            # says so), then never sends its body.
+            head = b"POST /topics/t HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+            for _ in range(100):
+                stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+                held.append(stream)
+                await stream.send_all(head + b"expect: 100-continue\r\n\r\n")
+                assert (await stream.receive_some()).startswith(b"HTTP/1.1 100 ")
+            assert server.connection_count == 100
+            # More connections beyond the limit, sending nothing at all: more than
+            # the places for rejected connections.
+            held += [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(20)]
+            for path, body in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")) * 3:
+                client = await connect(server)
+                status, headers, answer = await client.request("GET", path)
+                assert (status, answer) == (200, body)
+                assert headers[b"connection"] == b"close"
+            client = await connect(server)
+            status, headers, _ = await client.request("GET", "/topics/t/poll?timeout=0")
+            assert (status, headers[b"retry-after"]) == (503, b"5")
+            assert server.connection_count == 100
+    finally:
+        for stream in held:
+            await trio.aclose_forcefully(stream)

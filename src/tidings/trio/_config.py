@@ -21,10 +21,14 @@ class ServerConfig:
     """
 
     #: Connections served at once.  Beyond it a connection gets ``503`` with
-    #: ``Retry-After`` and is closed.
+    #: ``Retry-After`` and is closed; ``/healthz`` and ``/readyz`` are still
+    #: answered as usual on it (then it is closed too).
     max_connections: int = 16_384
-    #: Connections beyond :attr:`max_connections` that are still answered ``503``;
-    #: further ones are closed without an answer.
+    #: Connections beyond :attr:`max_connections` that are still answered (``503``,
+    #: or the health probes).  When that many are open, a further one makes room by
+    #: closing the oldest of them, so that a probe gets through even while slow
+    #: clients hold every place; with ``0`` every connection beyond the limit is
+    #: closed without an answer.
     max_rejected_connections: int = 64
     #: The ``Retry-After`` value (seconds) sent with ``503`` answers.
     retry_after: int = 5

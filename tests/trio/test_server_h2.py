@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,17 +14,20 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hpack
 import pytest
 import trio
 import trio.testing
 import trustme
 from h2.errors import ErrorCodes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tidings.cursor import Position
-from tidings.history import Replay
+from tidings.cursor import Position, new_epoch
+from tidings.history import MemoryHistory, Replay
 from tidings.sse.parser import EventStreamParser, MessageEvent
 from tidings.trio import Hub, Server, ServerConfig
-from tidings.trio._h2 import H2Connection, H2Stream, _H2Sink
+from tidings.trio._h2 import PREFACE, H2Connection, H2Stream, _H2Sink
 
 if TYPE_CHECKING:
     from conftest import StartServer
@@ -596,6 +601,157 @@ async def test_http2_can_be_disabled(start_server: StartServer) -> None:
         assert data.startswith(b"HTTP/1.1 4")
     finally:
         await trio.aclose_forcefully(stream)
+
+
+# -- hostile traffic ------------------------------------------------------------------
+
+
+def tidings_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name.startswith("tidings")]
+
+
+async def test_refusing_a_stream_the_client_already_reset_keeps_the_connection(
+    hub: Hub,
+    start_server: StartServer,
+    h2_clients: list[H2Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_server(config=ServerConfig(max_concurrent_streams=1))
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    # In one write: a stream that takes the only place, then one the server must
+    # refuse, reset by the client in the same breath.  h2 has closed it by the
+    # time the server refuses it.
+    follower = client.open("GET", "/topics/t/events")
+    refused = client.open("GET", "/healthz")
+    client.conn.reset_stream(refused)
+    await client.flush()
+    with trio.fail_after(5):
+        await client.until(lambda: bool(client.streams[follower].headers))
+        await hub.publish("t", "still here")
+        [event] = await client.events(follower, 1)
+    assert event.data == "still here"
+    assert client.terminated is None
+    assert not [r for r in tidings_records(caplog) if r.levelno >= logging.WARNING]
+
+
+# Frame sequences as a hostile or broken client may send them: mostly well-formed
+# frames (so that the server gets deep: streams opened, bodies, resets, refusals),
+# in any order, on the current stream or a new one, plus now and then a frame of
+# any type, flags and payload at all.
+_REQUESTS = [
+    [(":method", "GET"), (":path", "/topics/t/events"), (":scheme", "http"), (":authority", "a")],
+    [(":method", "POST"), (":path", "/topics/t"), (":scheme", "http"), (":authority", "a")],
+    [(":method", "GET"), (":path", "/healthz"), (":scheme", "http"), (":authority", "a")],
+    [(":method", "GET"), (":path", "/topics/t/poll?timeout=5"), (":scheme", "http"), ("host", "a")],
+    [(":method", "GET"), (":path", "/nope")],  # malformed: 400 on its stream
+]
+_KINDS = (
+    ["headers"] * 4
+    + ["data"] * 2
+    + ["rst"] * 3
+    + [
+        "split-headers",
+        "settings",
+        "ping",
+        "window",
+        "priority",
+        "garbage",
+    ]
+)
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    head = len(payload).to_bytes(3, "big") + bytes([kind, flags])
+    return head + stream_id.to_bytes(4, "big") + payload
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> bytes:
+    encoder = hpack.Encoder()
+    out = []
+    current = 1
+    for _ in range(draw(st.integers(1, 40))):
+        kind = draw(st.sampled_from(_KINDS))
+        if current == 1 and kind in ("data", "rst", "priority"):
+            kind = "headers"  # nothing open yet to send these on
+        last = max(1, current - 2)  # the stream opened last
+        if kind in ("headers", "split-headers"):
+            block = encoder.encode(draw(st.sampled_from(_REQUESTS)))
+            end_stream = draw(st.booleans())
+            if kind == "headers":
+                out.append(_frame(0x1, 0x4 | end_stream, current, block))
+            else:
+                out.append(_frame(0x1, end_stream, current, block[:3]))
+                out.append(_frame(0x9, 0x4, current, block[3:]))
+            current += 2
+        elif kind == "data":
+            stream_id = draw(st.sampled_from([last, max(1, last - 2)]))
+            out.append(_frame(0x0, draw(st.sampled_from([0, 1])), stream_id, b"x" * 10))
+        elif kind == "rst":
+            stream_id = draw(st.sampled_from([last, max(1, last - 2), current]))
+            out.append(_frame(0x3, 0, stream_id, draw(st.integers(0, 13)).to_bytes(4, "big")))
+        elif kind == "settings":
+            setting = draw(st.sampled_from([0x1, 0x2, 0x3, 0x4, 0x5, 0x6]))
+            value = draw(st.sampled_from([0, 1, 100, 16384, 65535, 2**31 - 1]))
+            payload = setting.to_bytes(2, "big") + value.to_bytes(4, "big")
+            ack = draw(st.booleans())
+            out.append(_frame(0x4, 1, 0, b"") if ack else _frame(0x4, 0, 0, payload))
+        elif kind == "ping":
+            out.append(_frame(0x6, draw(st.sampled_from([0, 1])), 0, b"12345678"))
+        elif kind == "window":
+            stream_id = draw(st.sampled_from([0, last]))
+            increment = draw(st.sampled_from([1, 100, 65535] * 6 + [0, 2**31 - 1]))
+            out.append(_frame(0x8, 0, stream_id, increment.to_bytes(4, "big")))
+        elif kind == "priority":
+            depends = draw(st.sampled_from([0, last, current + 2]))
+            out.append(_frame(0x2, 0, current, depends.to_bytes(4, "big") + b"\x10"))
+        else:
+            out.append(
+                _frame(
+                    draw(st.integers(0, 12)),
+                    draw(st.integers(0, 255)),
+                    draw(st.sampled_from([0, current, last, 2, 2**31 - 1])),
+                    draw(st.binary(max_size=12)),
+                )
+            )
+    return b"".join(out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_frames())
+def test_no_frame_sequence_makes_the_server_fail(frames: bytes) -> None:
+    """Whatever the frames, the connection ends in order: no exception, no traceback."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    logger = logging.getLogger("tidings")
+    logger.addHandler(handler)
+
+    async def scenario() -> None:
+        hub = Hub(MemoryHistory(new_epoch(random.Random(1)), max_events=10))
+        server = Server(hub, ServerConfig(max_concurrent_streams=2))
+        client, remote = trio.testing.memory_stream_pair()
+        with trio.fail_after(3600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.serve_stream, remote)
+                await client.send_all(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frames)
+                await hub.publish("t", "x")
+                await trio.sleep(20)  # handlers run, timeouts pass (autojump)
+                await client.send_eof()
+                while await client.receive_some():
+                    pass
+            assert server.connection_count == 0
+
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.removeHandler(handler)
+    assert not records, [record.getMessage() for record in records]
 
 
 # -- TLS ----------------------------------------------------------------------------

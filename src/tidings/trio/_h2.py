@@ -302,7 +302,10 @@ class H2Connection:
             or self._nursery is None
             or len(self.streams) >= self.config.max_concurrent_streams
         ):
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            # The client may have reset it already (later in this batch of frames):
+            # then h2 has closed it, and there is nothing left to refuse.
+            with suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         raw = event.headers or []
         complete = event.stream_ended is not None

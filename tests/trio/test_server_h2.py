@@ -635,6 +635,25 @@ async def test_refusing_a_stream_the_client_already_reset_keeps_the_connection(
     assert not [r for r in tidings_records(caplog) if r.levelno >= logging.WARNING]
 
 
+async def test_health_probes_over_http2_are_answered_beyond_the_connection_limit(
+    start_server: StartServer, h2_clients: list[H2Client]
+) -> None:
+    server = await start_server(config=ServerConfig(max_connections=1))
+    holder = await h2_connect(server)
+    h2_clients.append(holder)
+    held = holder.open("GET", "/topics/t/events")
+    await holder.flush()
+    await holder.until(lambda: bool(holder.streams[held].headers))
+    for path, status in (("/healthz", b"200"), ("/readyz", b"200"), ("/topics/t", b"503")):
+        client = await h2_connect(server)
+        h2_clients.append(client)
+        state = await client.request("GET" if status == b"200" else "POST", path)
+        assert state.headers[b":status"] == status
+        # One answer, then the connection closes (GOAWAY).
+        await client.until(lambda c=client: c.terminated is not None)  # type: ignore[misc]
+    assert server.connection_count == 1
+
+
 # Frame sequences as a hostile or broken client may send them: mostly well-formed
 # frames (so that the server gets deep: streams opened, bodies, resets, refusals),
 # in any order, on the current stream or a new one, plus now and then a frame of

@@ -163,7 +163,10 @@ class H2Connection:
             self.app.connections.discard(self)
 
     async def _serve(self) -> None:
-        self._idle_deadline = trio.current_time() + self.config.idle_timeout
+        # A connection beyond the limit gets one request (a health probe, or a
+        # 503), which must come as soon as a request head would; it drains after.
+        wait = self.config.header_timeout if self.info.rejecting else self.config.idle_timeout
+        self._idle_deadline = trio.current_time() + wait
         self.h2.initiate_connection()
         self.h2.update_settings(
             {SettingCodes.MAX_CONCURRENT_STREAMS: self.config.max_concurrent_streams}
@@ -197,7 +200,7 @@ class H2Connection:
             return
         if self.streams:
             scope.deadline = math.inf
-        elif self._draining or self.info.rejecting:
+        elif self._draining:
             scope.cancel()
         else:
             scope.deadline = self._idle_deadline
@@ -207,7 +210,7 @@ class H2Connection:
     async def _read_loop(self) -> None:
         config = self.config
         while not self._peer_done and not self._broken:
-            if not self.streams and (self._draining or self.info.rejecting):
+            if not self.streams and self._draining:
                 return
             deadline = math.inf if self.streams else self._idle_deadline
             with trio.CancelScope(deadline=deadline) as scope:

@@ -7,12 +7,14 @@ import logging
 import random
 import ssl
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 import hpack
 import pytest
@@ -635,6 +637,107 @@ async def test_refusing_a_stream_the_client_already_reset_keeps_the_connection(
     assert not [r for r in tidings_records(caplog) if r.levelno >= logging.WARNING]
 
 
+async def _flood(client: H2Client, make_frames: Callable[[], None], rounds: int) -> None:
+    """Send what *make_frames* queues, *rounds* times, while reading the answers."""
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            while client.terminated is None and not client.closed:
+                data = await client.stream.receive_some()
+                if not data:
+                    client.closed = True
+                    break
+                with suppress(h2.exceptions.ProtocolError):
+                    for event in client.conn.receive_data(bytes(data)):
+                        client.dispatch(event)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read)
+        with suppress(trio.BrokenResourceError, h2.exceptions.ProtocolError):
+            for _ in range(rounds):
+                make_frames()
+                await client.flush()
+        await trio.sleep_forever()  # until read() saw the end
+
+
+async def test_rapid_reset_gets_goaway_enhance_your_calm(
+    hub: Hub, server: Server, h2_clients: list[H2Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    bystander = await h2_connect(server)
+    h2_clients.append(bystander)
+    follower = bystander.open("GET", "/topics/t/events")
+    await bystander.flush()
+    await bystander.until(lambda: bool(bystander.streams[follower].headers))
+    attacker = await h2_connect(server)
+    h2_clients.append(attacker)
+
+    def open_and_reset() -> None:
+        for _ in range(100):
+            stream_id = attacker.open("GET", "/topics/t/events")
+            attacker.conn.reset_stream(stream_id)
+
+    with trio.fail_after(10):
+        await _flood(attacker, open_and_reset, rounds=50)  # 5000 pairs at most
+    terminated = attacker.terminated
+    assert terminated is not None
+    assert terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    # Refusals count as resets too: no more than the budget of streams was opened.
+    assert terminated.last_stream_id is not None
+    assert terminated.last_stream_id <= 2 * server.config.max_stream_resets + 1
+    records = tidings_records(caplog)
+    assert 1 <= len(records) <= 5
+    assert not [r for r in records if r.levelno >= logging.WARNING or r.exc_info]
+    # Everyone else is fine.
+    await hub.publish("t", "after the flood")
+    [event] = await bystander.events(follower, 1)
+    assert event.data == "after the flood"
+
+
+@pytest.mark.parametrize("kind", ["settings", "ping"])
+async def test_settings_and_ping_floods_get_goaway_enhance_your_calm(
+    server: Server, h2_clients: list[H2Client], kind: str
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+
+    def frames() -> None:
+        for n in range(50):
+            if kind == "ping":
+                client.conn.ping(n.to_bytes(8, "big"))
+            else:
+                client.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+
+    with trio.fail_after(10):
+        await _flood(client, frames, rounds=20)
+    assert client.terminated is not None
+    assert client.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_resets_pings_and_settings_within_their_budget_are_no_flood(
+    hub: Hub, start_server: StartServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start_server(config=ServerConfig(flood_interval=10))
+    client = await h2_connect(server)
+    try:
+        config = server.config
+        for _ in range(5):
+            # Just under every budget, then the interval passes.
+            for _ in range(config.max_stream_resets - 10):
+                client.conn.reset_stream(client.open("GET", "/topics/t/events"))
+            for n in range(config.max_ping_frames - 10):
+                client.conn.ping(n.to_bytes(8, "big"))
+            for _ in range(config.max_settings_frames - 10):
+                client.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+            await client.flush()
+            await trio.sleep(config.flood_interval)
+        state = await client.request("GET", "/healthz")
+        assert state.headers[b":status"] == b"200"
+        assert client.terminated is None
+    finally:
+        await trio.aclose_forcefully(client.stream)
+
+
 async def test_health_probes_over_http2_are_answered_beyond_the_connection_limit(
     start_server: StartServer, h2_clients: list[H2Client]
 ) -> None:
@@ -753,7 +856,7 @@ def test_no_frame_sequence_makes_the_server_fail(frames: bytes) -> None:
 
     async def scenario() -> None:
         hub = Hub(MemoryHistory(new_epoch(random.Random(1)), max_events=10))
-        server = Server(hub, ServerConfig(max_concurrent_streams=2))
+        server = Server(hub, ServerConfig(max_concurrent_streams=2, max_stream_resets=4))
         client, remote = trio.testing.memory_stream_pair()
         with trio.fail_after(3600):
             async with trio.open_nursery() as nursery:

@@ -58,6 +58,20 @@ class ServerConfig:
     http2: bool = True
     #: ``SETTINGS_MAX_CONCURRENT_STREAMS`` on HTTP/2 connections.
     max_concurrent_streams: int = 100
+    #: HTTP/2 streams a client may reset (``RST_STREAM``) before their answer
+    #: started, or have refused (beyond :attr:`max_concurrent_streams`), within
+    #: :attr:`flood_interval`.  More ("rapid reset", CVE-2023-44487) gets ``GOAWAY``
+    #: with ``ENHANCE_YOUR_CALM`` and the connection closes.  Resetting a stream
+    #: that is being answered (leaving an event stream) does not count.
+    max_stream_resets: int = 200
+    #: ``SETTINGS`` frames an HTTP/2 client may send within :attr:`flood_interval`;
+    #: more gets ``GOAWAY`` ``ENHANCE_YOUR_CALM``.
+    max_settings_frames: int = 50
+    #: ``PING`` frames an HTTP/2 client may send within :attr:`flood_interval`;
+    #: more gets ``GOAWAY`` ``ENHANCE_YOUR_CALM``.
+    max_ping_frames: int = 50
+    #: The interval over which the HTTP/2 frames above are counted, per connection.
+    flood_interval: float = 10.0
     #: The ``retry:`` (milliseconds) sent when an SSE stream opens, or ``None``.
     sse_retry: int | None = 3000
     #: Interval between SSE heartbeat comments on an otherwise quiet stream.
@@ -89,6 +103,9 @@ class ServerConfig:
             "max_connections",
             "max_header_size",
             "max_concurrent_streams",
+            "max_stream_resets",
+            "max_settings_frames",
+            "max_ping_frames",
             "subscriber_max_events",
             "subscriber_max_bytes",
             "receive_size",
@@ -109,6 +126,7 @@ class ServerConfig:
             "idle_timeout",
             "write_timeout",
             "body_timeout",
+            "flood_interval",
             "heartbeat_interval",
             "drain_timeout",
         ):

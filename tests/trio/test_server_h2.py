@@ -738,6 +738,68 @@ async def test_resets_pings_and_settings_within_their_budget_are_no_flood(
         await trio.aclose_forcefully(client.stream)
 
 
+@pytest.mark.parametrize(
+    ("piece", "every", "cut_at"),
+    [
+        (b"", 5.0, 10.0),  # HEADERS, then nothing: held for as long as it lasted
+        (b"x", 5.0, 10.0),  # a byte every 5 s
+        (b"x" * 200, 1.0, 60.0),  # fast enough for the rate, but never done
+    ],
+)
+async def test_http2_request_bodies_that_do_not_come_get_408_and_a_reset(
+    hub: Hub,
+    start_server: StartServer,
+    autojump_clock: trio.testing.MockClock,
+    piece: bytes,
+    every: float,
+    cut_at: float,
+) -> None:
+    config = ServerConfig(header_timeout=10, body_timeout=60, body_min_rate=100, idle_timeout=30)
+    server = await start_server(config=config)
+    client = await h2_connect(server)
+    try:
+        follower = client.open("GET", "/topics/t/events")
+        slow = [client.open("POST", "/topics/u") for _ in range(20)]
+        honest = client.open("POST", "/topics/u")  # 2000 bytes at 200 bytes/s
+        await client.flush()
+        start = trio.current_time()
+        honest_left = 2000
+        with trio.fail_after(cut_at + 30):
+            while not all(client.streams[s].reset is not None for s in slow):
+                with trio.move_on_after(every):
+                    while True:
+                        await client.pump()
+                for stream_id in slow:
+                    if piece and client.streams[stream_id].reset is None:
+                        client.conn.send_data(stream_id, piece)
+                if honest_left:
+                    size = min(honest_left, int(200 * every))
+                    honest_left -= size
+                    client.conn.send_data(honest, b"y" * size, end_stream=not honest_left)
+                await client.flush()
+            cut = trio.current_time() - start
+            await client.until(lambda: client.streams[honest].ended)
+            await hub.publish("t", "still here")
+            [event] = await client.events(follower, 1)
+        assert event.data == "still here"
+        assert cut == pytest.approx(cut_at, abs=every + 1.5)
+        for stream_id in slow:
+            state = client.streams[stream_id]
+            assert state.headers[b":status"] == b"408"
+            assert state.reset == ErrorCodes.NO_ERROR
+        assert client.streams[honest].headers[b":status"] == b"201"
+        assert hub.history.head("u").offset == 1  # the honest publish only
+        # Without streams, the connection closes after the idle timeout.
+        client.conn.reset_stream(follower)
+        await client.flush()
+        idle_from = trio.current_time()
+        with trio.fail_after(60):
+            await client.until(lambda: client.terminated is not None)
+        assert trio.current_time() - idle_from == pytest.approx(30, abs=1)
+    finally:
+        await trio.aclose_forcefully(client.stream)
+
+
 async def test_health_probes_over_http2_are_answered_beyond_the_connection_limit(
     start_server: StartServer, h2_clients: list[H2Client]
 ) -> None:

@@ -13,7 +13,8 @@ is handed back only as ``read_body`` takes the data, so what a handler does not
 read (an SSE ``GET`` that carries a body) is capped by the initial window, and
 once the response has started further data is dropped unbuffered.  The
 connection window is handed back at once so that one such stream cannot starve
-the others.
+the others.  A request body that does not arrive in time (``body_timeout``,
+``body_min_rate``) gets ``408`` and its stream is reset.
 
 No frame sequence from a client raises out of here: a protocol error gets
 ``GOAWAY`` with h2's error code, an error of one stream stays on that stream,
@@ -65,6 +66,8 @@ log = logging.getLogger("tidings.server")
 _REQUEST_HEADERS = HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
 )
+
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 
 #: The client connection preface that starts every HTTP/2 connection.
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -434,7 +437,7 @@ class H2Connection:
             self._refuse(stream_id, 431, b"Request Header Fields Too Large\n", complete)
             return
         request = self._make_request(raw)
-        stream = H2Stream(self, stream_id, request)
+        stream = H2Stream(self, stream_id, request, trio.current_time())
         if event.stream_ended is not None:
             stream._body_done = True
         self.streams[stream_id] = stream
@@ -488,7 +491,10 @@ class H2Connection:
                 else:
                     await self.app.handle(stream.request, stream)
                     if not stream.started:
-                        await stream.respond(500, [], b"Internal server error\n")
+                        if stream._body_late:
+                            await stream.respond(408, [_TEXT], b"Request Timeout\n")
+                        else:
+                            await stream.respond(500, [], b"Internal server error\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -679,11 +685,14 @@ class H2Stream(Responder):
         "_aborted",
         "_body",
         "_body_done",
+        "_body_late",
+        "_body_received",
         "_body_too_large",
         "_body_waiter",
         "_ended",
         "_gone",
         "_head",
+        "_opened",
         "_owed",
         "_started",
         "_watch_scope",
@@ -695,7 +704,13 @@ class H2Stream(Responder):
         "stream_id",
     )
 
-    def __init__(self, connection: H2Connection, stream_id: int, request: Request | None) -> None:
+    def __init__(
+        self,
+        connection: H2Connection,
+        stream_id: int,
+        request: Request | None,
+        opened: float,
+    ) -> None:
         self.connection = connection
         self.stream_id = stream_id
         self.request = request
@@ -708,6 +723,11 @@ class H2Stream(Responder):
         self._body_done = False
         self._body_too_large = False
         self._body_waiter = Waiter()
+        # When the request's HEADERS came, the body bytes received since (for the
+        # body's deadline and rate), and whether the body came too late.
+        self._opened = opened
+        self._body_received = 0
+        self._body_late = False
         # Flow-controlled bytes buffered whose stream window was not handed back.
         self._owed = 0
         self._head: list[tuple[bytes, bytes]] | None = None
@@ -725,6 +745,7 @@ class H2Stream(Responder):
         (nobody reads it any more); until then the client can only send what the
         stream window allows, which read_body widens as it goes.
         """
+        self._body_received += size
         if self._body_too_large or self._started:
             return False
         if len(self._body) + len(data) > self.connection.config.max_body_size:
@@ -760,11 +781,18 @@ class H2Stream(Responder):
 
     def _finish(self) -> None:
         """After the handler: make sure the stream is closed on our side."""
-        if self._ended or self.connection._broken:
+        if self.connection._broken:
             return
-        self._ended = True
+        if not self._ended:
+            self._ended = True
+            code = ErrorCodes.CANCEL
+        elif self._body_late and not self._body_done and not self._gone:
+            # Answered 408 before the body came: stop it (RFC 9113 §8.1).
+            code = ErrorCodes.NO_ERROR
+        else:
+            return
         with suppress(h2.exceptions.ProtocolError):
-            self.connection.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            self.connection.h2.reset_stream(self.stream_id, code)
 
     # -- Responder -----------------------------------------------------------------
 
@@ -792,10 +820,29 @@ class H2Stream(Responder):
             if self._body_too_large or len(self._body) > max_size:
                 raise BodyTooLarge(f"body exceeds {max_size} bytes")
             self._release()  # consumed: let the client send the next part
-            await self._body_waiter.wait()
+            deadline = self._body_deadline()
+            if not await self._body_waiter.wait(deadline) and trio.current_time() >= deadline:
+                self._body_late = True
+                connection = self.connection
+                connection._note(
+                    logging.DEBUG,
+                    "request body on stream %d from %s not received in time",
+                    self.stream_id,
+                    connection.info.client,
+                )
+                raise trio.BrokenResourceError("request body not received in time")
         if self._body_too_large or len(self._body) > max_size:
             raise BodyTooLarge(f"body exceeds {max_size} bytes")
         return bytes(self._body)
+
+    def _body_deadline(self) -> float:
+        """When the request body must have arrived (see ServerConfig.body_timeout)."""
+        config = self.connection.config
+        deadline = self._opened + config.body_timeout
+        if config.body_min_rate:
+            earned = config.header_timeout + self._body_received / config.body_min_rate
+            deadline = min(deadline, self._opened + earned)
+        return deadline
 
     def _prepare_head(self, status: int, headers: Headers) -> None:
         head = [(b":status", str(status).encode())]

@@ -112,6 +112,33 @@ async def test_serve_on_a_busy_port_exits_1_with_a_message(server: Server) -> No
     assert b"cannot listen" in result.stderr
 
 
+async def test_serve_max_connections_caps_connections_but_not_health_probes(
+    nursery: trio.Nursery,
+) -> None:
+    process = await start_cli(nursery, "serve", "--port", "0", "--max-connections", "1")
+    assert process.stdout is not None
+    with trio.fail_after(TIMEOUT):
+        url = await Lines(process.stdout).next()
+        port = int(url.rsplit(":", 1)[1])
+        # One event stream takes the only place.
+        async with await trio.open_tcp_stream("127.0.0.1", port) as held:
+            await held.send_all(b"GET /topics/t/events HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await held.receive_some()).startswith(b"HTTP/1.1 200 ")
+            async with open_request("GET", url + "/topics/t/poll?timeout=0") as response:
+                assert response.status == 503
+            for path in ("/healthz", "/readyz"):
+                async with open_request("GET", url + path) as response:
+                    assert response.status == 200
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+
+
+async def test_serve_refuses_a_max_connections_below_1() -> None:
+    result = await run_cli("serve", "--port", "0", "--max-connections", "0")
+    assert result.returncode == 2
+    assert b"--max-connections" in result.stderr
+
+
 # -- publish --------------------------------------------------------------------------
 
 

@@ -74,7 +74,9 @@ def _http2_choice(args: argparse.Namespace) -> bool | None:
 async def _serve(args: argparse.Namespace) -> int:
     history = MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
     hub = Hub(history)
-    config = ServerConfig(http2=args.http2, sse_retry=args.retry)
+    config = ServerConfig(
+        http2=args.http2, sse_retry=args.retry, max_connections=args.max_connections
+    )
     ssl_context = None
     if args.certfile is not None:
         try:
@@ -334,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="the SSE 'retry' sent to clients: the least wait, in milliseconds, before "
         "they reconnect after a stream ended [%(default)s]",
+    )
+    default_max = ServerConfig().max_connections
+    p_serve.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=default_max,
+        metavar="N",
+        help=(
+            "connections served at once; beyond them requests get 503, except"
+            f" /healthz and /readyz [{default_max}]"
+        ),
     )
 
     p_tail = commands.add_parser(

@@ -182,9 +182,7 @@ class _Normaliser:
 
     def is_fresh(self, epoch: str) -> bool:
         if isinstance(self.history, LocalHistory):
-            return epoch not in self.epochs and epoch.startswith(
-                self.history.memory.epoch + "_"
-            )
+            return epoch not in self.epochs and epoch.startswith(self.history.memory.epoch + "_")
         return epoch.startswith("f_")
 
     def position(self, position: Position) -> tuple[str, int]:
@@ -203,6 +201,9 @@ class _Normaliser:
         if kind == "own":
             spec = ("topic", topic, spec[1])
             kind = "topic"
+        if kind == "topic" and spec[1] != topic:
+            named = [epoch for epoch, name in self.epochs.items() if name == spec[1]]
+            return Position(named[0], spec[2]) if named else Position("foreign", spec[2])
         if kind == "earliest":
             return EARLIEST
         if kind == "malformed":
@@ -215,6 +216,11 @@ class _Normaliser:
         for epoch, name in self.epochs.items():
             if name == topic:
                 return Position(epoch, offset)
+        if topic not in self.fresh:
+            return Position("foreign", offset)
+        # Another topic's "nothing yet" is foreign to this one for the memory history
+        # (each topic its own epoch) and not for Redis (one shared fresh epoch):
+        # use only this topic's own.
         return Position(self.fresh[topic].epoch, offset)
 
 

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 import ssl
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
+import hpack
 import pytest
 import trio
 import trio.testing
 import trustme
 from h2.errors import ErrorCodes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tidings.cursor import Position
-from tidings.history import Replay
+from tidings.cursor import Position, new_epoch
+from tidings.history import MemoryHistory, Replay
 from tidings.sse.parser import EventStreamParser, MessageEvent
 from tidings.trio import Hub, Server, ServerConfig
-from tidings.trio._h2 import H2Connection, H2Stream, _H2Sink
+from tidings.trio._h2 import PREFACE, H2Connection, H2Stream, _H2Sink
 
 if TYPE_CHECKING:
     from conftest import StartServer
@@ -612,6 +619,339 @@ async def test_http2_can_be_disabled(start_server: StartServer) -> None:
         assert data.startswith(b"HTTP/1.1 4")
     finally:
         await trio.aclose_forcefully(stream)
+
+
+# -- hostile traffic ------------------------------------------------------------------
+
+
+def tidings_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name.startswith("tidings")]
+
+
+async def test_refusing_a_stream_the_client_already_reset_keeps_the_connection(
+    hub: Hub,
+    start_server: StartServer,
+    h2_clients: list[H2Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await start_server(config=ServerConfig(max_concurrent_streams=1))
+    client = await h2_connect(server)
+    h2_clients.append(client)
+    # In one write: a stream that takes the only place, then one the server must
+    # refuse, reset by the client in the same breath.  h2 has closed it by the
+    # time the server refuses it.
+    follower = client.open("GET", "/topics/t/events")
+    refused = client.open("GET", "/healthz")
+    client.conn.reset_stream(refused)
+    await client.flush()
+    with trio.fail_after(5):
+        await client.until(lambda: bool(client.streams[follower].headers))
+        await hub.publish("t", "still here")
+        [event] = await client.events(follower, 1)
+    assert event.data == "still here"
+    assert client.terminated is None
+    assert not [r for r in tidings_records(caplog) if r.levelno >= logging.WARNING]
+
+
+async def _flood(client: H2Client, make_frames: Callable[[], None], rounds: int) -> None:
+    """Send what *make_frames* queues, *rounds* times, while reading the answers."""
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            while client.terminated is None and not client.closed:
+                data = await client.stream.receive_some()
+                if not data:
+                    client.closed = True
+                    break
+                with suppress(h2.exceptions.ProtocolError):
+                    for event in client.conn.receive_data(bytes(data)):
+                        client.dispatch(event)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(read)
+        with suppress(trio.BrokenResourceError, h2.exceptions.ProtocolError):
+            for _ in range(rounds):
+                make_frames()
+                await client.flush()
+        await trio.sleep_forever()  # until read() saw the end
+
+
+async def test_rapid_reset_gets_goaway_enhance_your_calm(
+    hub: Hub, server: Server, h2_clients: list[H2Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tidings")
+    bystander = await h2_connect(server)
+    h2_clients.append(bystander)
+    follower = bystander.open("GET", "/topics/t/events")
+    await bystander.flush()
+    await bystander.until(lambda: bool(bystander.streams[follower].headers))
+    attacker = await h2_connect(server)
+    h2_clients.append(attacker)
+
+    def open_and_reset() -> None:
+        for _ in range(100):
+            stream_id = attacker.open("GET", "/topics/t/events")
+            attacker.conn.reset_stream(stream_id)
+
+    with trio.fail_after(10):
+        await _flood(attacker, open_and_reset, rounds=50)  # 5000 pairs at most
+    terminated = attacker.terminated
+    assert terminated is not None
+    assert terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    # Refusals count as resets too: no more than the budget of streams was opened.
+    assert terminated.last_stream_id is not None
+    assert terminated.last_stream_id <= 2 * server.config.max_stream_resets + 1
+    records = tidings_records(caplog)
+    assert 1 <= len(records) <= 5
+    assert not [r for r in records if r.levelno >= logging.WARNING or r.exc_info]
+    # Everyone else is fine.
+    await hub.publish("t", "after the flood")
+    [event] = await bystander.events(follower, 1)
+    assert event.data == "after the flood"
+
+
+@pytest.mark.parametrize("kind", ["settings", "ping"])
+async def test_settings_and_ping_floods_get_goaway_enhance_your_calm(
+    server: Server, h2_clients: list[H2Client], kind: str
+) -> None:
+    client = await h2_connect(server)
+    h2_clients.append(client)
+
+    def frames() -> None:
+        for n in range(50):
+            if kind == "ping":
+                client.conn.ping(n.to_bytes(8, "big"))
+            else:
+                client.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+
+    with trio.fail_after(10):
+        await _flood(client, frames, rounds=20)
+    assert client.terminated is not None
+    assert client.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+async def test_resets_pings_and_settings_within_their_budget_are_no_flood(
+    hub: Hub, start_server: StartServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = await start_server(config=ServerConfig(flood_interval=10))
+    client = await h2_connect(server)
+    try:
+        config = server.config
+        for _ in range(5):
+            # Just under every budget, then the interval passes.
+            for _ in range(config.max_stream_resets - 10):
+                client.conn.reset_stream(client.open("GET", "/topics/t/events"))
+            for n in range(config.max_ping_frames - 10):
+                client.conn.ping(n.to_bytes(8, "big"))
+            for _ in range(config.max_settings_frames - 10):
+                client.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+            await client.flush()
+            await trio.sleep(config.flood_interval)
+        state = await client.request("GET", "/healthz")
+        assert state.headers[b":status"] == b"200"
+        assert client.terminated is None
+    finally:
+        await trio.aclose_forcefully(client.stream)
+
+
+@pytest.mark.parametrize(
+    ("piece", "every", "cut_at"),
+    [
+        (b"", 5.0, 10.0),  # HEADERS, then nothing: held for as long as it lasted
+        (b"x", 5.0, 10.0),  # a byte every 5 s
+        (b"x" * 200, 1.0, 60.0),  # fast enough for the rate, but never done
+    ],
+)
+async def test_http2_request_bodies_that_do_not_come_get_408_and_a_reset(
+    hub: Hub,
+    start_server: StartServer,
+    autojump_clock: trio.testing.MockClock,
+    piece: bytes,
+    every: float,
+    cut_at: float,
+) -> None:
+    config = ServerConfig(header_timeout=10, body_timeout=60, body_min_rate=100, idle_timeout=30)
+    server = await start_server(config=config)
+    client = await h2_connect(server)
+    try:
+        follower = client.open("GET", "/topics/t/events")
+        slow = [client.open("POST", "/topics/u") for _ in range(20)]
+        honest = client.open("POST", "/topics/u")  # 2000 bytes at 200 bytes/s
+        await client.flush()
+        start = trio.current_time()
+        honest_left = 2000
+        with trio.fail_after(cut_at + 30):
+            while not all(client.streams[s].reset is not None for s in slow):
+                with trio.move_on_after(every):
+                    while True:
+                        await client.pump()
+                for stream_id in slow:
+                    if piece and client.streams[stream_id].reset is None:
+                        client.conn.send_data(stream_id, piece)
+                if honest_left:
+                    size = min(honest_left, int(200 * every))
+                    honest_left -= size
+                    client.conn.send_data(honest, b"y" * size, end_stream=not honest_left)
+                await client.flush()
+            cut = trio.current_time() - start
+            await client.until(lambda: client.streams[honest].ended)
+            await hub.publish("t", "still here")
+            [event] = await client.events(follower, 1)
+        assert event.data == "still here"
+        assert cut == pytest.approx(cut_at, abs=every + 1.5)
+        for stream_id in slow:
+            state = client.streams[stream_id]
+            assert state.headers[b":status"] == b"408"
+            assert state.reset == ErrorCodes.NO_ERROR
+        assert client.streams[honest].headers[b":status"] == b"201"
+        assert hub.history.memory.head("u").offset == 1  # the honest publish only
+        # Without streams, the connection closes after the idle timeout.
+        client.conn.reset_stream(follower)
+        await client.flush()
+        idle_from = trio.current_time()
+        with trio.fail_after(60):
+            await client.until(lambda: client.terminated is not None)
+        assert trio.current_time() - idle_from == pytest.approx(30, abs=1)
+    finally:
+        await trio.aclose_forcefully(client.stream)
+
+
+async def test_health_probes_over_http2_are_answered_beyond_the_connection_limit(
+    start_server: StartServer, h2_clients: list[H2Client]
+) -> None:
+    server = await start_server(config=ServerConfig(max_connections=1))
+    holder = await h2_connect(server)
+    h2_clients.append(holder)
+    held = holder.open("GET", "/topics/t/events")
+    await holder.flush()
+    await holder.until(lambda: bool(holder.streams[held].headers))
+    for path, status in (("/healthz", b"200"), ("/readyz", b"200"), ("/topics/t", b"503")):
+        client = await h2_connect(server)
+        h2_clients.append(client)
+        state = await client.request("GET" if status == b"200" else "POST", path)
+        assert state.headers[b":status"] == status
+        # One answer, then the connection closes (GOAWAY).
+        await client.until(lambda c=client: c.terminated is not None)  # type: ignore[misc]
+    assert server.connection_count == 1
+
+
+# Frame sequences as a hostile or broken client may send them: mostly well-formed
+# frames (so that the server gets deep: streams opened, bodies, resets, refusals),
+# in any order, on the current stream or a new one, plus now and then a frame of
+# any type, flags and payload at all.
+_REQUESTS = [
+    [(":method", "GET"), (":path", "/topics/t/events"), (":scheme", "http"), (":authority", "a")],
+    [(":method", "POST"), (":path", "/topics/t"), (":scheme", "http"), (":authority", "a")],
+    [(":method", "GET"), (":path", "/healthz"), (":scheme", "http"), (":authority", "a")],
+    [(":method", "GET"), (":path", "/topics/t/poll?timeout=5"), (":scheme", "http"), ("host", "a")],
+    [(":method", "GET"), (":path", "/nope")],  # malformed: 400 on its stream
+]
+_KINDS = (
+    ["headers"] * 4
+    + ["data"] * 2
+    + ["rst"] * 3
+    + [
+        "split-headers",
+        "settings",
+        "ping",
+        "window",
+        "priority",
+        "garbage",
+    ]
+)
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    head = len(payload).to_bytes(3, "big") + bytes([kind, flags])
+    return head + stream_id.to_bytes(4, "big") + payload
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> bytes:
+    encoder = hpack.Encoder()
+    out = []
+    current = 1
+    for _ in range(draw(st.integers(1, 40))):
+        kind = draw(st.sampled_from(_KINDS))
+        if current == 1 and kind in ("data", "rst", "priority"):
+            kind = "headers"  # nothing open yet to send these on
+        last = max(1, current - 2)  # the stream opened last
+        if kind in ("headers", "split-headers"):
+            block = encoder.encode(draw(st.sampled_from(_REQUESTS)))
+            end_stream = draw(st.booleans())
+            if kind == "headers":
+                out.append(_frame(0x1, 0x4 | end_stream, current, block))
+            else:
+                out.append(_frame(0x1, end_stream, current, block[:3]))
+                out.append(_frame(0x9, 0x4, current, block[3:]))
+            current += 2
+        elif kind == "data":
+            stream_id = draw(st.sampled_from([last, max(1, last - 2)]))
+            out.append(_frame(0x0, draw(st.sampled_from([0, 1])), stream_id, b"x" * 10))
+        elif kind == "rst":
+            stream_id = draw(st.sampled_from([last, max(1, last - 2), current]))
+            out.append(_frame(0x3, 0, stream_id, draw(st.integers(0, 13)).to_bytes(4, "big")))
+        elif kind == "settings":
+            setting = draw(st.sampled_from([0x1, 0x2, 0x3, 0x4, 0x5, 0x6]))
+            value = draw(st.sampled_from([0, 1, 100, 16384, 65535, 2**31 - 1]))
+            payload = setting.to_bytes(2, "big") + value.to_bytes(4, "big")
+            ack = draw(st.booleans())
+            out.append(_frame(0x4, 1, 0, b"") if ack else _frame(0x4, 0, 0, payload))
+        elif kind == "ping":
+            out.append(_frame(0x6, draw(st.sampled_from([0, 1])), 0, b"12345678"))
+        elif kind == "window":
+            stream_id = draw(st.sampled_from([0, last]))
+            increment = draw(st.sampled_from([1, 100, 65535] * 6 + [0, 2**31 - 1]))
+            out.append(_frame(0x8, 0, stream_id, increment.to_bytes(4, "big")))
+        elif kind == "priority":
+            depends = draw(st.sampled_from([0, last, current + 2]))
+            out.append(_frame(0x2, 0, current, depends.to_bytes(4, "big") + b"\x10"))
+        else:
+            out.append(
+                _frame(
+                    draw(st.integers(0, 12)),
+                    draw(st.integers(0, 255)),
+                    draw(st.sampled_from([0, current, last, 2, 2**31 - 1])),
+                    draw(st.binary(max_size=12)),
+                )
+            )
+    return b"".join(out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_frames())
+def test_no_frame_sequence_makes_the_server_fail(frames: bytes) -> None:
+    """Whatever the frames, the connection ends in order: no exception, no traceback."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    logger = logging.getLogger("tidings")
+    logger.addHandler(handler)
+
+    async def scenario() -> None:
+        hub = Hub(MemoryHistory(new_epoch(random.Random(1)), max_events=10))
+        server = Server(hub, ServerConfig(max_concurrent_streams=2, max_stream_resets=4))
+        client, remote = trio.testing.memory_stream_pair()
+        with trio.fail_after(3600):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.serve_stream, remote)
+                await client.send_all(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + frames)
+                await hub.publish("t", "x")
+                await trio.sleep(20)  # handlers run, timeouts pass (autojump)
+                await client.send_eof()
+                while await client.receive_some():
+                    pass
+            assert server.connection_count == 0
+
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.removeHandler(handler)
+    assert not records, [record.getMessage() for record in records]
 
 
 # -- TLS ----------------------------------------------------------------------------

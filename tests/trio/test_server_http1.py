@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 import h11
@@ -591,7 +592,7 @@ async def test_connections_beyond_the_limit_get_503_with_retry_after(
     assert (await first.request("GET", "/healthz"))[0] == 200
     assert (await second.request("GET", "/healthz"))[0] == 200
     third = await connect(server)
-    await third.send("GET", "/healthz")
+    await third.send("GET", "/topics/t/poll?timeout=0")
     response = await third.response()
     headers = dict(response.headers)
     assert (response.status_code, headers[b"retry-after"]) == (503, b"7")
@@ -766,3 +767,171 @@ async def test_serve_stream_serves_one_connection_on_any_stream(
     while chunk := await left.receive_some():
         answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+# -- hostile traffic ----------------------------------------------------------------
+
+
+async def _slow_sender(
+    stream: trio.abc.Stream, head: bytes, piece: bytes, every: float
+) -> tuple[bytes, float]:
+    """Send *head*, then *piece* every *every* seconds until the server closes.
+
+    Returns what the server sent and when (clock time) its end of stream came.
+    """
+    received = b""
+
+    async def read() -> None:
+        nonlocal received
+        with suppress(trio.BrokenResourceError):
+            while data := await stream.receive_some():
+                received += data
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        with suppress(trio.BrokenResourceError):
+            await stream.send_all(head)
+            while True:
+                await trio.sleep(every)
+                await stream.send_all(piece)
+    return received, trio.current_time()
+
+
+@pytest.mark.parametrize(
+    ("piece", "every", "cut_at"),
+    [
+        # One byte every 5 s used to keep a connection forever (a 10 s timer per read).
+        (b"x", 5.0, 10.0),
+        # Fast enough for the minimum rate, but never done: the total deadline.
+        (b"x" * 200, 1.0, 60.0),
+    ],
+)
+async def test_slow_request_bodies_are_cut_by_the_body_deadline(
+    hub: Hub,
+    start_server: StartServer,
+    autojump_clock: trio.testing.MockClock,
+    piece: bytes,
+    every: float,
+    cut_at: float,
+) -> None:
+    config = ServerConfig(header_timeout=10, body_timeout=60, body_min_rate=100)
+    server = await start_server(config=config)
+    head = b"POST /topics/t HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n"
+    results: list[tuple[bytes, float]] = []
+
+    async def attacker() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            results.append(await _slow_sender(stream, head, piece, every))
+
+    async def honest() -> None:
+        # 2000 bytes at 200 bytes/s: slow, but within the rate and the deadline.
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(
+                b"POST /topics/t HTTP/1.1\r\nhost: x\r\ncontent-length: 2000\r\n\r\n"
+            )
+            for _ in range(10):
+                await trio.sleep(1)
+                await stream.send_all(b"y" * 200)
+            answer = await stream.receive_some()
+            assert answer.startswith(b"HTTP/1.1 201 "), answer
+
+    start = trio.current_time()
+    with trio.fail_after(cut_at + 30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(100):
+                nursery.start_soon(attacker)
+            nursery.start_soon(honest)
+    assert len(results) == 100
+    for received, closed_at in results:
+        assert received.startswith(b"HTTP/1.1 408 "), received
+        assert b"connection: close" in received
+        assert closed_at - start == pytest.approx(cut_at, abs=every + 1.5)
+    assert hub.history.memory.head("t").offset == 1  # the honest publish only
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.connection_count == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"content-length: %d\r\ntransfer-encoding: chunked\r\n",
+        b"transfer-encoding: chunked\r\ncontent-length: %d\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: %d\r\n",
+    ],
+)
+async def test_content_length_with_transfer_encoding_gets_400_and_the_connection_closes(
+    hub: Hub, server: Server, connect: Connect, headers: bytes
+) -> None:
+    # A front end going by Content-Length sees one request; one going by
+    # Transfer-Encoding sees a second one, smuggled in the body.
+    smuggled = b"POST /topics/t HTTP/1.1\r\nhost: x\r\ncontent-length: 8\r\n\r\nsmuggled"
+    body = b"0\r\n\r\n" + smuggled
+    client = await connect(server)
+    await client.stream.send_all(
+        b"POST /topics/t HTTP/1.1\r\nhost: x\r\n"
+        + headers % len(body)
+        + b"\r\n"
+        + body
+        + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    with trio.fail_after(5):
+        answer = await client.raw_until_closed()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"connection: close" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing pipelined behind it was answered
+    assert hub.history.memory.head("t").offset == 0
+
+
+@pytest.mark.parametrize("size_line", [b"zz", b"-1", b"1" * 21, b"5 5"])
+async def test_malformed_chunked_bodies_get_400_and_the_connection_closes(
+    hub: Hub, server: Server, connect: Connect, size_line: bytes
+) -> None:
+    client = await connect(server)
+    await client.stream.send_all(
+        b"POST /topics/t HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n" + size_line + b"\r\nhello\r\n0\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    with trio.fail_after(5):
+        answer = await client.raw_until_closed()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"connection: close" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert hub.history.memory.head("t").offset == 0
+
+
+async def test_health_probes_are_answered_while_slow_clients_hold_every_connection(
+    start_server: StartServer, connect: Connect
+) -> None:
+    config = ServerConfig(max_connections=100, max_rejected_connections=8, header_timeout=60)
+    server = await start_server(config=config)
+    held: list[trio.SocketStream] = []
+    try:
+        with trio.fail_after(10):
+            # Slow publishers take every place: each is admitted (its 100 Continue
+            # says so), then never sends its body.
+            head = b"POST /topics/t HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n"
+            for _ in range(100):
+                stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+                held.append(stream)
+                await stream.send_all(head + b"expect: 100-continue\r\n\r\n")
+                assert (await stream.receive_some()).startswith(b"HTTP/1.1 100 ")
+            assert server.connection_count == 100
+            # More connections beyond the limit, sending nothing at all: more than
+            # the places for rejected connections.
+            held += [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(20)]
+            for path, body in (("/healthz", b"ok\n"), ("/readyz", b"ready\n")) * 3:
+                client = await connect(server)
+                status, headers, answer = await client.request("GET", path)
+                assert (status, answer) == (200, body)
+                assert headers[b"connection"] == b"close"
+            client = await connect(server)
+            status, headers, _ = await client.request("GET", "/topics/t/poll?timeout=0")
+            assert (status, headers[b"retry-after"]) == (503, b"5")
+            assert server.connection_count == 100
+    finally:
+        for stream in held:
+            await trio.aclose_forcefully(stream)

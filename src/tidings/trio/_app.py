@@ -28,6 +28,10 @@ __all__ = ["App", "default_router"]
 
 log = logging.getLogger("tidings.server")
 
+# Answered as usual even on a connection beyond the connection limit, so that an
+# orchestrator does not take a busy server for a dead one.
+_HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _NO_STORE = (b"cache-control", b"no-store")
 
@@ -145,8 +149,14 @@ class App:
                     await self.error(responder, 500, "Internal server error")
 
     def _resolve(self, request: Request) -> Handler:
-        """The handler for *request*: its route's, or one that answers an error."""
-        if request.connection.rejecting:
+        """The handler for *request*: its route's, or one that answers an error.
+
+        On a connection beyond the limit every request but the health probes is
+        answered ``503`` (the connection closes after the answer either way).
+        """
+        if request.connection.rejecting and not (
+            request.path in _HEALTH_PATHS and request.method in ("GET", "HEAD")
+        ):
             return partial(
                 _answer,
                 503,

@@ -22,10 +22,14 @@ class ServerConfig:
     """
 
     #: Connections served at once.  Beyond it a connection gets ``503`` with
-    #: ``Retry-After`` and is closed.
+    #: ``Retry-After`` and is closed; ``/healthz`` and ``/readyz`` are still
+    #: answered as usual on it (then it is closed too).
     max_connections: int = 16_384
-    #: Connections beyond :attr:`max_connections` that are still answered ``503``;
-    #: further ones are closed without an answer.
+    #: Connections beyond :attr:`max_connections` that are still answered (``503``,
+    #: or the health probes).  When that many are open, a further one makes room by
+    #: closing the oldest of them, so that a probe gets through even while slow
+    #: clients hold every place; with ``0`` every connection beyond the limit is
+    #: closed without an answer.
     max_rejected_connections: int = 64
     #: The ``Retry-After`` value (seconds) sent with ``503`` answers.
     retry_after: int = 5
@@ -42,10 +46,33 @@ class ServerConfig:
     write_timeout: float = 60.0
     #: Largest request body (the data of a publish), in bytes.  Larger gets ``413``.
     max_body_size: int = 1024 * 1024
+    #: Longest time a request body may take to arrive completely, counted from the
+    #: end of its head (HTTP/2: from its HEADERS).  Slower gets ``408``; HTTP/1.1
+    #: then closes the connection, HTTP/2 resets the stream (``NO_ERROR``).
+    body_timeout: float = 60.0
+    #: Slowest average rate, in bytes per second, at which a request body may
+    #: arrive once the first :attr:`header_timeout` seconds are over: each byte
+    #: received buys ``1 / body_min_rate`` seconds more, never beyond
+    #: :attr:`body_timeout`.  Slower gets ``408`` as above; ``0`` turns it off.
+    body_min_rate: int = 1024
     #: Whether HTTP/2 is offered (prior knowledge on cleartext, ALPN on TLS).
     http2: bool = True
     #: ``SETTINGS_MAX_CONCURRENT_STREAMS`` on HTTP/2 connections.
     max_concurrent_streams: int = 100
+    #: HTTP/2 streams a client may reset (``RST_STREAM``) before their answer
+    #: started, or have refused (beyond :attr:`max_concurrent_streams`), within
+    #: :attr:`flood_interval`.  More ("rapid reset", CVE-2023-44487) gets ``GOAWAY``
+    #: with ``ENHANCE_YOUR_CALM`` and the connection closes.  Resetting a stream
+    #: that is being answered (leaving an event stream) does not count.
+    max_stream_resets: int = 200
+    #: ``SETTINGS`` frames an HTTP/2 client may send within :attr:`flood_interval`;
+    #: more gets ``GOAWAY`` ``ENHANCE_YOUR_CALM``.
+    max_settings_frames: int = 50
+    #: ``PING`` frames an HTTP/2 client may send within :attr:`flood_interval`;
+    #: more gets ``GOAWAY`` ``ENHANCE_YOUR_CALM``.
+    max_ping_frames: int = 50
+    #: The interval over which the HTTP/2 frames above are counted, per connection.
+    flood_interval: float = 10.0
     #: The ``retry:`` (milliseconds) sent when an SSE stream opens, or ``None``.
     sse_retry: int | None = 3000
     #: Interval between SSE heartbeat comments on an otherwise quiet stream.
@@ -80,19 +107,30 @@ class ServerConfig:
             "max_connections",
             "max_header_size",
             "max_concurrent_streams",
+            "max_stream_resets",
+            "max_settings_frames",
+            "max_ping_frames",
             "subscriber_max_events",
             "subscriber_max_bytes",
             "receive_size",
         ):
             if getattr(self, name) < 1:
                 raise LocalProtocolError(f"{name} must be >= 1")
-        for name in ("max_rejected_connections", "retry_after", "max_body_size", "drain_retry"):
+        for name in (
+            "max_rejected_connections",
+            "retry_after",
+            "max_body_size",
+            "body_min_rate",
+            "drain_retry",
+        ):
             if getattr(self, name) < 0:
                 raise LocalProtocolError(f"{name} must be >= 0")
         for name in (
             "header_timeout",
             "idle_timeout",
             "write_timeout",
+            "body_timeout",
+            "flood_interval",
             "heartbeat_interval",
             "drain_timeout",
         ):

@@ -2,9 +2,13 @@
 
 Requests are handled one after another (keep-alive).  Timeouts protect the
 connection: the idle timeout between requests, the header timeout from the first
-byte of a request head to its end (slowloris: ``408``), a write timeout for
-clients that stop reading.  While a streaming response is open a second task reads
-the socket only to notice that the client went away.
+byte of a request head to its end (slowloris: ``408``), a deadline and a minimum
+rate for the request body (``408``), a write timeout for clients that stop
+reading.  A request whose framing is ambiguous (``Content-Length`` and
+``Transfer-Encoding`` both) or broken (a malformed chunk) gets ``400``, and the
+connection closes: it could not be trusted to find the next request.  While a
+streaming response is open a second task reads the socket only to notice that the
+client went away.
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ class H11Connection:
 
     __slots__ = (
         "_aborted",
+        "_body_error",
+        "_body_received",
+        "_body_start",
         "_broken",
         "_close_after",
         "_extra",
@@ -104,6 +111,11 @@ class H11Connection:
         self._send_scope: trio.CancelScope | None = None
         self._aborted = False
         self._extra = 0
+        # When the current request's head ended, the bytes received since (for the
+        # body's deadline and rate), and the status to answer when its body failed.
+        self._body_start = 0.0
+        self._body_received = 0
+        self._body_error: int | None = None
         # The file descriptor of a plain TCP stream, for send_bytes' fast path.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
@@ -123,6 +135,8 @@ class H11Connection:
                 event = await self._read_head()
                 if event is None:
                     return
+                self._body_start = trio.current_time()
+                self._body_received = len(self.conn.trailing_data[0])
                 request = self._make_request(event)
                 responder = H11Responder(self, request)
                 if request is None:
@@ -138,6 +152,12 @@ class H11Connection:
 
     async def _end_cycle(self, responder: H11Responder) -> bool:
         """After a response: start the next request, or close (lingering if needed)."""
+        status = self._body_error
+        if status is not None:
+            # The body was refused (late, or malformed) while a handler read it.
+            if not responder.started and not self._broken and not self._gone:
+                await self._send_error(status)
+            return False
         if self._broken or self._gone:
             return False
         conn = self.conn
@@ -214,6 +234,16 @@ class H11Connection:
                 if size > config.max_header_size:
                     await self._send_error(431)
                     return None
+                names = {name for name, _ in event.headers}
+                if b"transfer-encoding" in names and b"content-length" in names:
+                    # h11 would go by Transfer-Encoding; a proxy in front may have
+                    # gone by Content-Length.  RFC 9112 §6.1: close after answering.
+                    log.debug(
+                        "request from %s with both Content-Length and Transfer-Encoding",
+                        self.info.client,
+                    )
+                    await self._send_error(400)
+                    return None
                 return event
             return None  # ConnectionClosed (or PAUSED, which cannot happen here)
 
@@ -229,19 +259,35 @@ class H11Connection:
                 return False
         return True
 
+    def _body_deadline(self) -> float:
+        """When the current request's body must have arrived (see ServerConfig)."""
+        config = self.config
+        deadline = self._body_start + config.body_timeout
+        if config.body_min_rate:
+            earned = config.header_timeout + self._body_received / config.body_min_rate
+            deadline = min(deadline, self._body_start + earned)
+        return deadline
+
     async def _next_body_event(self) -> h11.Data | h11.EndOfMessage:
         while True:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._broken = True
+                # A malformed body (a bad chunk): answered 400 after the handler.
+                log.debug("bad request body from %s: %s", self.info.client, exc)
+                self._body_error = exc.error_status_hint
                 raise _Gone(str(exc)) from None
             if event is h11.NEED_DATA:
-                with trio.move_on_after(self.config.header_timeout) as scope:
+                with trio.move_on_at(self._body_deadline()) as scope:
                     data = await self.stream.receive_some(self.config.receive_size)
                 if scope.cancelled_caught:
-                    self._broken = True
+                    log.debug("request body from %s not received in time", self.info.client)
+                    self._body_error = 408
                     raise _Gone("request body not received in time")
+                if not data:
+                    self._gone = True
+                    raise _Gone("connection closed while reading the body")
+                self._body_received += len(data)
                 self.conn.receive_data(bytes(data))
                 continue
             if isinstance(event, h11.Data | h11.EndOfMessage):

@@ -13,7 +13,14 @@ is handed back only as ``read_body`` takes the data, so what a handler does not
 read (an SSE ``GET`` that carries a body) is capped by the initial window, and
 once the response has started further data is dropped unbuffered.  The
 connection window is handed back at once so that one such stream cannot starve
-the others.
+the others.  A request body that does not arrive in time (``body_timeout``,
+``body_min_rate``) gets ``408`` and its stream is reset.
+
+No frame sequence from a client raises out of here: a protocol error gets
+``GOAWAY`` with h2's error code, an error of one stream stays on that stream,
+and floods (stream resets as in CVE-2023-44487, SETTINGS, PINGs beyond their
+budget per ``flood_interval``) get ``GOAWAY`` ``ENHANCE_YOUR_CALM``.  What the
+client did wrong is logged at most ``_LOG_LINES`` times per connection.
 """
 
 from __future__ import annotations
@@ -60,12 +67,23 @@ _REQUEST_HEADERS = HeaderValidationFlags(
     is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
 )
 
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+
 #: The client connection preface that starts every HTTP/2 connection.
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Stream data queued for the writer beyond which a sending stream waits until it
 # was written (below it, streams go on and their frames share one write).
 _FLUSH_HIGH_WATER = 64 * 1024
+# Log lines about a client's misbehaviour per connection; further ones are dropped.
+_LOG_LINES = 5
+# After a GOAWAY for an error, read and discard what the client still sends for
+# this long (and at most this much) so that closing does not reset the GOAWAY away.
+_LINGER_TIME = 1.0
+_LINGER_BYTES = 1024 * 1024
+# The kinds of frames counted against flooding (ServerConfig.max_stream_resets...).
+_RESETS, _SETTINGS, _PINGS = 0, 1, 2
+_FLOOD_NAMES = ("stream resets", "SETTINGS frames", "PING frames")
 # Connection-specific header fields are forbidden in HTTP/2 (RFC 9113 §8.2.2).
 _HOP_BY_HOP = frozenset(
     {
@@ -132,6 +150,20 @@ class H2Connection:
         self._peer_done = False
         # Connection window to hand back for data buffered by streams (see _receive).
         self._credit = 0
+        # Whether we sent GOAWAY for the client's fault (then we linger on closing,
+        # as we do whenever we close first).
+        self._linger = False
+        # Frames counted against flooding in the current interval, and its end.
+        self._flood_counts = [0, 0, 0]
+        self._flood_end = -math.inf
+        self._flood_limits = (
+            config.max_stream_resets,
+            config.max_settings_frames,
+            config.max_ping_frames,
+        )
+        self._log_lines = _LOG_LINES
+        # The highest stream the client opened that we looked at (for GOAWAY).
+        self._last_stream = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -163,7 +195,10 @@ class H2Connection:
             self.app.connections.discard(self)
 
     async def _serve(self) -> None:
-        self._idle_deadline = trio.current_time() + self.config.idle_timeout
+        # A connection beyond the limit gets one request (a health probe, or a
+        # 503), which must come as soon as a request head would; it drains after.
+        wait = self.config.header_timeout if self.info.rejecting else self.config.idle_timeout
+        self._idle_deadline = trio.current_time() + wait
         self.h2.initiate_connection()
         self.h2.update_settings(
             {SettingCodes.MAX_CONCURRENT_STREAMS: self.config.max_concurrent_streams}
@@ -188,6 +223,31 @@ class H2Connection:
         self.wake_writer()
         with trio.move_on_after(self.config.write_timeout):
             await self.wait_flushed()
+        if self._linger or not self._peer_done:
+            await self._linger_a_while()
+
+    async def _linger_a_while(self) -> None:
+        # The client may still be sending (frames crossing our GOAWAY, or the rest of
+        # a flood); closing with unread data would make the kernel reset the
+        # connection, and the GOAWAY and the last answers could be lost.
+        with trio.move_on_after(_LINGER_TIME):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
+            received = 0
+            while received < _LINGER_BYTES:
+                data = await self.stream.receive_some(self.config.receive_size)
+                if not data:
+                    break
+                received += len(data)
+
+    def _note(self, level: int, message: str, *args: object) -> None:
+        """Log something the client did wrong, at most ``_LOG_LINES`` times."""
+        if self._log_lines <= 0:
+            return
+        self._log_lines -= 1
+        if not self._log_lines:
+            message += " (no more messages about this connection)"
+        log.log(level, message, *args)
 
     def _maybe_stop_reading(self) -> None:
         if not self.streams:
@@ -197,7 +257,7 @@ class H2Connection:
             return
         if self.streams:
             scope.deadline = math.inf
-        elif self._draining or self.info.rejecting:
+        elif self._draining:
             scope.cancel()
         else:
             scope.deadline = self._idle_deadline
@@ -207,7 +267,7 @@ class H2Connection:
     async def _read_loop(self) -> None:
         config = self.config
         while not self._peer_done and not self._broken:
-            if not self.streams and (self._draining or self.info.rejecting):
+            if not self.streams and self._draining:
                 return
             deadline = math.inf if self.streams else self._idle_deadline
             with trio.CancelScope(deadline=deadline) as scope:
@@ -234,13 +294,23 @@ class H2Connection:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued a GOAWAY with the right error code.
-            log.debug("HTTP/2 protocol error from %s: %s", self.info.client, exc)
-            self._goaway_sent = True
-            self._peer_done = True
-            self._cancel_all_streams()
+            self._note(logging.DEBUG, "HTTP/2 protocol error from %s: %s", self.info.client, exc)
+            self._stop_for_error()
+            return
+        except Exception as exc:
+            # h2 should raise ProtocolError for anything a client sends; should it
+            # fail otherwise, this connection ends, not the server.
+            self._note(logging.INFO, "HTTP/2 failure on data from %s: %r", self.info.client, exc)
+            with suppress(Exception):
+                self.h2.close_connection(
+                    ErrorCodes.INTERNAL_ERROR, last_stream_id=self._last_stream
+                )
+            self._stop_for_error()
             return
         for event in events:
             self._dispatch(event)
+            if self._peer_done:
+                break  # GOAWAY received, or sent for a flood: the rest is moot
         credit, self._credit = self._credit, 0
         if credit:
             with suppress(h2.exceptions.ProtocolError):
@@ -273,6 +343,10 @@ class H2Connection:
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
+                # Rapid reset: the stream cost a task, but not an answer.  Resets
+                # of streams answered (or refused: counted then) are not counted.
+                if event.remote_reset and not stream._started and not stream._gone:
+                    self._count(_RESETS)
                 stream._peer_reset()
         elif isinstance(event, h2.events.WindowUpdated):
             if event.stream_id:
@@ -283,9 +357,49 @@ class H2Connection:
                 self._wake_windows()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._wake_windows()
+            self._count(_SETTINGS)
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            self._count(_SETTINGS)
+        elif isinstance(event, h2.events.PingReceived):
+            self._count(_PINGS)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._peer_done = True
             self._cancel_all_streams()
+
+    def _count(self, kind: int) -> None:
+        """Count one frame of *kind*; answer a flood with GOAWAY ENHANCE_YOUR_CALM.
+
+        Counts start over every ``flood_interval`` (fixed windows: a burst across
+        a window boundary may reach twice the limit, which still bounds the rate).
+        """
+        counts = self._flood_counts
+        now = trio.current_time()
+        if now >= self._flood_end:
+            self._flood_end = now + self.config.flood_interval
+            counts[:] = [0, 0, 0]
+        counts[kind] += 1
+        if counts[kind] <= self._flood_limits[kind] or self._peer_done:
+            return
+        self._note(
+            logging.INFO,
+            "HTTP/2 flood from %s: more than %d %s within %g s; GOAWAY ENHANCE_YOUR_CALM",
+            self.info.client,
+            self._flood_limits[kind],
+            _FLOOD_NAMES[kind],
+            self.config.flood_interval,
+        )
+        with suppress(h2.exceptions.ProtocolError):
+            # The frames after this one were not looked at: the streams they
+            # opened were not processed, which last_stream_id tells the client.
+            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, last_stream_id=self._last_stream)
+        self._stop_for_error()
+
+    def _stop_for_error(self) -> None:
+        """After a GOAWAY for the client's fault: stop reading, end every stream."""
+        self._goaway_sent = True
+        self._peer_done = True
+        self._linger = True
+        self._cancel_all_streams()
 
     def _wake_windows(self) -> None:
         for stream in self.streams.values():
@@ -297,12 +411,17 @@ class H2Connection:
 
     def _open_stream(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        self._last_stream = max(self._last_stream, stream_id)
         if (
             self._draining
             or self._nursery is None
             or len(self.streams) >= self.config.max_concurrent_streams
         ):
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            # The client may have reset it already (later in this batch of frames):
+            # then h2 has closed it, and there is nothing left to refuse.
+            with suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._count(_RESETS)
             return
         raw = event.headers or []
         complete = event.stream_ended is not None
@@ -318,7 +437,7 @@ class H2Connection:
             self._refuse(stream_id, 431, b"Request Header Fields Too Large\n", complete)
             return
         request = self._make_request(raw)
-        stream = H2Stream(self, stream_id, request)
+        stream = H2Stream(self, stream_id, request, trio.current_time())
         if event.stream_ended is not None:
             stream._body_done = True
         self.streams[stream_id] = stream
@@ -372,7 +491,10 @@ class H2Connection:
                 else:
                     await self.app.handle(stream.request, stream)
                     if not stream.started:
-                        await stream.respond(500, [], b"Internal server error\n")
+                        if stream._body_late:
+                            await stream.respond(408, [_TEXT], b"Request Timeout\n")
+                        else:
+                            await stream.respond(500, [], b"Internal server error\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -563,11 +685,14 @@ class H2Stream(Responder):
         "_aborted",
         "_body",
         "_body_done",
+        "_body_late",
+        "_body_received",
         "_body_too_large",
         "_body_waiter",
         "_ended",
         "_gone",
         "_head",
+        "_opened",
         "_owed",
         "_started",
         "_watch_scope",
@@ -579,7 +704,13 @@ class H2Stream(Responder):
         "stream_id",
     )
 
-    def __init__(self, connection: H2Connection, stream_id: int, request: Request | None) -> None:
+    def __init__(
+        self,
+        connection: H2Connection,
+        stream_id: int,
+        request: Request | None,
+        opened: float,
+    ) -> None:
         self.connection = connection
         self.stream_id = stream_id
         self.request = request
@@ -592,6 +723,11 @@ class H2Stream(Responder):
         self._body_done = False
         self._body_too_large = False
         self._body_waiter = Waiter()
+        # When the request's HEADERS came, the body bytes received since (for the
+        # body's deadline and rate), and whether the body came too late.
+        self._opened = opened
+        self._body_received = 0
+        self._body_late = False
         # Flow-controlled bytes buffered whose stream window was not handed back.
         self._owed = 0
         self._head: list[tuple[bytes, bytes]] | None = None
@@ -609,6 +745,7 @@ class H2Stream(Responder):
         (nobody reads it any more); until then the client can only send what the
         stream window allows, which read_body widens as it goes.
         """
+        self._body_received += size
         if self._body_too_large or self._started:
             return False
         if len(self._body) + len(data) > self.connection.config.max_body_size:
@@ -644,11 +781,18 @@ class H2Stream(Responder):
 
     def _finish(self) -> None:
         """After the handler: make sure the stream is closed on our side."""
-        if self._ended or self.connection._broken:
+        if self.connection._broken:
             return
-        self._ended = True
+        if not self._ended:
+            self._ended = True
+            code = ErrorCodes.CANCEL
+        elif self._body_late and not self._body_done and not self._gone:
+            # Answered 408 before the body came: stop it (RFC 9113 §8.1).
+            code = ErrorCodes.NO_ERROR
+        else:
+            return
         with suppress(h2.exceptions.ProtocolError):
-            self.connection.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            self.connection.h2.reset_stream(self.stream_id, code)
 
     # -- Responder -----------------------------------------------------------------
 
@@ -676,10 +820,29 @@ class H2Stream(Responder):
             if self._body_too_large or len(self._body) > max_size:
                 raise BodyTooLarge(f"body exceeds {max_size} bytes")
             self._release()  # consumed: let the client send the next part
-            await self._body_waiter.wait()
+            deadline = self._body_deadline()
+            if not await self._body_waiter.wait(deadline) and trio.current_time() >= deadline:
+                self._body_late = True
+                connection = self.connection
+                connection._note(
+                    logging.DEBUG,
+                    "request body on stream %d from %s not received in time",
+                    self.stream_id,
+                    connection.info.client,
+                )
+                raise trio.BrokenResourceError("request body not received in time")
         if self._body_too_large or len(self._body) > max_size:
             raise BodyTooLarge(f"body exceeds {max_size} bytes")
         return bytes(self._body)
+
+    def _body_deadline(self) -> float:
+        """When the request body must have arrived (see ServerConfig.body_timeout)."""
+        config = self.connection.config
+        deadline = self._opened + config.body_timeout
+        if config.body_min_rate:
+            earned = config.header_timeout + self._body_received / config.body_min_rate
+            deadline = min(deadline, self._opened + earned)
+        return deadline
 
     def _prepare_head(self, status: int, headers: Headers) -> None:
         head = [(b":status", str(status).encode())]

@@ -24,7 +24,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Sequence
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 
 import trio
 
@@ -81,7 +81,9 @@ class Server:
         #: Addresses listened on, as ``socket.getsockname()`` gives them.
         self.addresses: list[tuple[str, int]] = []
         self._active = 0
-        self._rejecting = 0
+        # Connections beyond max_connections being answered, oldest first (a dict
+        # for its order); each one's scope closes it when a newer one needs room.
+        self._rejected: dict[trio.CancelScope, None] = {}
         self._accept_scope = trio.CancelScope()
         self._conn_scope: trio.CancelScope | None = None
         self._conn_nursery: trio.Nursery | None = None
@@ -218,16 +220,36 @@ class Server:
             self._start_connection(stream)
 
     def _start_connection(self, stream: trio.abc.Stream) -> None:
-        config = self.config
         assert self._conn_nursery is not None
-        if self._active < config.max_connections:
+        if self._active < self.config.max_connections:
             self._active += 1
-            self._conn_nursery.start_soon(self._serve_connection, stream, False)
-        elif self._rejecting < config.max_rejected_connections:
-            self._rejecting += 1
-            self._conn_nursery.start_soon(self._serve_connection, stream, True)
+            self._conn_nursery.start_soon(self._serve_connection, stream, None)
+            return
+        slot = self._reject_slot()
+        if slot is not None:
+            self._conn_nursery.start_soon(self._serve_connection, stream, slot)
         else:
             self._conn_nursery.start_soon(trio.aclose_forcefully, stream)
+
+    def _reject_slot(self) -> trio.CancelScope | None:
+        """A place for a connection beyond the limit, or ``None`` (close it unanswered).
+
+        Such a connection is answered ``503`` (the health probes as usual), then
+        closed.  When all :attr:`ServerConfig.max_rejected_connections` places are
+        taken, the oldest connection in them is closed to make room: honest
+        clients are answered at once, so the oldest is most likely one that sends
+        nothing, and a health probe gets through however many of those there are.
+        """
+        if self.config.max_rejected_connections < 1:
+            return None
+        if len(self._rejected) >= self.config.max_rejected_connections:
+            oldest = next(iter(self._rejected))
+            del self._rejected[oldest]
+            oldest.cancel()
+            log.debug("over the connection limit: closed the oldest rejected connection")
+        slot = trio.CancelScope()
+        self._rejected[slot] = None
+        return slot
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection on *stream* (any :class:`trio.abc.Stream`) until it closes.
@@ -238,47 +260,55 @@ class Server:
         """
         if self._active < self.config.max_connections:
             self._active += 1
-            await self._serve_connection(stream, False)
+            await self._serve_connection(stream, None)
+            return
+        slot = self._reject_slot()
+        if slot is None:
+            await trio.aclose_forcefully(stream)
         else:
-            self._rejecting += 1
-            await self._serve_connection(stream, True)
+            await self._serve_connection(stream, slot)
 
-    async def _serve_connection(self, stream: trio.abc.Stream, rejecting: bool) -> None:
-        # The caller counted this connection in; it is counted out here.  (One
-        # coroutine frame for all of it: it lives as long as the connection.)
+    async def _serve_connection(
+        self, stream: trio.abc.Stream, slot: trio.CancelScope | None
+    ) -> None:
+        # The caller counted this connection in (as active, or with a *slot* among
+        # the rejected ones); it is counted out here.  (One coroutine frame for all
+        # of it: it lives as long as the connection.)
         config = self.config
+        rejecting = slot is not None
         info = ConnectionInfo(rejecting=rejecting)
         socket = getattr(stream, "socket", None)
         if socket is not None:
             with suppress(OSError):
                 info.client = socket.getpeername()
         try:
-            alpn = None
-            initial = b""
-            with trio.move_on_after(config.header_timeout) as scope:
-                if self.ssl_context is not None:
-                    tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
-                    stream = tls
-                    info.scheme = "https"
-                    await tls.do_handshake()
-                    alpn = tls.selected_alpn_protocol()
-                if alpn != "h2":
-                    initial = await self._sniff(stream)
-            if scope.cancelled_caught or (alpn != "h2" and not initial):
-                return
-            if alpn == "h2" or (config.http2 and initial.startswith(PREFACE)):
-                await H2Connection(stream, self.app, info, initial).run()
-            else:
-                await H11Connection(stream, self.app, info, initial).run()
+            with slot if slot is not None else nullcontext():
+                alpn = None
+                initial = b""
+                with trio.move_on_after(config.header_timeout) as scope:
+                    if self.ssl_context is not None:
+                        tls = trio.SSLStream(stream, self.ssl_context, server_side=True)
+                        stream = tls
+                        info.scheme = "https"
+                        await tls.do_handshake()
+                        alpn = tls.selected_alpn_protocol()
+                    if alpn != "h2":
+                        initial = await self._sniff(stream)
+                if scope.cancelled_caught or (alpn != "h2" and not initial):
+                    return
+                if alpn == "h2" or (config.http2 and initial.startswith(PREFACE)):
+                    await H2Connection(stream, self.app, info, initial).run()
+                else:
+                    await H11Connection(stream, self.app, info, initial).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             log.exception("error on connection from %s", info.client)
         finally:
-            if rejecting:
-                self._rejecting -= 1
-            else:
+            if slot is None:
                 self._active -= 1
+            else:
+                self._rejected.pop(slot, None)
             await trio.aclose_forcefully(stream)
 
     async def _sniff(self, stream: trio.abc.Stream) -> bytes:

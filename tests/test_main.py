@@ -234,3 +234,46 @@ async def test_a_bad_url_or_id_is_a_usage_error(args: list[str], message: str) -
     result = await run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+async def test_serve_with_a_publish_token_guards_publishing_only(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    process = await start_cli(nursery, "serve", "--port", "0", "--publish-token", "t0ken")
+    assert process.stdout is not None
+    with trio.fail_after(TIMEOUT):
+        url = await Lines(process.stdout).next()
+        refused = await run_cli("publish", url + "/topics/t", "x")
+        admitted = await run_cli("publish", url + "/topics/t", "x", "--token", "t0ken")
+        async with open_request("GET", url + "/topics/t/poll?cursor=earliest&timeout=0") as r:
+            assert r.status == 200  # reading stays open
+            answer = json.loads(await r.read())
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+    assert refused.returncode == 1
+    assert b"401" in refused.stderr
+    assert admitted.returncode == 0
+    assert [e["id"] for e in answer["events"]] == [admitted.stdout.decode().strip()]
+
+
+async def test_serve_admits_publishes_from_the_allowed_origin_only(
+    nursery: trio.Nursery,
+) -> None:
+    process = await start_cli(
+        nursery, "serve", "--port", "0", "--allow-origin", "https://app.example"
+    )
+    assert process.stdout is not None
+    statuses = []
+    with trio.fail_after(TIMEOUT):
+        url = await Lines(process.stdout).next()
+        for origin in ("https://app.example", "http://evil.example", None):
+            headers = [("origin", origin)] if origin else []
+            async with open_request(
+                "POST", url + "/topics/t", headers=headers, body=b"x"
+            ) as response:
+                statuses.append(response.status)
+                cors = dict(response.headers).get(b"access-control-allow-origin")
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+    assert statuses == [201, 403, 201]
+    assert cors == b"https://app.example"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import signal
 import ssl
@@ -27,7 +28,7 @@ from tidings.cursor import new_epoch
 from tidings.errors import LocalProtocolError
 from tidings.history import MemoryHistory
 from tidings.names import MAX_TOPIC_LENGTH, is_valid_topic
-from tidings.trio import Hub, ServerConfig, serve, server_ssl_context
+from tidings.trio import Hub, ServerConfig, publish_token, serve, server_ssl_context
 from tidings.trio._http_client import HTTPTransportError, open_request
 from tidings.trio._tail import TRANSPORTS, TailOptions, tail
 
@@ -74,9 +75,18 @@ def _http2_choice(args: argparse.Namespace) -> bool | None:
 async def _serve(args: argparse.Namespace) -> int:
     history = MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
     hub = Hub(history)
-    config = ServerConfig(
-        http2=args.http2, sse_retry=args.retry, max_connections=args.max_connections
-    )
+    token = args.publish_token or os.environ.get("TIDINGS_PUBLISH_TOKEN") or None
+    try:
+        config = ServerConfig(
+            http2=args.http2,
+            sse_retry=args.retry,
+            max_connections=args.max_connections,
+            allow_origin=args.allow_origin,
+            auth=publish_token(token) if token is not None else None,
+        )
+    except LocalProtocolError as exc:
+        print(f"tidings serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     ssl_context = None
     if args.certfile is not None:
         try:
@@ -153,15 +163,16 @@ def _with_event_type(url: str, event: str | None) -> str:
 async def _publish(args: argparse.Namespace) -> int:
     data = sys.stdin.read() if args.data == "-" else args.data
     url = _with_event_type(args.url, args.event)
+    headers = [("content-type", "text/plain; charset=utf-8"), ("accept", "application/json")]
+    token = args.token or os.environ.get("TIDINGS_PUBLISH_TOKEN") or None
+    if token is not None:
+        headers.append(("authorization", f"Bearer {token}"))
     try:
         with trio.fail_after(args.timeout):
             async with open_request(
                 "POST",
                 url,
-                headers=[
-                    ("content-type", "text/plain; charset=utf-8"),
-                    ("accept", "application/json"),
-                ],
+                headers=headers,
                 body=data.encode("utf-8"),
                 http2=_http2_choice(args),
                 ssl_context=_client_tls(args.cacert),
@@ -337,6 +348,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the SSE 'retry' sent to clients: the least wait, in milliseconds, before "
         "they reconnect after a stream ended [%(default)s]",
     )
+    p_serve.add_argument(
+        "--publish-token",
+        metavar="TOKEN",
+        help="publishing (POST and WebSocket publish) then needs 'Authorization: Bearer "
+        "TOKEN'; reading stays open [$TIDINGS_PUBLISH_TOKEN, else none]",
+    )
+    p_serve.add_argument(
+        "--allow-origin",
+        metavar="ORIGIN",
+        help="a browser origin (or '*') that may read across sites (CORS), publish and "
+        "open WebSocket sessions, besides the server's own origin [none]",
+    )
     default_max = ServerConfig().max_connections
     p_serve.add_argument(
         "--max-connections",
@@ -413,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_publish.add_argument("url", metavar="URL", help="the topic, e.g. http://host/topics/T")
     p_publish.add_argument("data", metavar="DATA", help="the event data; '-' reads stdin")
     p_publish.add_argument("--event", metavar="TYPE", help="the event type")
+    p_publish.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="send 'Authorization: Bearer TOKEN' (a server run with --publish-token) "
+        "[$TIDINGS_PUBLISH_TOKEN, else none]",
+    )
     p_publish.add_argument(
         "--timeout",
         type=_positive_float,

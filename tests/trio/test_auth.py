@@ -187,3 +187,22 @@ def test_refusals_are_checked() -> None:
         Refusal(403, "a\nb")
     with pytest.raises(LocalProtocolError, match="publish token"):
         publish_token("has space")
+
+
+async def test_a_cross_site_post_is_refused_and_a_same_origin_one_admitted(
+    server: Server, connect: Connect, hub: Hub
+) -> None:
+    client = await connect(server)
+    host = "test"  # the Host header the test client sends
+    plain = ("content-type", "text/plain")  # a "simple" request: no CORS preflight
+    with trio.fail_after(10):
+        evil = await client.request(
+            "POST", "/topics/t", [("origin", "http://evil.example"), plain], body=b"x"
+        )
+        same = await client.request(
+            "POST", "/topics/t", [("origin", f"http://{host}"), plain], body=b"y"
+        )
+        tool = await client.request("POST", "/topics/t", [plain], body=b"z")  # curl, no Origin
+    assert (evil[0], same[0], tool[0]) == (403, 201, 201)
+    assert evil[2] == b"Origin not allowed\n"
+    assert hub.history.memory.stats("t")[0] == 2  # type: ignore[attr-defined]

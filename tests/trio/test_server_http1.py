@@ -935,3 +935,49 @@ async def test_health_probes_are_answered_while_slow_clients_hold_every_connecti
     finally:
         for stream in held:
             await trio.aclose_forcefully(stream)
+
+
+# -- own routes next to the tidings endpoints -------------------------------------------
+
+
+async def test_applications_add_their_own_routes_and_mount_tidings_under_a_prefix(
+    start_server: StartServer, connect: Connect, hub: Hub
+) -> None:
+    from tidings.trio import App, Request, Responder, default_router, static
+
+    async def hello(app: App, request: Request, responder: Responder) -> None:
+        topic = request.params["topic"]
+        await responder.respond(200, app.headers(), f"hello {topic}".encode())
+
+    router = default_router(prefix="/rt")
+    router.add("/", {"GET": static("<h1>chat</h1>")})
+    router.add("/hello/{topic}", {"GET": hello})
+    server = await start_server(config=ServerConfig(), router=router)
+    client = await connect(server)
+    with trio.fail_after(10):
+        page = await client.request("GET", "/")
+        greeting = await client.request("GET", "/hello/world")
+        head = await client.request("HEAD", "/")
+        published = await client.request("POST", "/rt/topics/lobby", body=b"hi")
+        unprefixed = await client.request("POST", "/topics/lobby", body=b"hi")
+        health = await client.request("GET", "/healthz")
+    assert (page[0], page[1][b"content-type"], page[2]) == (
+        200,
+        b"text/html; charset=utf-8",
+        b"<h1>chat</h1>",
+    )
+    assert page[1][b"cache-control"] == b"no-cache"
+    assert greeting[2] == b"hello world"
+    assert (head[0], head[2]) == (200, b"")
+    assert published[0] == 201
+    assert unprefixed[0] == 404
+    assert health[0] == 200
+    assert hub.history.memory.stats("lobby")[0] == 1  # type: ignore[attr-defined]
+
+
+def test_a_prefix_must_be_a_path() -> None:
+    from tidings.trio import default_router
+
+    for prefix in ("rt", "/rt/"):
+        with pytest.raises(ValueError, match="prefix"):
+            default_router(prefix=prefix)

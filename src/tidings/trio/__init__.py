@@ -7,9 +7,11 @@ is :func:`open_event_stream` (SSE), :func:`open_long_poll` and :func:`open_sessi
 (WebSocket), which all yield :class:`tidings.Event` and :class:`tidings.ResetNotice`.
 """
 
+from tidings.trio._app import App, default_router
 from tidings.trio._auth import Action, AuthHook, Refusal, publish_token
 from tidings.trio._config import ServerConfig
 from tidings.trio._http import Request, Responder, StreamWriter
+from tidings.trio._routes import Handler, Route, Router, static
 from tidings.trio._sync import Waiter
 from tidings.trio._ws_config import WebSocketConfig
 from tidings.trio.client import (
@@ -37,6 +39,12 @@ from tidings.trio.session_client import (
 )
 
 __all__ = [
+    "static",
+    "Router",
+    "Route",
+    "Handler",
+    "default_router",
+    "App",
     "publish_token",
     "StreamWriter",
     "Responder",

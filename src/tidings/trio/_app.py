@@ -24,7 +24,7 @@ from tidings.trio._http import Headers, Request, Responder
 from tidings.trio._routes import BadParameter, Handler, Router
 from tidings.trio.hub import CloseReason, Hub, Subscription, Watch
 
-__all__ = ["App", "default_router"]
+__all__ = ["App", "default_router", "origin_allowed"]
 
 log = logging.getLogger("tidings.server")
 
@@ -40,26 +40,62 @@ class _Drainable(Protocol):
     def drain(self) -> None: ...
 
 
-def default_router() -> Router:
-    """The routes of the tidings server (DESIGN §7)."""
+def default_router(prefix: str = "") -> Router:
+    """A router with the tidings endpoints (DESIGN §7), under *prefix* (``""`` or a
+    path such as ``/rt``); add your own routes to it before serving.
+
+    ``/healthz`` and ``/readyz`` stay at the root whatever the prefix, where
+    orchestrators look for them.
+    """
     from tidings.trio._endpoints import healthz, publish, readyz
     from tidings.trio._poll_endpoint import long_poll
     from tidings.trio._sse_endpoint import sse_events
+    from tidings.trio._ws_endpoint import ws_session
 
+    if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
+        raise ValueError("prefix must start with '/' and not end with it")
     router = Router()
     router.add("/healthz", {"GET": healthz})
     router.add("/readyz", {"GET": readyz})
-    router.add("/topics/{topic}/events", {"GET": sse_events})
-    router.add("/topics/{topic}/poll", {"GET": long_poll})
-    router.add("/topics/{topic}", {"POST": publish})
-    from tidings.trio._ws_endpoint import ws_session
-
-    router.add("/ws", {"GET": ws_session})
+    router.add(f"{prefix}/topics/{{topic}}/events", {"GET": sse_events})
+    router.add(f"{prefix}/topics/{{topic}}/poll", {"GET": long_poll})
+    router.add(f"{prefix}/topics/{{topic}}", {"POST": publish})
+    router.add(f"{prefix}/ws", {"GET": ws_session})
     return router
 
 
+def origin_allowed(config: ServerConfig, request: Request) -> bool:
+    """Whether *request*'s ``Origin`` may open a session or publish.
+
+    No ``Origin`` (not a browser: cross-site abuse needs a browser's ambient
+    credentials) and the same origin (its host equals ``Host``) are admitted; so are
+    :attr:`ServerConfig.allow_origin` (the CORS origin: one origin or ``"*"``) and
+    what :attr:`WebSocketConfig.allowed_origins` admits (a collection or a callable).
+    """
+    raw = request.header(b"origin")
+    if raw is None:
+        return True
+    origin = raw.decode("latin-1")
+    cors = config.allow_origin
+    if cors is not None and (cors == "*" or cors == origin):
+        return True
+    allowed = config.websocket.allowed_origins
+    if callable(allowed):
+        return bool(allowed(origin, request))
+    if allowed is not None and ("*" in allowed or origin in allowed):
+        return True
+    host = request.header(b"host")
+    if host is None:
+        return False
+    _, sep, rest = origin.partition("://")
+    return bool(sep) and rest.lower() == host.decode("latin-1").lower()
+
+
 class App:
-    """Shared state of one server: hub, config, routes, drain bookkeeping."""
+    """What every handler of one server shares: the hub, the config, the routes and
+    the drain bookkeeping.  A handler is ``await handler(app, request, responder)``;
+    use :meth:`headers` for the headers every answer carries, :meth:`error` for a
+    one-line error answer and :meth:`authorize` to ask the authorisation hook."""
 
     def __init__(self, hub: Hub, config: ServerConfig, router: Router | None = None) -> None:
         self.hub = hub
@@ -106,6 +142,11 @@ class App:
             subscription.close(CloseReason.DRAIN)
         for connection in list(self.connections):
             connection.drain()
+
+    def origin_allowed(self, request: Request) -> bool:
+        """Whether *request*'s ``Origin`` may publish or open a WebSocket session
+        (see :func:`origin_allowed`)."""
+        return origin_allowed(self.config, request)
 
     async def authorize(
         self, request: Request, action: Action, topic: str | None

@@ -71,6 +71,10 @@ async def publish(app: App, request: Request, responder: Responder) -> None:
     ``msg_id`` values).
     """
     topic = request.params["topic"]
+    if not app.origin_allowed(request):
+        # Any page a user visits could otherwise publish through their browser.
+        await app.error(responder, 403, "Origin not allowed")
+        return
     refusal = await app.authorize(request, Action.PUBLISH, topic)
     if refusal is not None:
         await app.refuse(responder, refusal)

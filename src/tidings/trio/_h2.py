@@ -458,18 +458,25 @@ class H2Connection:
                 self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _make_request(self, raw: Iterable[tuple[bytes, bytes]]) -> Request | None:
-        method = path = None
+        method = path = authority = None
         headers: Headers = []
+        has_host = False
         for name, value in raw:
             if name.startswith(b":"):
                 if name == b":method":
                     method = value
                 elif name == b":path":
                     path = value
+                elif name == b":authority":
+                    authority = value
             else:
+                has_host = has_host or name == b"host"
                 headers.append((name, value))
         if method is None or path is None:
             return None
+        if authority is not None and not has_host:
+            # Handlers see the target host as "host" on every protocol (RFC 9113 §8.3.1).
+            headers.append((b"host", authority))
         target, _, query = path.partition(b"?")
         try:
             return Request(

@@ -30,6 +30,7 @@ __all__ = [
     "Route",
     "Router",
     "parse_topic",
+    "static",
 ]
 
 _BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -74,8 +75,35 @@ class Route:
         return sorted(methods)
 
 
+def static(content: bytes | str, content_type: str = "text/html; charset=utf-8") -> Handler:
+    """A handler answering *content* (a page, a script, a stylesheet) with ``200``.
+
+    ``str`` content is encoded as UTF-8.  The answer carries ``Cache-Control:
+    no-cache`` (revalidate, so a new version is seen at once) and the server's
+    common headers; ``HEAD`` gets the headers only.
+    """
+    body = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+    kind = content_type.encode("latin-1")
+
+    async def handler(app: App, request: Request, responder: Responder) -> None:
+        headers = app.headers((b"content-type", kind), (b"cache-control", b"no-cache"))
+        await responder.respond(200, headers, body)
+
+    return handler
+
+
 class Router:
-    """An ordered list of routes; the first pattern that matches wins."""
+    """An ordered list of routes; the first pattern that matches wins.
+
+    Patterns are paths whose segments are literal or ``{topic}`` (a topic name,
+    decoded and checked with :mod:`tidings.names`; the handler finds it in
+    ``request.params["topic"]``).  Start from :func:`~tidings.trio.default_router`
+    to keep the tidings endpoints next to your own::
+
+        router = default_router(prefix="/rt")
+        router.add("/", {"GET": static(page)})
+        await serve(hub, 8000, router=router)
+    """
 
     def __init__(self) -> None:
         self._routes: list[Route] = []

@@ -23,11 +23,13 @@ class WebSocketConfig:
     """How ``GET /ws`` serves ``tidings.v1`` sessions.
 
     **Origin** (cross-site WebSocket hijacking): browsers send ``Origin`` with every
-    WebSocket handshake and attach the user's cookies whatever the page.  With
-    *allowed_origins* ``None`` (the default) only requests without ``Origin``
-    (non-browser clients) and same-origin pages (``Origin`` host equals ``Host``)
-    are admitted; a collection lists the admitted origins exactly (``"*"``: any);
-    a callable decides.  Others get ``403`` before the upgrade.
+    WebSocket handshake and attach the user's cookies whatever the page.  Requests
+    without ``Origin`` (non-browser clients) and same-origin pages (``Origin`` host
+    equals ``Host``) are always admitted, and so is the server's CORS origin
+    (:attr:`ServerConfig.allow_origin <tidings.trio.ServerConfig.allow_origin>`);
+    *allowed_origins* admits more: a collection of origins (``"*"``: any) or a
+    callable that decides.  Others get ``403`` before the upgrade; the same rule
+    guards ``POST`` (publishing).
 
     **Auth**: the server's authorisation hook (:attr:`ServerConfig.auth
     <tidings.trio.ServerConfig.auth>`) runs after the origin check, before the

@@ -58,7 +58,7 @@ from tidings.ws import SUBPROTOCOL, EventMessage
 if TYPE_CHECKING:
     from tidings.trio._app import App
 
-__all__ = ["WebSocketState", "origin_allowed", "ws_session"]
+__all__ = ["WebSocketState", "ws_session"]
 
 log = logging.getLogger("tidings.server")
 
@@ -121,28 +121,6 @@ def _tokens(request: Request, name: bytes) -> list[str]:
     return values
 
 
-def origin_allowed(config: WebSocketConfig, request: Request) -> bool:
-    """Whether *request*'s ``Origin`` may open a session (see :class:`WebSocketConfig`)."""
-    return _origin_allowed(config, request)
-
-
-def _origin_allowed(config: WebSocketConfig, request: Request) -> bool:
-    raw = request.header(b"origin")
-    if raw is None:
-        return True  # not a browser: hijacking needs a browser's ambient credentials
-    origin = raw.decode("latin-1")
-    allowed = config.allowed_origins
-    if allowed is None:
-        host = request.header(b"host")
-        if host is None:
-            return False
-        _, sep, rest = origin.partition("://")
-        return bool(sep) and rest.lower() == host.decode("latin-1").lower()
-    if callable(allowed):
-        return bool(allowed(origin, request))
-    return "*" in allowed or origin in allowed
-
-
 async def _refuse(app: App, responder: Responder, refusal: Refusal) -> None:
     body = (refusal.message + "\n").encode("utf-8", "replace")
     headers = app.headers(_TEXT, (b"cache-control", b"no-store"), *refusal.headers)
@@ -163,7 +141,7 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
             ),
         )
         return
-    if not _origin_allowed(config, request):
+    if not app.origin_allowed(request):
         await _refuse(app, responder, Refusal(403, "Origin not allowed"))
         return
     refusal = await app.authorize(request, Action.CONNECT, None)

@@ -331,6 +331,7 @@ async def serve(
     host: str | None = "127.0.0.1",
     config: ServerConfig | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    router: Router | None = None,
     handle_signals: bool = False,
     task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -340,9 +341,10 @@ async def serve(
     in :func:`trio.serve_tcp`; use :func:`functools.partial` for the keyword
     arguments): the :class:`Server` handed to ``task_status`` knows the bound
     :attr:`~Server.addresses` and can :meth:`~Server.drain`.  Port ``0`` picks a
-    free port; *host* ``None`` listens on every interface.
+    free port; *host* ``None`` listens on every interface.  *router* adds your own
+    routes (see :class:`~tidings.trio.Router`); by default the tidings endpoints.
     """
-    server = Server(hub, config, ssl_context=ssl_context)
+    server = Server(hub, config, ssl_context=ssl_context, router=router)
     listeners = await trio.open_tcp_listeners(port, host=host)
     await server.serve_listeners(listeners, handle_signals=handle_signals, task_status=task_status)
 

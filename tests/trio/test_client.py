@@ -9,15 +9,9 @@ connections at random.
 from __future__ import annotations
 
 import itertools
-import os
 import random
-import re
-import signal
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from functools import partial
 from pathlib import Path
 
@@ -42,9 +36,11 @@ from tidings.trio.client import (
 try:
     from tests.trio._fake_http import SSE, FakeServer, Reply, Seen, sse_reply
     from tests.trio._proxy import ChaosProxy
+    from tests.trio._tools import hypercorn_app
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from _fake_http import SSE, FakeServer, Reply, Seen, sse_reply  # type: ignore[no-redef]
     from _proxy import ChaosProxy  # type: ignore[no-redef]
+    from _tools import hypercorn_app  # type: ignore[no-redef]
 
 
 @pytest.fixture(scope="module")
@@ -388,76 +384,11 @@ async def test_tls_alpn_picks_http2_when_the_server_offers_it(
 PEERS = Path(__file__).parent / "peers"
 
 
-#: How long the peer may take to honour SIGTERM before its process group is killed.
-PEER_GRACE = 3.0
-
-
 @pytest.fixture
 async def peer(nursery: trio.Nursery) -> AsyncIterator[str]:
-    """The URL of tests/trio/peers/starlette_sse.py served by hypercorn (trio worker).
-
-    Hypercorn runs its worker in a child process (and multiprocessing may add a
-    resource tracker), all sharing our stderr pipe.  Hypercorn does not always
-    exit on SIGTERM, and killing the parent alone would orphan the worker with the
-    pipe held open, so it runs in its own session and teardown ends the whole
-    process group: SIGTERM, at most PEER_GRACE seconds, then SIGKILL; always reaped.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "hypercorn",
-        "--worker-class",
-        "trio",
-        "--bind",
-        "127.0.0.1:0",
-        "--log-level",
-        "info",
-        "starlette_sse:app",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(PEERS)}
-    process = await trio.lowlevel.open_process(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    assert process.stderr is not None
-    discard = trio.CancelScope()
-    try:
-        buffer = b""
-        with trio.fail_after(20):
-            while (match := re.search(rb"Running on (http://\S+)", buffer)) is None:
-                chunk = await process.stderr.receive_some()
-                assert chunk, buffer
-                buffer += chunk
-        nursery.start_soon(_discard, process.stderr, discard)
-        yield match.group(1).decode()
-    finally:
-        discard.cancel()
-        await _stop_process_group(process, PEER_GRACE)
-        await process.stderr.aclose()
-
-
-async def _discard(stream: trio.abc.ReceiveStream, scope: trio.CancelScope) -> None:
-    with scope:
-        while await stream.receive_some():
-            pass
-
-
-async def _stop_process_group(process: trio.Process, grace: float) -> None:
-    """SIGTERM *process* (a session leader), wait at most *grace* s, then SIGKILL its
-    whole process group, and reap it; shielded so that it runs to its end."""
-    with trio.CancelScope(shield=True):
-        with suppress(ProcessLookupError):
-            process.terminate()
-        with trio.move_on_after(grace):
-            await process.wait()
-        # Whether or not the leader left in time: its workers may still be there.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+    """The URL of tests/trio/peers/starlette_sse.py served by hypercorn (trio worker)."""
+    async with hypercorn_app(nursery, "starlette_sse:app", pythonpath=str(PEERS)) as (url, _):
+        yield url
 
 
 @pytest.mark.parametrize("http2", [False, True])

@@ -17,7 +17,8 @@ import random
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -31,6 +32,7 @@ from tidings.names import MAX_TOPIC_LENGTH, is_valid_topic
 from tidings.trio import Hub, ServerConfig, publish_token, serve, server_ssl_context
 from tidings.trio._http_client import HTTPTransportError, open_request
 from tidings.trio._tail import TRANSPORTS, TailOptions, tail
+from tidings.trio.history import History, HistoryUnavailable
 
 __all__ = ["main"]
 
@@ -72,9 +74,39 @@ def _http2_choice(args: argparse.Namespace) -> bool | None:
 # -- serve ---------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def _history(args: argparse.Namespace) -> AsyncIterator[History | MemoryHistory]:
+    """The history ``serve`` uses: in memory, or in Redis with ``--redis``."""
+    if args.redis is None:
+        yield MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
+        return
+    try:
+        from tidings.redis import open_redis_history
+    except ImportError:
+        raise _ServeError("--redis needs coredis: pip install 'tidings[redis]'") from None
+    try:
+        async with open_redis_history(
+            args.redis, max_events=args.history, ttl=args.history_ttl
+        ) as history:
+            yield history
+    except HistoryUnavailable as exc:
+        raise _ServeError(f"cannot reach Redis at {args.redis}: {exc}") from None
+
+
+class _ServeError(Exception):
+    """``serve`` cannot start (the message says why)."""
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    history = MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
-    hub = Hub(history)
+    try:
+        async with _history(args) as history:
+            return await _run_server(args, Hub(history))
+    except _ServeError as exc:
+        print(f"tidings serve: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _run_server(args: argparse.Namespace, hub: Hub) -> int:
     token = args.publish_token or os.environ.get("TIDINGS_PUBLISH_TOKEN") or None
     try:
         config = ServerConfig(
@@ -349,6 +381,18 @@ def build_parser() -> argparse.ArgumentParser:
         "they reconnect after a stream ended [%(default)s]",
     )
     p_serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep topics in Redis (redis://HOST:PORT/DB), shared by every server "
+        "started with the same URL; needs 'tidings[redis]' [in memory]",
+    )
+    p_serve.add_argument(
+        "--history-ttl",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="with --redis: drop a topic idle this long [never]",
+    )
+    p_serve.add_argument(
         "--publish-token",
         metavar="TOKEN",
         help="publishing (POST and WebSocket publish) then needs 'Authorization: Bearer "
@@ -493,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="tidings: %(message)s",
         stream=sys.stderr,
     )
+    # The Redis client retries and reconnects on its own; tidings reports what matters.
+    logging.getLogger("coredis").setLevel(logging.ERROR)
     run = {"serve": _serve, "tail": _tail, "publish": _publish}[args.command]
     try:
         return trio.run(run, args)

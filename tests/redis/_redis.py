@@ -81,6 +81,12 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not start on port {self.port}:\n{log}")
             time.sleep(0.02)  # polling a starting process: nothing to wait on
 
+    def command(self, *words: str) -> bytes:
+        """Send one inline command (``FLUSHALL``, ...) and return the reply's first line."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(" ".join(words).encode() + b"\r\n")
+            return sock.recv(4096).split(b"\r\n", 1)[0]
+
     def _answers_ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:

@@ -26,6 +26,9 @@ class ChaosProxy:
     max_bytes: int = 64 * 1024
     min_bytes: int = 0
     target_host: str = "127.0.0.1"
+    #: More target ports: each new connection goes to the next one, in turn (several
+    #: servers behind one address, as behind a load balancer).
+    more_targets: list[int] = field(default_factory=list)
     port: int = 0
     connections: int = 0
     cuts: int = 0
@@ -47,8 +50,10 @@ class ChaosProxy:
         if self.max_cuts is None or self.connections <= self.max_cuts:
             budget = self.rng.randint(self.min_bytes, self.max_bytes)
             self.cut_at.append(budget)
+        ports = [self.target_port, *self.more_targets]
+        port = ports[(self.connections - 1) % len(ports)]
         try:
-            server = await trio.open_tcp_stream(self.target_host, self.target_port)
+            server = await trio.open_tcp_stream(self.target_host, port)
         except BaseException:
             await trio.aclose_forcefully(client)
             raise

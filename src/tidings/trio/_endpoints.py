@@ -29,9 +29,12 @@ async def healthz(app: App, request: Request, responder: Responder) -> None:
 
 
 async def readyz(app: App, request: Request, responder: Responder) -> None:
-    """``GET /readyz``: ``200`` while accepting work, ``503`` once draining."""
+    """``GET /readyz``: ``200`` while accepting work, ``503`` once draining or while
+    the history's store cannot be reached (a history with a false ``healthy``)."""
     if app.draining:
         await app.error(responder, 503, "draining")
+    elif not getattr(app.hub.history, "healthy", True):
+        await app.error(responder, 503, "history store unreachable")
     else:
         await responder.respond(200, app.headers(_TEXT, _NO_STORE), b"ready\n")
 

@@ -55,6 +55,7 @@ from tidings.trio._disconnects import DisconnectWatcher
 from tidings.trio._h11 import H11Connection, H11Responder
 from tidings.trio._http import Request, Responder
 from tidings.trio._routes import Handler
+from tidings.trio.history import HistoryUnavailable
 from tidings.trio.hub import Hub, LiveEvent, Watch
 
 if TYPE_CHECKING:
@@ -117,27 +118,41 @@ async def _long_poll(app: App, request: Request, responder: Responder, limits: P
     with hub.watch(topic) as watch:
         app.subscriptions.add(watch)
         try:
-            answer = None
-            read = server.read
-            if read is not None:
-                if hub._immediate is not None:
-                    # No checkpoint between registering and reading (Trio is cooperative).
-                    answer = server.receive_read(_read_now(hub, topic, read), trio.current_time())
-                else:
-                    answer = server.receive_read(await _read(hub, topic, read), trio.current_time())
-            if answer is None and app.draining:
-                answer = server.answer_now()
-            if answer is None:
-                answer = await _hold(app, responder, server, watch)
-                if answer is None:
-                    return  # the client went away
+            answer = await _poll(app, responder, server, watch)
+        except HistoryUnavailable as exc:
+            retry = str(app.config.retry_after).encode()
+            answer = error_answer(f"history unavailable: {exc}", 503)
+            answer = PollAnswer(503, (*answer.headers, (b"retry-after", retry)), answer.body)
         finally:
             app.subscriptions.discard(watch)
+    if answer is None:
+        return  # the client went away
     if isinstance(responder, H11Responder) and responder.nowait_pending:
         # Answered from the publisher's task (see _AnswerSink).
         await responder.finish_nowait(answer.status, _headers(app, answer), answer.body)
     else:
         await _send(app, responder, answer)
+
+
+async def _poll(
+    app: App, responder: Responder, server: LongPollServer, watch: Watch
+) -> PollAnswer | None:
+    """The answer to one poll (``None``: the client went away)."""
+    hub = app.hub
+    topic = server.topic
+    answer = None
+    read = server.read
+    if read is not None:
+        if hub._immediate is not None:
+            # No checkpoint between registering and reading (Trio is cooperative).
+            answer = server.receive_read(_read_now(hub, topic, read), trio.current_time())
+        else:
+            answer = server.receive_read(await _read(hub, topic, read), trio.current_time())
+    if answer is None and app.draining:
+        answer = server.answer_now()
+    if answer is None:
+        answer = await _hold(app, responder, server, watch)
+    return answer
 
 
 def _read_now(hub: Hub, topic: str, read: ReadHistory) -> Replay | Reset:

@@ -17,6 +17,7 @@ publisher or the other subscribers.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from tidings.follow import CaughtUp, Deliver, FollowAction, Follower, ReadHistor
 from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
 from tidings.names import check_event_type, check_topic, is_valid_topic
 from tidings.trio._sync import Waiter
-from tidings.trio.history import History, ImmediateHistory, LocalHistory
+from tidings.trio.history import History, HistoryUnavailable, ImmediateHistory, LocalHistory
 
 __all__ = [
     "Batch",
@@ -45,6 +46,10 @@ __all__ = [
 
 # Accounting overhead per buffered event, so that empty events are bounded too.
 _ITEM_OVERHEAD = 64
+#: The longest wait between two tries of a history read that failed, in seconds.
+MAX_READ_RETRY_DELAY = 5.0
+
+log = logging.getLogger("tidings.hub")
 
 _Encoded = TypeVar("_Encoded")
 
@@ -445,6 +450,7 @@ class Subscription:
         "_max_events",
         "_raw",
         "_raw_bytes",
+        "_read_failures",
         "_ready",
         "_ready_bytes",
         "caught_up",
@@ -496,6 +502,7 @@ class Subscription:
         self._raw: list[LiveEvent] = []
         self._ready_bytes = 0
         self._raw_bytes = 0
+        self._read_failures = 0
         # Live events were dropped (buffer full, feed lost): tell the follower.
         self._dropped = False
         # The follower's actions not yet carried out, in order.  Invariant: _ready
@@ -601,18 +608,32 @@ class Subscription:
         return await self.waiter.wait(deadline)
 
     async def read(self) -> None:
-        """Perform the history read :meth:`next_batch` is waiting for (if any)."""
+        """Perform the history read :meth:`next_batch` is waiting for (if any).
+
+        When the history cannot be reached (:class:`~tidings.trio.history.HistoryUnavailable`)
+        it waits a moment (longer after each failure, at most
+        :data:`MAX_READ_RETRY_DELAY`) and returns with the read still to do: the
+        consumer stays connected (and sends its heartbeats) until the store is back.
+        """
         if not self.needs_read:
             await trio.lowlevel.checkpoint()
             return
         action = self._actions[0]
         assert isinstance(action, ReadHistory)
         hub = self._hub
-        await hub._watch(self.topic)
-        if action.after is None:
-            answer: Replay | Reset = Replay((), await hub.history.head(self.topic))
-        else:
-            answer = await hub.history.read(self.topic, action.after, action.limit)
+        try:
+            await hub._watch(self.topic)
+            if action.after is None:
+                answer: Replay | Reset = Replay((), await hub.history.head(self.topic))
+            else:
+                answer = await hub.history.read(self.topic, action.after, action.limit)
+        except HistoryUnavailable as exc:
+            delay = min(MAX_READ_RETRY_DELAY, 0.25 * 2**self._read_failures)
+            self._read_failures += 1
+            log.debug("history read for %r failed (%s); again in %.2f s", self.topic, exc, delay)
+            await trio.sleep(delay)
+            return
+        self._read_failures = 0
         if self._actions and self._actions[0] is action:
             self._actions[0:1] = self.follower.history(answer)
 

@@ -292,10 +292,16 @@ class HistoryMachine(RuleBasedStateMachine):
     @initialize(
         max_events=st.integers(1, 8),
         max_topics=st.integers(1, 3),
+        max_total_bytes=st.sampled_from([600, 1500, 100_000]),
     )
-    def setup(self, max_events: int, max_topics: int) -> None:
+    def setup(self, max_events: int, max_topics: int, max_total_bytes: int) -> None:
         self.history = MemoryHistory(
-            "ep", max_events=max_events, max_bytes=4096, max_event_size=512, max_topics=max_topics
+            "ep",
+            max_events=max_events,
+            max_bytes=4096,
+            max_event_size=512,
+            max_topics=max_topics,
+            max_total_bytes=max_total_bytes,
         )
         self.published: dict[str, list[StoredEvent]] = {}
         # reader -> (topic, cursor, events seen since its last reset)
@@ -343,11 +349,14 @@ class HistoryMachine(RuleBasedStateMachine):
 
     @invariant()
     def bounded(self) -> None:
+        total = 0
         for topic in "abc":
             count, nbytes = self.history.stats(topic)
             assert count <= self.history.max_events
             assert nbytes <= self.history.max_bytes
+            total += nbytes
         assert len(self.history) <= self.history.max_topics
+        assert self.history.total_bytes == total <= self.history.max_total_bytes
 
 
 TestHistoryMachine = HistoryMachine.TestCase
@@ -368,3 +377,32 @@ def test_reading_in_pages_yields_every_retained_event_once(sizes: list[int], lim
         if not result.more:
             break
     assert [e.position.offset for e in got] == list(range(max(1, len(sizes) - 19), len(sizes) + 1))
+
+
+def test_the_total_budget_evicts_the_least_recently_used_topics_first() -> None:
+    # Each event of 100 payload bytes is charged 164: three fit in 500.
+    history = MemoryHistory("ep", max_event_size=100, max_total_bytes=500)
+    old = history.append("old", "o" * 100)
+    kept = history.append("kept", "k" * 100)
+    history.read("kept", EARLIEST)  # reading counts as use
+    history.append("new", "x" * 100)
+    history.append("new", "y" * 100)  # over budget: "old" goes first, as a whole
+    assert "old" not in history
+    assert history.total_bytes <= 500
+    assert reset(history.read("old", old.position)).reason is ResetReason.UNKNOWN_EPOCH
+    # "kept" and the topic just written to hold what still fits.
+    assert replay(history.read("kept", EARLIEST)).events == (kept,)
+    assert [e.data[0] for e in replay(history.read("new", EARLIEST)).events] == ["x", "y"]
+    history.append("new", "z" * 100)  # only busy topics left: the oldest events go
+    assert history.total_bytes <= 500
+    assert "kept" not in history
+    assert [e.data[0] for e in replay(history.read("new", EARLIEST)).events] == ["x", "y", "z"]
+    history.append("new", "w" * 100)
+    result = history.read("new", history.head("new").epoch + ".0")
+    assert reset(result).reason is ResetReason.EVICTED
+    assert history.total_bytes <= 500
+
+
+def test_the_total_budget_must_hold_one_event() -> None:
+    with pytest.raises(LocalProtocolError):
+        MemoryHistory("ep", max_event_size=1000, max_total_bytes=100)

@@ -277,3 +277,34 @@ async def test_serve_admits_publishes_from_the_allowed_origin_only(
         assert await process.wait() == 0
     assert statuses == [201, 403, 201]
     assert cors == b"https://app.example"
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_publish_flood_stays_within_the_history_budget(nursery: trio.Nursery) -> None:
+    """The attack that took a default server to 2.5 GB, at small scale: 1 MiB
+    publishes to many topics.  The history keeps its budget; memory stays bounded."""
+    process = await start_cli(nursery, "serve", "--port", "0", "--history-bytes", "16M")
+    assert process.stdout is not None
+    body = b"x" * (1024 * 1024 - 100)
+    with trio.fail_after(4 * TIMEOUT):
+        url = await Lines(process.stdout).next()
+        async with open_request("POST", url + "/topics/warm", body=b"x") as response:
+            assert response.status == 201
+        before = _rss_kib(process.pid)
+        for n in range(160):  # 160 MiB into a 16 MiB budget, over 40 topics
+            async with open_request("POST", f"{url}/topics/t{n % 40}", body=body) as response:
+                assert response.status == 201
+        after = _rss_kib(process.pid)
+        async with open_request("POST", url + "/topics/t", body=body + b"x" * 200) as response:
+            too_big = response.status
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
+    assert too_big == 413  # a single event over the per-event limit
+    # 16 MiB retained, plus the allocator's slack: far below the 160 MiB sent.
+    assert after - before < 64 * 1024, f"RSS grew by {(after - before) // 1024} MiB"

@@ -27,7 +27,7 @@ import trio
 from tidings import __version__
 from tidings.cursor import new_epoch
 from tidings.errors import LocalProtocolError
-from tidings.history import MemoryHistory
+from tidings.history import DEFAULT_MAX_TOTAL_BYTES, MemoryHistory
 from tidings.names import MAX_TOPIC_LENGTH, is_valid_topic
 from tidings.trio import Hub, ServerConfig, publish_token, serve, server_ssl_context
 from tidings.trio._http_client import HTTPTransportError, open_request
@@ -78,7 +78,16 @@ def _http2_choice(args: argparse.Namespace) -> bool | None:
 async def _history(args: argparse.Namespace) -> AsyncIterator[History | MemoryHistory]:
     """The history ``serve`` uses: in memory, or in Redis with ``--redis``."""
     if args.redis is None:
-        yield MemoryHistory(new_epoch(random.SystemRandom()), max_events=args.history)
+        try:
+            memory = MemoryHistory(
+                new_epoch(random.SystemRandom()),
+                max_events=args.history,
+                max_total_bytes=args.history_bytes,
+                max_topics=args.max_topics,
+            )
+        except LocalProtocolError as exc:
+            raise _ServeError(str(exc)) from None
+        yield memory
         return
     try:
         from tidings.redis import open_redis_history
@@ -251,6 +260,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(text: str) -> int:
+    """A number of bytes, optionally with K, M or G (binary multiples)."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in ("K", "M", "G"):
+        number, unit = number[:-1], number[-1].upper()
+    value = _integer(number, "a size in bytes (K, M, G allowed)") * _SIZE_UNITS[unit]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte")
+    return value
+
+
 def _count(text: str) -> int:
     value = _integer(text, "a whole number")
     if value < 0:
@@ -371,6 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         metavar="N",
         help="events kept per topic for resuming [1000]",
+    )
+    p_serve.add_argument(
+        "--history-bytes",
+        type=_size,
+        default=DEFAULT_MAX_TOTAL_BYTES,
+        metavar="SIZE",
+        help="bytes of events kept for all topics together (K, M, G allowed); beyond it "
+        "the least recently used topics lose their oldest events [256M]",
+    )
+    p_serve.add_argument(
+        "--max-topics",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="topics kept; beyond it the least recently used one is dropped [10000]",
     )
     p_serve.add_argument(
         "--retry",

@@ -32,6 +32,7 @@ from tidings.cursor import (
 from tidings.errors import InvalidCursor, LocalProtocolError
 
 __all__ = [
+    "DEFAULT_MAX_TOTAL_BYTES",
     "MemoryHistory",
     "Replay",
     "Reset",
@@ -56,6 +57,8 @@ def _base36(number: int) -> str:
     return "".join(reversed(digits))
 
 
+#: The default budget of a :class:`MemoryHistory` for all topics together, in bytes.
+DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024
 # Per stored event bookkeeping charged against ``max_bytes`` on top of its payload,
 # so that a flood of empty events is bounded too.
 _EVENT_OVERHEAD = 64
@@ -218,10 +221,13 @@ class MemoryHistory:
     """Bounded in-memory event logs, one per topic.
 
     Each topic is a ring holding at most *max_events* events and *max_bytes* of payload
-    (plus a small per-event overhead); the oldest events are evicted first.  At most
-    *max_topics* topics are kept: appending to a new topic beyond that drops the least
-    recently used one, and when that topic comes back it starts a new generation (a
-    new epoch), so stale cursors into it reset instead of silently resuming.
+    (plus a small per-event overhead); the oldest events are evicted first.  All
+    topics together hold at most *max_total_bytes*: beyond it the oldest events of the
+    least recently used topics are evicted (and a topic left with nothing is dropped),
+    which followers see as ordinary resets.  At most *max_topics* topics are kept:
+    appending to a new topic beyond that drops the least recently used one, and when
+    that topic comes back it starts a new generation (a new epoch), so stale cursors
+    into it reset instead of silently resuming.
 
     Only :meth:`append` creates a topic.  Reading one that holds nothing costs
     nothing and answers with offset 0 of the epoch the topic *will* get when it is
@@ -244,6 +250,7 @@ class MemoryHistory:
         max_bytes: int = 16 * 1024 * 1024,
         max_event_size: int = 1024 * 1024,
         max_topics: int = 10_000,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     ) -> None:
         Position(epoch, 0)  # validates the charset
         if len(epoch) > _MAX_BASE_EPOCH:
@@ -252,12 +259,19 @@ class MemoryHistory:
             raise LocalProtocolError("max_events, max_event_size and max_topics must be >= 1")
         if max_bytes < max_event_size + _EVENT_OVERHEAD:
             raise LocalProtocolError("max_bytes must leave room for one event of max_event_size")
+        if max_total_bytes < max_event_size + _EVENT_OVERHEAD:
+            raise LocalProtocolError(
+                "max_total_bytes must leave room for one event of max_event_size"
+            )
         self.epoch = epoch
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_event_size = max_event_size
         self.max_topics = max_topics
+        self.max_total_bytes = max_total_bytes
         self._topics: OrderedDict[str, _Topic] = OrderedDict()
+        # Bytes charged to every topic together (payload plus per-event overhead).
+        self._total = 0
         # Topics dropped so far (mod 2**32): part of every new topic's epoch.
         self._dropped = 0
 
@@ -274,11 +288,29 @@ class MemoryHistory:
         # drop another topic: that one did not live and die in between).
         epoch = self._new_epoch(topic)
         if len(self._topics) >= self.max_topics:
-            self._topics.popitem(last=False)
-            self._dropped = (self._dropped + 1) % 2**32
+            self._drop_oldest()
         state = _Topic(epoch)
         self._topics[topic] = state
         return state
+
+    def _drop_oldest(self) -> None:
+        """Drop the least recently used topic (its epoch is never used again)."""
+        _, state = self._topics.popitem(last=False)
+        self._total -= state.nbytes
+        self._dropped = (self._dropped + 1) % 2**32
+
+    def _fit_total(self, current: _Topic) -> None:
+        """Evict the oldest events of the least recently used topics (dropping those
+        left with nothing) until everything fits :attr:`max_total_bytes`."""
+        topics = self._topics
+        while self._total > self.max_total_bytes:
+            state = next(iter(topics.values()))
+            if state.last > state.first or state is current:
+                before = state.nbytes
+                state.evict_one()
+                self._total -= before - state.nbytes
+            else:
+                self._drop_oldest()
 
     def _held(self, topic: str) -> _Topic | None:
         state = self._topics.get(topic)
@@ -310,10 +342,19 @@ class MemoryHistory:
         stored = _new_stored(
             StoredEvent, (_trusted_position(state.epoch, state.last + 1), data, event)
         )
+        before = state.nbytes
         state.append((data, event, size))
         while state.last - state.first + 1 > self.max_events or state.nbytes > self.max_bytes:
             state.evict_one()
+        self._total += state.nbytes - before
+        if self._total > self.max_total_bytes:
+            self._fit_total(state)
         return stored
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes charged to every topic together (see *max_total_bytes*)."""
+        return self._total
 
     def head(self, topic: str) -> Position:
         """The position of the newest event of *topic* (offset 0 when it has none).

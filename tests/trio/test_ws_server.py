@@ -21,6 +21,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
+    Message,
     Ping,
     RejectConnection,
     Request,
@@ -181,6 +182,43 @@ async def test_oversized_message_closes_with_1009(start_server: StartServer) -> 
             await ws.get_message()
         assert info.value.reason is not None
         assert info.value.reason.code == 1009
+
+
+async def test_a_client_that_goes_on_sending_after_1009_is_cut_at_once(
+    start_server: StartServer, connect: Connect
+) -> None:
+    # A raw client sends one oversized message in pieces and keeps sending: the
+    # server's close frame comes at once, and the connection ends within a second
+    # (it no longer reads and discards for the whole 30 s closing handshake).
+    config = ServerConfig(websocket=WebSocketConfig(max_message_size=1000, close_timeout=30))
+    server = await start_server(config=config)
+    client = await connect(server)
+    ws = WSConnection(ConnectionType.CLIENT)
+    await client.stream.send_all(
+        ws.send(Request(host="test", target="/ws", subprotocols=["tidings.v1"]))
+    )
+    ws.receive_data(await client.stream.receive_some())
+    assert any(isinstance(e, AcceptConnection) for e in ws.events())
+    closed = False
+    first = ws.send(Message("x" * 4000, message_finished=False))
+    more = ws.send(Message("x" * 4000, message_finished=False))  # continuation frames
+    await client.stream.send_all(first)
+    with trio.fail_after(10):
+        while True:
+            try:
+                await client.stream.send_all(more)  # on and on, whatever the server says
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            with trio.move_on_after(0.1):
+                data = await client.stream.receive_some()
+                if not data:
+                    break
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, CloseConnection):
+                        closed = True
+                        assert event.code == 1009
+    assert closed
 
 
 async def test_binary_message_closes_with_1003(server: Server) -> None:

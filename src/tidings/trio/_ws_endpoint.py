@@ -67,6 +67,11 @@ _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 # event for every session; bounded (a miss only costs one more encoding).
 _MAX_ENCODERS = 4096
 _FRAMER = FrameProtocol(client=False, extensions=[])
+# Close codes for a peer that broke the protocol: it gets _ABUSE_LINGER seconds (and
+# at most _LINGER_BYTES more bytes) to take our close frame, then the connection ends.
+_ABUSE_CODES = frozenset({1002, 1003, 1008, 1009})
+_ABUSE_LINGER = 1.0
+_LINGER_BYTES = 1024 * 1024
 
 
 def _frame(text: str) -> bytes:
@@ -279,6 +284,7 @@ class _Session:
         "eof",
         "fd",
         "heartbeat",
+        "linger_bytes",
         "max_queued",
         "part_chars",
         "parts",
@@ -311,6 +317,8 @@ class _Session:
         self.close_deadline = math.inf
         self.peer_closed = False
         self.eof = False
+        # Bytes received after our close frame went out (see _received).
+        self.linger_bytes = 0
         self.parts: list[str] | None = None
         self.part_chars = 0
 
@@ -436,6 +444,11 @@ class _Session:
     # -- reading
 
     def _received(self, data: bytes) -> None:
+        if self.close_sent:
+            self.linger_bytes += len(data)
+            if self.linger_bytes > _LINGER_BYTES:
+                self.eof = True  # enough read after our close frame: stop here
+                return
         if not data:
             self.eof = True
             self.ws.receive_data(None)
@@ -513,5 +526,9 @@ class _Session:
             code, reason = core.closing
             chunks.append(self.ws.send(CloseConnection(code, reason)))
             self.close_sent = True
-            self.close_deadline = trio.current_time() + self.config.close_timeout
+            # A peer that broke the protocol (an oversized or binary message, too
+            # many errors) gets a short while to read our close frame, not a full
+            # closing handshake while it goes on sending.
+            linger = _ABUSE_LINGER if code in _ABUSE_CODES else self.config.close_timeout
+            self.close_deadline = trio.current_time() + min(linger, self.config.close_timeout)
         return chunks

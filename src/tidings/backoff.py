@@ -36,6 +36,8 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
+from tidings._checks import check_now as _check_now
+from tidings._checks import check_seconds as _check_seconds
 from tidings.errors import LocalProtocolError
 
 __all__ = [
@@ -78,19 +80,6 @@ class Random(Protocol):
     def random(self) -> float:
         """A float uniformly distributed in ``[0, 1)``."""
         ...
-
-
-def _check_seconds(name: str, value: float, *, positive: bool = False) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise LocalProtocolError(f"{name} must be a number, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise LocalProtocolError(f"{name} must be finite and {bound}, got {value!r}")
-
-
-def _check_now(now: float) -> None:
-    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
-        raise LocalProtocolError(f"now must be a finite number, got {now!r}")
 
 
 def _check_attempt(attempt: int) -> None:

@@ -19,10 +19,11 @@ them decides anything about retrying itself.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tidings._checks import check_now as _check_now
+from tidings._checks import check_seconds as _check_seconds
 from tidings.backoff import Backoff, Random, default_backoff
 from tidings.errors import LocalProtocolError
 
@@ -222,21 +223,6 @@ def classify_close(
         outcome = "temporary" if as_http.retry else "refused"
         return Verdict(as_http.retry, f"application close {code} ({outcome})")
     return Verdict(True, f"close code {code}")
-
-
-def _check_seconds(name: str, value: float) -> None:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise LocalProtocolError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _check_now(now: float) -> None:
-    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
-        raise LocalProtocolError(f"now must be a finite number, got {now!r}")
 
 
 class Retrier:

@@ -14,6 +14,8 @@ import math
 import re
 from collections.abc import Iterable
 
+from tidings._checks import header_value
+
 __all__ = ["parse_http_date", "parse_retry_after", "retry_after_from_headers"]
 
 _MONTHS = {
@@ -105,17 +107,9 @@ def retry_after_from_headers(
     measured against the first ``Date`` field, else *wall_time*, as in
     :func:`parse_retry_after`.
     """
-    retry_after: str | None = None
-    date: str | None = None
-    for raw_name, raw_value in headers:
-        name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).lower()
-        if name not in ("retry-after", "date"):
-            continue
-        value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
-        if name == "retry-after" and retry_after is None:
-            retry_after = value
-        elif name == "date" and date is None:
-            date = value
+    headers = list(headers)
+    retry_after = header_value(headers, "retry-after")
     if retry_after is None:
         return None
+    date = header_value(headers, "date")
     return parse_retry_after(retry_after, date=date, wall_time=wall_time)

@@ -25,11 +25,12 @@ loop.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from tidings._checks import check_now as _check_now
+from tidings._checks import check_seconds as _check_seconds
 from tidings.backoff import Backoff, Random, default_backoff
 from tidings.errors import LocalProtocolError
 from tidings.retry import (
@@ -68,21 +69,6 @@ __all__ = [
 #: Default ping interval and pong timeout of :class:`HeartbeatPolicy`, in seconds.
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PONG_TIMEOUT = 20.0
-
-
-def _check_seconds(name: str, value: float) -> None:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise LocalProtocolError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _check_now(now: float) -> None:
-    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
-        raise LocalProtocolError(f"now must be a finite number, got {now!r}")
 
 
 # ------------------------------------------------------------------- session machine

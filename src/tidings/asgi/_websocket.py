@@ -165,7 +165,7 @@ async def serve_websocket(app: App, scope: Scope, receive: ASGIReceive, send: AS
         await _refuse(send, scope, 400, f"Subprotocol {SUBPROTOCOL} required", [])
         return
     if app.draining:
-        retry = (b"retry-after", str(app.config.retry_after).encode())
+        retry = app.retry_after_header()
         await _refuse(send, scope, 503, "Server draining", [retry])
         return
     accept: dict[str, Any] = {"type": "websocket.accept"}

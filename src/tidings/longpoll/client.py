@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from tidings._checks import check_seconds
+from tidings._checks import header_text as _text
 from tidings.backoff import Backoff, Random
 from tidings.cursor import EARLIEST, Position
 from tidings.errors import InvalidCursor, LocalProtocolError, RemoteProtocolError
@@ -141,10 +143,6 @@ class PollRejected(RemoteProtocolError):
         self.status = status
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
 def _seconds_text(value: float) -> str:
     if value == int(value):
         return str(int(value))
@@ -152,13 +150,7 @@ def _seconds_text(value: float) -> str:
 
 
 def _check_number(name: str, value: float, *, low: float = 0.0) -> None:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < low
-    ):
-        raise LocalProtocolError(f"{name} must be a finite number >= {low}, got {value!r}")
+    check_seconds(name, value, low=low)
 
 
 def _valid_cursor(text: object, where: str) -> str:

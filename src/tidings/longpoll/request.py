@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 from urllib.parse import unquote_plus
 
+from tidings._checks import header_text as _text
 from tidings.cursor import EARLIEST, Position
 from tidings.errors import InvalidCursor, LocalProtocolError, RemoteProtocolError
 
@@ -140,12 +141,6 @@ class PollRequest:
         if self.cursor is None or isinstance(self.cursor, str):
             return self.cursor
         return self.cursor.format()
-
-
-def _text(value: bytes | str) -> str:
-    # Latin-1 maps every byte to one character, so nothing here can fail; values that
-    # matter are checked against ASCII grammars afterwards.
-    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _query_params(query: str) -> dict[str, str]:

@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable
 from operator import attrgetter
 
+from tidings._checks import check_now as _check_now
+from tidings._checks import header_text as _text
 from tidings.backoff import Backoff, Random
 from tidings.errors import LocalProtocolError, RemoteProtocolError
 from tidings.retry import GiveUp, Reconnect, Retrier
@@ -91,10 +93,6 @@ class EventSourceCloseReason(enum.Enum):
     FAILED = "failed"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
-
-
 def _split_outside_quotes(value: str) -> list[str]:
     parts: list[str] = []
     start = 0
@@ -129,11 +127,6 @@ def _media_type_essence(values: list[str]) -> str | None:
         if candidate != "*/*":
             essence = candidate
     return essence
-
-
-def _check_now(now: float) -> None:
-    if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
-        raise LocalProtocolError(f"now must be a finite number, got {now!r}")
 
 
 class EventSourceClient:

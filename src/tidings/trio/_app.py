@@ -114,6 +114,10 @@ class App:
 
         #: Held polls' reads shared while one publish is fanned out.
         self.poll_reads = SharedReads()
+        from tidings.trio._h11 import H11Caches
+
+        #: What this server's HTTP/1.1 connections share.
+        self.h11_caches = H11Caches()
         #: What this server's WebSocket sessions share.
         self.websocket = WebSocketState(config.websocket)
         self._disconnects: DisconnectWatcher | bool | None = False
@@ -128,6 +132,10 @@ class App:
             watcher = self._disconnects = new_watcher()
         assert watcher is not True
         return watcher
+
+    def retry_after_header(self) -> tuple[bytes, bytes]:
+        """``Retry-After`` as this server sends it with ``503`` answers."""
+        return (b"retry-after", str(self.config.retry_after).encode())
 
     def headers(self, *extra: tuple[bytes, bytes]) -> Headers:
         """The headers every answer carries, plus *extra*."""
@@ -203,7 +211,7 @@ class App:
                 503,
                 "Server busy, retry later",
                 (
-                    (b"retry-after", str(self.config.retry_after).encode()),
+                    self.retry_after_header(),
                     (b"connection", b"close"),
                 ),
             )

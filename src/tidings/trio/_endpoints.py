@@ -104,7 +104,7 @@ async def publish(app: App, request: Request, responder: Responder) -> None:
         await app.error(responder, exc.error_status_hint, str(exc))
         return
     except HistoryUnavailable as exc:
-        retry = (b"retry-after", str(app.config.retry_after).encode())
+        retry = app.retry_after_header()
         await app.error(responder, 503, f"cannot store now: {exc}", retry)
         return
     answer = json.dumps({"id": position.format()}).encode()

@@ -61,7 +61,35 @@ _LINGER_BYTES = 1024 * 1024
 # starts over beyond this many entries.
 _WIRE_CACHE_MAX_SIZE = 16 * 1024
 _WIRE_CACHE_MAX_ENTRIES = 64
-_wire_cache: dict[tuple[int, tuple[tuple[bytes, bytes], ...], bytes], bytes] = {}
+
+_WireKey = tuple[int, tuple[tuple[bytes, bytes], ...], bytes]
+
+
+class H11Caches:
+    """What every HTTP/1.1 connection of one server (:class:`App`) shares: the wire
+    bytes of recent answers (see :meth:`H11Responder.respond_nowait`) and the
+    chunk-framed versions of event encoders (so that an event's chunk is built once
+    for every stream)."""
+
+    __slots__ = ("chunked_encoders", "wire")
+
+    def __init__(self) -> None:
+        self.wire: dict[_WireKey, bytes] = {}
+        self.chunked_encoders: dict[
+            Callable[[StoredEvent], bytes], Callable[[StoredEvent], bytes]
+        ] = {}
+
+    def chunked(self, encoder: Callable[[StoredEvent], bytes]) -> Callable[[StoredEvent], bytes]:
+        """*encoder*, framing what it gives as one HTTP/1.1 chunk."""
+        framed = self.chunked_encoders.get(encoder)
+        if framed is None:
+
+            def framed(stored: StoredEvent) -> bytes:
+                data = encoder(stored)
+                return b"%x\r\n%b\r\n" % (len(data), data)
+
+            self.chunked_encoders[encoder] = framed
+        return framed
 
 
 class _Gone(trio.BrokenResourceError):
@@ -476,23 +504,6 @@ class H11Connection:
         self._gone = True
 
 
-# Chunk-framed versions of event encoders, shared by all connections so that an
-# event's framed bytes are computed once (LiveEvent caches per encoder object).
-_CHUNKED_ENCODERS: dict[Callable[[StoredEvent], bytes], Callable[[StoredEvent], bytes]] = {}
-
-
-def _chunked(encoder: Callable[[StoredEvent], bytes]) -> Callable[[StoredEvent], bytes]:
-    framed = _CHUNKED_ENCODERS.get(encoder)
-    if framed is None:
-
-        def framed(stored: StoredEvent) -> bytes:
-            data = encoder(stored)
-            return b"%x\r\n%b\r\n" % (len(data), data)
-
-        _CHUNKED_ENCODERS[encoder] = framed
-    return framed
-
-
 class _DirectSink(SocketSink):
     """Writes live events straight to an idle event stream's socket (see DirectSink).
 
@@ -566,7 +577,8 @@ class _H11Writer(StreamWriter, AbstractAsyncContextManager["_H11Writer"]):
             return
         # One task per connection: while idle it reads the socket (to notice the
         # client leaving) and the publisher writes events to it directly.
-        sink = _DirectSink(connection._fd, _chunked(encoder) if self._chunked else encoder)
+        caches = connection.app.h11_caches
+        sink = _DirectSink(connection._fd, caches.chunked(encoder) if self._chunked else encoder)
         subscription.sink = sink
         try:
             with trio.CancelScope() as scope:
@@ -735,7 +747,8 @@ class H11Responder(Responder):
         # Few objects made here outlive the call: thousands of calls in a row should
         # not make the garbage collector run a full collection in the middle.
         key = (status, tuple(headers), body)
-        data = _wire_cache.get(key)
+        wire = connection.app.h11_caches.wire
+        data = wire.get(key)
         told = data is None
         if data is None:
             # h11 makes these bytes (and moves this connection along) itself.
@@ -750,9 +763,9 @@ class H11Responder(Responder):
                 return False
             data = b"".join(parts)
             if len(data) <= _WIRE_CACHE_MAX_SIZE:
-                if len(_wire_cache) >= _WIRE_CACHE_MAX_ENTRIES:
-                    _wire_cache.clear()
-                _wire_cache[key] = data
+                if len(wire) >= _WIRE_CACHE_MAX_ENTRIES:
+                    wire.clear()
+                wire[key] = data
         self._started = True
         try:
             sent = write_some(connection._fd, data)

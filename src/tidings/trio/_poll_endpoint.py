@@ -120,9 +120,8 @@ async def _long_poll(app: App, request: Request, responder: Responder, limits: P
         try:
             answer = await _poll(app, responder, server, watch)
         except HistoryUnavailable as exc:
-            retry = str(app.config.retry_after).encode()
             answer = error_answer(f"history unavailable: {exc}", 503)
-            answer = PollAnswer(503, (*answer.headers, (b"retry-after", retry)), answer.body)
+            answer = PollAnswer(503, (*answer.headers, app.retry_after_header()), answer.body)
         finally:
             app.subscriptions.discard(watch)
     if answer is None:

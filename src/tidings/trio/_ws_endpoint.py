@@ -177,7 +177,7 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
         await _refuse(app, responder, Refusal(426, "Use HTTP/1.1 for WebSocket"))
         return
     if app.draining:
-        retry = (b"retry-after", str(app.config.retry_after).encode())
+        retry = app.retry_after_header()
         await _refuse(app, responder, Refusal(503, "Server draining", [retry]))
         return
     headers = [

@@ -9,6 +9,7 @@ because the rules must hold however the body is cut.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -578,3 +579,23 @@ def test_a_line_trickling_in_tiny_chunks_costs_few_strings() -> None:
     # The line ends: a field named "abab..." (ignored), then a real event.
     [event] = parser.receive_data(b"\ndata: x\n\n")
     assert event.data == "x"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: x\n" * 32768,  # an event still arriving: no blank line yet
+        (b"data: x\n" * 4096 + b"id: 1\n\n") * 8,  # events with the id after the data
+    ],
+    ids=["unfinished event", "id after data"],
+)
+def test_a_long_run_of_data_lines_costs_linear_time(body: bytes) -> None:
+    # The fast path's search may only start at a blank line.  Starting at any line,
+    # it retried at every line of such a run and each attempt ran to the run's end:
+    # 64 KiB of these took a second, this 256 KiB about twenty.  Linear, it takes
+    # some tens of milliseconds; the bound leaves room for a slow machine.
+    parser = EventStreamParser(max_event_size=1 << 20)
+    start = time.process_time()
+    events = parser.receive_data(body)
+    assert time.process_time() - start < 2.0
+    assert len(events) == body.count(b"\n\n")

@@ -79,17 +79,23 @@ class MessageEvent(NamedTuple):
 # object, and mapped over ``zip`` columns it builds a chunk's events at C speed.
 _new_event = cast(Callable[[type[MessageEvent], tuple[str, str, str]], MessageEvent], tuple.__new__)
 
-# Event shapes the fast path recognises.  A match starts with the LF that ends the
-# line before the event (so the event starts at a line start, and the search skips
-# from LF to LF), covers the field lines, and stops before the LF of the blank line
-# that dispatches the event; that LF starts the next match when events follow each
-# other directly.  The text searched is the chunk with one LF put in front.  An
-# ``id`` must not contain NUL to be part of a match (one with NUL is ignored, which
-# the line-by-line path handles).  Quantifiers are possessive: a failed attempt
-# costs one pass over the line, whatever it holds.  ``re.split`` yields the gap
-# before each match followed by its groups (None for an absent field), and at the
-# end the gap after the last match.  The narrow shapes are only faster, never more
+# Event shapes the fast path recognises.  A match starts with the LF of a blank line
+# (the line before the event: the lookbehind sees the LF that ended the line before
+# that one), covers the field lines, and stops before the LF of the blank line that
+# dispatches the event; that LF starts the next match when events follow each other
+# directly.  The text searched is the chunk with two LFs put in front (a blank line,
+# as far as the expressions can tell: whether an event is really under way is the
+# interpreter's business).  Starting only at blank lines is what keeps the search
+# linear: a search that may start at any line retries at every line of a long run of
+# data lines that does not end as a shape does (an event still arriving, or one with
+# an id after its data), and each attempt runs to the end of the run.  An ``id`` must
+# not contain NUL to be part of a match (one with NUL is ignored, which the
+# line-by-line path handles).  Quantifiers are possessive: a failed attempt costs one
+# pass over the lines it covers, whatever they hold.  ``re.split`` yields the gap
+# before each match followed by its groups (None for an absent field), and at the end
+# the gap after the last match.  The narrow shapes are only faster, never more
 # correct: what a shape does not cover lands in the gaps.
+_START: Final = r"\n(?<=\n\n)"
 _ID: Final = r"id: ?+([^\n\x00]*+)\n"
 _TYPE: Final = r"event: ?+(.*+)\n"
 _FIRST_DATA: Final = r"data: ?+(.*+)"
@@ -97,11 +103,16 @@ _END: Final = r"\n(?=\n)"
 #: id?, event?, data, more data lines (the last group, raw): [gap, id, type, data, rest].
 #: The further data lines must have the space after the colon (as encoders
 #: write them), so that a plain str.replace of "\ndata: " strips their names.
-_ANY_SHAPE: Final = re.compile(rf"\n(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: .*+)*+){_END}")
+_ANY_SHAPE: Final = re.compile(
+    rf"{_START}(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: .*+)*+){_END}"
+)
 #: id and one data line: [gap, id, data]
-_ID_DATA_SHAPE: Final = re.compile(rf"\n{_ID}{_FIRST_DATA}{_END}")
+_ID_DATA_SHAPE: Final = re.compile(rf"{_START}{_ID}{_FIRST_DATA}{_END}")
 #: one data line: [gap, data]
-_DATA_SHAPE: Final = re.compile(rf"\n{_FIRST_DATA}{_END}")
+_DATA_SHAPE: Final = re.compile(rf"{_START}{_FIRST_DATA}{_END}")
+# What the text searched starts with (see above); no match can start before its
+# second LF, so the first gap always holds at least its first.
+_FRONT: Final = "\n\n"
 # Where a further data line starts in the raw "rest" group of _ANY_SHAPE: there,
 # and only there, the text holds this (a value holds no LF).
 _MORE_DATA: Final = "\ndata: "
@@ -298,6 +309,7 @@ class EventStreamParser:
                 tail = pieces.pop()
                 self._lines(pieces, 0, events)
             else:
+                partial[0] = _FRONT
                 partial.append(text)
                 text = "".join(partial)
                 if len(text) > self._max_line_length and (
@@ -306,7 +318,7 @@ class EventStreamParser:
                     self._fail("line longer than max_line_length")
                 if not tail_len and len(text) < _SMALL and not self._data and not self._type:
                     # Live streams mostly deliver one event per chunk.
-                    match = _ANY_SHAPE.match(text)
+                    match = _ANY_SHAPE.match(text, 1)
                     if match is not None and match.end() == len(text) - 1:
                         self._partial = ["\n"]
                         self._partial_len = 0
@@ -364,17 +376,19 @@ class EventStreamParser:
         return _new_event(MessageEvent, (type_ or "message", data, last_event_id))
 
     def _interpret(self, text: str, events: list[MessageEvent]) -> str:
-        """Interpret the whole lines of ``text`` (LF, lines, unfinished line, no CR).
+        """Interpret the whole lines of ``text`` (_FRONT, lines, unfinished line, no CR).
 
         Returns the unfinished line.
         """
         shape = self._shape
         parts = shape.split(text)
-        # Between and around the matches lie the gaps.  Each but the last is empty,
-        # or an LF (ending the line before: the blank line that dispatched the
-        # previous event, or the LF put in front) followed by lines joined by LF,
-        # the last of which the next match's LF ends.  The last gap is an LF, whole
-        # lines, and the unfinished line.  Absent id and event fields are None.
+        # Between and around the matches lie the gaps.  The first is the first LF
+        # of _FRONT alone, or all of _FRONT followed by lines joined by LF, the last
+        # of which the first match's LF ends.  Each other gap but the last is empty,
+        # or an LF (ending the blank line that dispatched the previous event) and
+        # lines the same way.  The last gap is such an LF (or _FRONT if nothing
+        # matched), whole lines, and the unfinished line.  Absent id and event
+        # fields are None.
         ids: list[str | None] | None = None
         types: list[str | None] | None = None
         multiline = False
@@ -404,11 +418,12 @@ class EventStreamParser:
         elif shape is not _ANY_SHAPE:
             self._shape = _ANY_SHAPE  # maybe the events have another shape
         last = gaps[-1]
-        if last.find("\n", 1) < 0:
-            return last[1:]
+        front = 1 if len(gaps) > 1 else len(_FRONT)
+        if last.find("\n", front) < 0:
+            return last[front:]
         pieces = last.split("\n")
         tail = pieces.pop()
-        self._lines(pieces, 1, events)
+        self._lines(pieces, front, events)
         return tail
 
     def _narrow_shape(self, ids: list[str | None] | None, types: list[str | None] | None) -> None:
@@ -433,8 +448,8 @@ class EventStreamParser:
         Returns whether the events followed each other with nothing in between.
         """
         count = len(datas)
-        if gaps[0]:
-            self._lines(gaps[0].split("\n"), 1, events)
+        if len(gaps[0]) > 1:
+            self._lines(gaps[0].split("\n"), len(_FRONT), events)
         first = 0
         if self._data or self._type:
             # The first event continues one already begun: take it field by field.

@@ -447,6 +447,39 @@ def test_event_larger_than_limit_raises(chunks: list[bytes]) -> None:
         feed_all(parser, chunks)
 
 
+LONG = b"y" * 300  # longer than the lines the parser's expressions look at
+
+
+@pytest.mark.parametrize(
+    ("chunks", "limits"),
+    [
+        # an unfinished long line after an event
+        ([b"data: x\n\ndata: " + LONG + b"yyy"], {"max_line_length": 305}),
+        # a long line ended by a later chunk
+        ([b"data: " + LONG[:290], b"y" * 10 + b"\n\n"], {"max_line_length": 305}),
+        ([b"data: x\n\n: " + LONG, b"yyyy\n"], {"max_line_length": 305}),
+        # a long line between others in a chunk with long lines
+        ([b"data: x\n: " + LONG + LONG + b"\ndata: " + LONG], {"max_line_length": 400}),
+        # a long data value ended by a later chunk, alone and after other data
+        ([b"data: x\n\ndata: " + LONG, b"yyy\n\n"], {"max_event_size": 303}),
+        ([b"data: a\ndata: " + LONG, b"y\n\n"], {"max_event_size": 303}),
+    ],
+)
+def test_long_lines_over_the_limits_raise(chunks: list[bytes], limits: dict[str, int]) -> None:
+    parser = EventStreamParser(**limits)
+    with pytest.raises(RemoteProtocolError):
+        feed_all(parser, chunks)
+
+
+def test_long_lines_at_the_limits_accepted() -> None:
+    parser = EventStreamParser(max_line_length=308, max_event_size=303)
+    chunks = [b"data: x\n\ndata: " + LONG, b"yy\n\n", b": " + LONG, b"yyy\n"]
+    assert feed_all(parser, chunks) == [
+        MessageEvent("message", "x", ""),
+        MessageEvent("message", "y" * 302, ""),
+    ]
+
+
 def test_event_at_limit_accepted() -> None:
     # The data buffer holds each value plus LF: "12" + LF + "3" + LF is 5 characters.
     parser = EventStreamParser(max_event_size=5)
@@ -578,6 +611,17 @@ def test_a_line_trickling_in_tiny_chunks_costs_few_strings() -> None:
     assert len(parser._partial) < 40  # O(log n) pieces, not one per chunk
     # The line ends: a field named "abab..." (ignored), then a real event.
     [event] = parser.receive_data(b"\ndata: x\n\n")
+    assert event.data == "x"
+
+
+def test_a_line_arriving_in_big_chunks_is_not_copied_as_it_grows() -> None:
+    # Pieces of 16 KiB or more stay as they came: merging them would only copy them
+    # again, and there are few of them anyway.  The line is joined once at its end.
+    parser = EventStreamParser()
+    for _ in range(8):
+        assert parser.receive_data(b"y" * 16384) == []
+    assert len(parser._partial) == 9
+    [event] = parser.receive_data(b"\n\ndata: x\n\n")
     assert event.data == "x"
 
 

@@ -119,9 +119,17 @@ _MORE_DATA: Final = "\ndata: "
 # A CR that is not the first half of a CRLF (or ends the text).
 _LONE_CR: Final = re.compile(r"\r(?!\n)")
 
-# Lines longer than this go line by line: an expression would crawl through them a
-# character at a time, while str.split finds line ends at memchr speed.
+# Chunks with lines longer than this at either end go line by line: an expression
+# would crawl through them a character at a time (as would str.split or str.count),
+# while str.find of one character is memchr.
 _LONG_LINE: Final = 256
+# The pieces of an unfinished line stop merging at this size: merging only bounds
+# how many pieces tiny chunks leave, and copying big ones again would be waste.
+_PIECE: Final = 16384
+# A long unfinished data line is kept as this piece followed by its value (cut out
+# of the chunk at once), so that the value is complete after a single join.  The
+# test is on content: whatever made partial[1] exactly this, it is the line's start.
+_DATA_NAME: Final = "data: "
 # Below this many characters a chunk is first tried as exactly one event.
 _SMALL: Final = 2048
 
@@ -279,10 +287,15 @@ class EventStreamParser:
         tail_len = len(text) - text.rfind("\n") - 1
         if tail_len == len(text):  # still no line end
             partial.append(text)
-            # Merge pieces of similar size (a rope's binary counter): a line that
-            # trickles in tiny chunks then costs O(log n) strings, not one per chunk,
-            # and each character is copied O(log n) times.  partial[0] is a sentinel.
-            while len(partial) > 2 and len(partial[-2]) <= 2 * len(partial[-1]):
+            # Merge pieces of similar size (a rope's binary counter) up to _PIECE: a
+            # line that trickles in tiny chunks then costs O(log n) strings plus one
+            # per _PIECE characters, not one per chunk, and each character is copied
+            # O(log _PIECE) times.  partial[0] is a sentinel.
+            while (
+                len(partial) > 2
+                and len(partial[-1]) < _PIECE
+                and len(partial[-2]) <= 2 * len(partial[-1])
+            ):
                 last = partial.pop()
                 partial[-1] += last
             self._partial_len += tail_len
@@ -297,17 +310,7 @@ class EventStreamParser:
                 or self._partial_len > _LONG_LINE
                 or text.find("\n", 0, _LONG_LINE) < 0
             ):
-                # Long lines: split only the new text; the unfinished line before
-                # it joins its first piece.
-                pieces = text.split("\n")
-                if len(partial) > 1:
-                    partial[0] = ""
-                    partial.append(pieces[0])
-                    pieces[0] = "".join(partial)
-                if max(map(len, pieces)) > self._max_line_length:
-                    self._fail("line longer than max_line_length")
-                tail = pieces.pop()
-                self._lines(pieces, 0, events)
+                partial = self._long(text, len(text) - tail_len - 1, events)
             else:
                 partial[0] = _FRONT
                 partial.append(text)
@@ -326,11 +329,12 @@ class EventStreamParser:
                 # No event can be larger than the text it comes from.
                 self._check_size = len(text) > self._max_event_size
                 tail = self._interpret(text, events)
+                partial = ["\n", tail] if tail else ["\n"]
         except RemoteProtocolError:
             self._last_event_id, self._retry = committed, retry
             self._state = _BROKEN
             raise
-        self._partial = ["\n", tail] if tail else ["\n"]
+        self._partial = partial
         self._partial_len = tail_len
         return events
 
@@ -363,6 +367,54 @@ class EventStreamParser:
     def _fail(self, msg: str) -> None:
         self._state = _BROKEN
         raise RemoteProtocolError(msg)
+
+    def _long(self, text: str, last: int, events: list[MessageEvent]) -> list[str]:
+        """Interpret a chunk with a long line at either end, line by line.
+
+        ``text`` holds no CR, and its last LF is at ``last``.  Line ends are found
+        one by one with str.find (memchr), so a 64 KiB line costs microseconds; the
+        unfinished line before the chunk joins the first line once.  Returns the new
+        unfinished line's pieces.
+        """
+        lines: list[str] = []
+        start = 0
+        while True:
+            end = text.find("\n", start)
+            lines.append(text[start:end])
+            start = end + 1
+            if end == last:
+                break
+        max_line = self._max_line_length
+        if len(text) - start > max_line or self._partial_len + len(lines[0]) > max_line:
+            self._fail("line longer than max_line_length")
+        partial = self._partial
+        value = None
+        if len(partial) > 1:
+            if partial[1] == _DATA_NAME:
+                # A data line whose value began in an earlier chunk: join the value
+                # alone, rather than the line and then its value out of it.
+                partial[0] = partial[1] = ""
+                partial.append(lines[0])
+                value = "".join(partial)
+            else:
+                partial[0] = ""
+                partial.append(lines[0])
+                lines[0] = "".join(partial)
+        if len(lines) > 1 and max(map(len, lines)) > max_line:
+            self._fail("line longer than max_line_length")
+        if value is None:
+            self._lines(lines, 0, events)
+        else:
+            self._data_size += len(value) + 1
+            if self._data_size > self._max_event_size:
+                self._fail("event larger than max_event_size")
+            self._data.append(value)
+            self._lines(lines, 1, events)
+        if start == len(text):
+            return ["\n"]
+        if len(text) - start > _LONG_LINE and text.startswith(_DATA_NAME, start):
+            return ["\n", _DATA_NAME, text[start + len(_DATA_NAME) :]]
+        return ["\n", text[start:]]
 
     def _single(self, id_: str | None, type_: str | None, data: str, rest: str) -> MessageEvent:
         """Build the one event a chunk holds (its buffers start empty)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import pairwise
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -206,7 +207,21 @@ def long_line_streams(draw: st.DrawFn) -> bytes:
     return b"".join(blocks)
 
 
-any_streams = st.one_of(raw_streams, common_streams(), long_line_streams())
+@st.composite
+def mixed_line_ends(draw: st.DrawFn, streams: st.SearchStrategy[bytes]) -> bytes:
+    """A stream whose line ends are mostly CRLF, with the odd lone CR or LF."""
+    lines = draw(streams).split(b"\n")
+    ends = st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r"])
+    return b"".join(line + draw(ends) for line in lines[:-1]) + lines[-1]
+
+
+any_streams = st.one_of(
+    raw_streams,
+    common_streams(),
+    long_line_streams(),
+    mixed_line_ends(common_streams()),
+    mixed_line_ends(long_line_streams()),
+)
 
 
 # -- properties ------------------------------------------------------------------------
@@ -294,6 +309,64 @@ def test_limits_fail_alike_whole_and_split(
     else:
         assert whole_events == []
         assert split_events == expected[: len(split_events)]
+
+
+class LineByLineParser(EventStreamParser):
+    """The parser with its fast paths turned off: every chunk is read line by line.
+
+    What is left is the decoding, the line ends, the unfinished line and the limits,
+    shared with the real parser, and the standard's line-by-line interpretation.
+    """
+
+    __slots__ = ()
+
+    def _single(self, text: str, shapes: Any) -> None:
+        return None
+
+    def _interpret(self, text: str, shapes: Any, events: list[MessageEvent]) -> str:
+        return self._slow(text, events)
+
+
+def call_by_call(parser: EventStreamParser, chunks: list[bytes]) -> list[object]:
+    """What each call returns (or that it failed), then the parser's final state."""
+    results: list[object] = []
+    for chunk in chunks:
+        try:
+            results.append(as_tuples(parser.receive_data(chunk)))
+        except RemoteProtocolError:
+            results.append("failed")
+            break
+    results.append((parser.last_event_id, parser.retry))
+    return results
+
+
+@given(
+    any_streams,
+    st.lists(st.integers(0, 5000), max_size=12) | st.integers(1, 64),
+    st.none() | st.integers(1, 3100),
+    st.none() | st.integers(1, 3100),
+)
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_fast_paths_agree_with_line_by_line_call_by_call(
+    body: bytes, cuts: list[int] | int, line_limit: int | None, event_limit: int | None
+) -> None:
+    # Whatever path each chunk takes (one event, a run of shapes, CRLF kept as it
+    # is, long lines), every call returns what reading its lines one by one
+    # returns, or fails where that fails.
+    if isinstance(cuts, int):
+        chunks = [body[i : i + cuts] for i in range(0, len(body), cuts)]
+    else:
+        chunks = split_at(body, cuts)
+    limits: dict[str, int] = {}
+    if line_limit is not None:
+        limits["max_line_length"] = line_limit
+    if event_limit is not None:
+        limits["max_event_size"] = event_limit
+    fast = call_by_call(EventStreamParser(**limits), chunks)
+    assert fast == call_by_call(LineByLineParser(**limits), chunks)
+    if not limits:
+        events = [event for result in fast[:-1] for event in cast(list[object], result)]
+        assert (events, *cast(tuple[str, int | None], fast[-1])) == reference_parse(body)
 
 
 def feed_until_error(parser: EventStreamParser, chunks: Iterator[bytes]) -> int:

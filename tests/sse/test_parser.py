@@ -540,6 +540,7 @@ def test_message_event_is_frozen() -> None:
     assert repr(event) == "MessageEvent(type='message', data='x', last_event_id='')"
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["LF", "CRLF"])
 @pytest.mark.parametrize(
     "body",
     [
@@ -550,7 +551,11 @@ def test_message_event_is_frozen() -> None:
     ],
     ids=["one event", "run of id+data", "run of data", "run of mixed shapes"],
 )
-def test_common_shapes_take_the_fast_path(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_common_shapes_take_the_fast_path(
+    body: bytes, line_end: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CRLF line ends are searched as they are, not normalised first.
+    body = body.replace(b"\n", line_end)
     expected = parse(body)
 
     def no_line_by_line(*args: object) -> None:
@@ -590,6 +595,25 @@ def test_crlf_only_chunks_and_lone_crs_mean_the_same(
     # A chunk with only CRLF line ends has its CRs dropped in one pass; one with a
     # lone CR anywhere (even at its end, as when split) is normalised CR by CR.
     assert parse(body) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: a\rb\r\n\r\n",  # a lone CR inside what looks like a value
+        b"id: 1\r\ndata: a\r\ndata: b\rc\r\n\r\n",  # ... of a further data line
+        b"event: e\rdata: a\r\n\r\n",  # ... of an event type
+        b"data: a\r\r\ndata: b\r\n\r\n",  # a lone CR, then CRLF
+        b"data: a\ndata: b\r\n\r\n",  # a lone LF
+        b"data: a\r\n\rdata: b\r\n\r\n",  # a blank line ended by a lone CR
+    ],
+)
+def test_lone_line_ends_among_crlf_are_line_ends(body: bytes) -> None:
+    # A chunk whose first line end is CRLF is searched without normalising it; any
+    # lone CR or LF in it must still end a line, wherever it is.
+    reference = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for repeat in (1, 30):
+        assert parse(body * repeat) == parse(reference * repeat)
 
 
 def test_further_data_lines_without_space_leave_the_fast_shape() -> None:

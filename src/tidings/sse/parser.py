@@ -79,45 +79,86 @@ class MessageEvent(NamedTuple):
 # object, and mapped over ``zip`` columns it builds a chunk's events at C speed.
 _new_event = cast(Callable[[type[MessageEvent], tuple[str, str, str]], MessageEvent], tuple.__new__)
 
-# Event shapes the fast path recognises.  A match starts with the LF of a blank line
-# (the line before the event: the lookbehind sees the LF that ended the line before
-# that one), covers the field lines, and stops before the LF of the blank line that
-# dispatches the event; that LF starts the next match when events follow each other
-# directly.  The text searched is the chunk with two LFs put in front (a blank line,
-# as far as the expressions can tell: whether an event is really under way is the
-# interpreter's business).  Starting only at blank lines is what keeps the search
-# linear: a search that may start at any line retries at every line of a long run of
-# data lines that does not end as a shape does (an event still arriving, or one with
-# an id after its data), and each attempt runs to the end of the run.  An ``id`` must
-# not contain NUL to be part of a match (one with NUL is ignored, which the
-# line-by-line path handles).  Quantifiers are possessive: a failed attempt costs one
-# pass over the lines it covers, whatever they hold.  ``re.split`` yields the gap
-# before each match followed by its groups (None for an absent field), and at the end
-# the gap after the last match.  The narrow shapes are only faster, never more
-# correct: what a shape does not cover lands in the gaps.
-_START: Final = r"\n(?<=\n\n)"
-_ID: Final = r"id: ?+([^\n\x00]*+)\n"
-_TYPE: Final = r"event: ?+(.*+)\n"
-_FIRST_DATA: Final = r"data: ?+(.*+)"
-_END: Final = r"\n(?=\n)"
-#: id?, event?, data, more data lines (the last group, raw): [gap, id, type, data, rest].
-#: The further data lines must have the space after the colon (as encoders
-#: write them), so that a plain str.replace of "\ndata: " strips their names.
-_ANY_SHAPE: Final = re.compile(
-    rf"{_START}(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: .*+)*+){_END}"
+# Event shapes the fast path recognises.  A match starts with the line end of a
+# blank line (the line before the event: the lookbehind sees the line end before
+# that one), covers the field lines, and stops before the line end of the blank
+# line that dispatches the event; that line end starts the next match when events
+# follow each other directly.  The text searched is the chunk with two line ends put
+# in front (a blank line, as far as the expressions can tell: whether an event is
+# really under way is the interpreter's business).  Starting only at blank lines is
+# what keeps the search linear: a search that may start at any line retries at
+# every line of a long run of data lines that does not end as a shape does (an
+# event still arriving, or one with an id after its data), and each attempt runs to
+# the end of the run.  An ``id`` must not contain NUL to be part of a match (one
+# with NUL is ignored, which the line-by-line path handles).  ``re.split`` yields
+# the gap before each match followed by its groups (None for an absent field), and
+# at the end the gap after the last match.  The narrow shapes are only faster, never
+# more correct: what a shape does not cover lands in the gaps.
+#
+# There are two sets: one for text with LF line ends (CR-free, or normalised), and
+# one for text whose line ends are CRLF, searched as it is, because normalising
+# costs two more passes over the text than finding the events does.  With LF,
+# quantifiers are possessive: a failed attempt costs one pass over the lines it
+# covers.  With CRLF, a data value is ``.*`` that gives back the CR before its LF
+# (a character class excluding CR would be slower on long values), so a value can
+# hold a lone CR -- a line end the expression did not see -- and the interpreter
+# checks the values of every chunk for CR before using them.  The gaps may hold any
+# line ends; they are normalised before being read line by line.
+
+_ANY: Final = 0  # id?, event?, data, more data lines: [gap, id, type, data, rest]
+_ID_DATA: Final = 1  # id and one data line: [gap, id, data]
+_DATA: Final = 2  # one data line: [gap, data]
+
+
+class _Shapes(NamedTuple):
+    """The fast path's expressions for one kind of line end, and what goes with them."""
+
+    #: The line end the expressions are written for.
+    end: str
+    #: What the text searched starts with (see above): no match can start before
+    #: its second line end, so the first gap always holds at least the first.
+    front: str
+    #: Where a further data line starts in the raw "rest" group of the _ANY shape:
+    #: there, and only there, the text holds this (a value holds no LF).  Further
+    #: data lines must have the space after the colon (as encoders write them), so
+    #: that a plain str.replace strips their names.
+    more: str
+    #: The expressions, indexed by _ANY, _ID_DATA and _DATA.
+    patterns: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]
+
+
+def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, more: str) -> _Shapes:
+    start = rf"{end_re}(?<={end_re}{end_re})"
+    first_data = rf"data: ?+{value}"
+    close = rf"{end_re}(?={end_re})"
+    return _Shapes(
+        end=end,
+        front=end * 2,
+        more=f"{end}data: ",
+        patterns=(
+            re.compile(rf"{start}(?:{id_})?(?:{type_})?{first_data}({more}){close}"),
+            re.compile(rf"{start}{id_}{first_data}{close}"),
+            re.compile(rf"{start}{first_data}{close}"),
+        ),
+    )
+
+
+_LF: Final = _compile_shapes(
+    "\n",
+    r"\n",
+    id_=r"id: ?+([^\n\x00]*+)\n",
+    type_=r"event: ?+(.*+)\n",
+    value=r"(.*+)",
+    more=r"(?:\ndata: .*+)*+",
 )
-#: id and one data line: [gap, id, data]
-_ID_DATA_SHAPE: Final = re.compile(rf"{_START}{_ID}{_FIRST_DATA}{_END}")
-#: one data line: [gap, data]
-_DATA_SHAPE: Final = re.compile(rf"{_START}{_FIRST_DATA}{_END}")
-# What the text searched starts with (see above); no match can start before its
-# second LF, so the first gap always holds at least its first.
-_FRONT: Final = "\n\n"
-# Where a further data line starts in the raw "rest" group of _ANY_SHAPE: there,
-# and only there, the text holds this (a value holds no LF).
-_MORE_DATA: Final = "\ndata: "
-# A CR that is not the first half of a CRLF (or ends the text).
-_LONE_CR: Final = re.compile(r"\r(?!\n)")
+_CRLF: Final = _compile_shapes(
+    "\r\n",
+    r"\r\n",
+    id_=r"id: ?+([^\r\n\x00]*+)\r\n",
+    type_=r"event: ?+([^\r\n]*+)\r\n",
+    value=r"(.*)",
+    more=r"(?:\r\ndata: .*)*",
+)
 
 # Chunks with lines longer than this at either end go line by line: an expression
 # would crawl through them a character at a time (as would str.split or str.count),
@@ -138,11 +179,22 @@ _CLOSED: Final = 1
 _BROKEN: Final = 2
 
 
-def _merge_rest(datas: list[str], rests: list[str]) -> list[str]:
-    """Append each event's further data lines (raw, as matched) to its first one."""
-    # "\r" cannot occur in normalised text, so it safely separates the rests.
-    joined = "\r".join(rests).replace(_MORE_DATA, "\n").split("\r")
-    return list(map(str.__add__, datas, joined))
+def _normalise(text: str) -> str:
+    """Turn CRLF and CR line ends into LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _merge_rest(datas: list[str], rests: list[str], shapes: _Shapes) -> list[str] | None:
+    """Append each event's further data lines (raw, as matched) to its first one.
+
+    Returns None if, with CRLF line ends, a value holds a CR.
+    """
+    # CR separates the rests.  Once the further lines' starts are replaced, a CR can
+    # only be a separator -- unless, with CRLF, a value holds a lone one.
+    joined = "\r".join(rests).replace(shapes.more, "\n")
+    if shapes is _CRLF and joined.count("\r") != len(rests) - 1:
+        return None
+    return list(map(str.__add__, datas, joined.split("\r")))
 
 
 def _at(column: list[str | None] | None, i: int) -> str | None:
@@ -221,7 +273,7 @@ class EventStreamParser:
         self._retry: int | None = None
         self._max_line_length = max_line_length
         self._max_event_size = max_event_size
-        self._shape: re.Pattern[str] = _ANY_SHAPE
+        self._shape = _ANY  # the shape the next chunk tries first
         self._check_size = False  # whether the chunk at hand could hold too big an event
         self._state = _OPEN
 
@@ -272,20 +324,25 @@ class EventStreamParser:
                 text = text[1:]
                 if not text:
                     return []
+        shapes = _LF
+        last = text.rfind("\n")
         if "\r" in text:
-            # CR and CRLF become LF.  A CR at the very end is a line end already (so
-            # CR CR dispatches now), and an LF at the start of the next chunk is
-            # then dropped as the second half of a CRLF.
+            # A CR at the very end is a line end already (so CR CR dispatches now),
+            # and an LF at the start of the next chunk is then dropped as the second
+            # half of a CRLF.
             self._after_cr = text[-1] == "\r"
-            if _LONE_CR.search(text) is None:
-                # Only CRLF line ends (the usual case): dropping every CR is one
-                # quick pass, where replacing a two-character string is a slow one.
-                text = text.replace("\r", "")
+            cr = text.find("\r")
+            if text.startswith("\n", cr + 1):
+                # The first line end is a CRLF: expect the others to be, and keep
+                # them (every path copes with a lone CR or LF among them).
+                shapes = _CRLF
+                last = max(last, text.rfind("\r"))
             else:
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
+                text = _normalise(text)
+                last = text.rfind("\n")
         partial = self._partial
-        tail_len = len(text) - text.rfind("\n") - 1
-        if tail_len == len(text):  # still no line end
+        tail_len = len(text) - last - 1
+        if last < 0:  # still no line end
             partial.append(text)
             # Merge pieces of similar size (a rope's binary counter) up to _PIECE: a
             # line that trickles in tiny chunks then costs O(log n) strings plus one
@@ -296,8 +353,8 @@ class EventStreamParser:
                 and len(partial[-1]) < _PIECE
                 and len(partial[-2]) <= 2 * len(partial[-1])
             ):
-                last = partial.pop()
-                partial[-1] += last
+                piece = partial.pop()
+                partial[-1] += piece
             self._partial_len += tail_len
             if self._partial_len > self._max_line_length:
                 self._fail("line longer than max_line_length")
@@ -310,25 +367,25 @@ class EventStreamParser:
                 or self._partial_len > _LONG_LINE
                 or text.find("\n", 0, _LONG_LINE) < 0
             ):
-                partial = self._long(text, len(text) - tail_len - 1, events)
+                partial = self._long(text, last, shapes is _CRLF, events)
             else:
-                partial[0] = _FRONT
+                partial[0] = shapes.front
                 partial.append(text)
                 text = "".join(partial)
-                if len(text) > self._max_line_length and (
-                    max(map(len, text.split("\n"))) > self._max_line_length
-                ):
-                    self._fail("line longer than max_line_length")
+                if len(text) > self._max_line_length:
+                    lines = _normalise(text) if shapes is _CRLF else text
+                    if max(map(len, lines.split("\n"))) > self._max_line_length:
+                        self._fail("line longer than max_line_length")
                 if not tail_len and len(text) < _SMALL and not self._data and not self._type:
                     # Live streams mostly deliver one event per chunk.
-                    match = _ANY_SHAPE.match(text, 1)
-                    if match is not None and match.end() == len(text) - 1:
+                    event = self._single(text, shapes)
+                    if event is not None:
                         self._partial = ["\n"]
                         self._partial_len = 0
-                        return [self._single(*match.groups())]
+                        return [event]
                 # No event can be larger than the text it comes from.
                 self._check_size = len(text) > self._max_event_size
-                tail = self._interpret(text, events)
+                tail = self._interpret(text, shapes, events)
                 partial = ["\n", tail] if tail else ["\n"]
         except RemoteProtocolError:
             self._last_event_id, self._retry = committed, retry
@@ -368,22 +425,40 @@ class EventStreamParser:
         self._state = _BROKEN
         raise RemoteProtocolError(msg)
 
-    def _long(self, text: str, last: int, events: list[MessageEvent]) -> list[str]:
+    def _long(self, text: str, last: int, crlf: bool, events: list[MessageEvent]) -> list[str]:
         """Interpret a chunk with a long line at either end, line by line.
 
-        ``text`` holds no CR, and its last LF is at ``last``.  Line ends are found
-        one by one with str.find (memchr), so a 64 KiB line costs microseconds; the
-        unfinished line before the chunk joins the first line once.  Returns the new
-        unfinished line's pieces.
+        The last line end of ``text`` is at ``last``; ``crlf`` says whether the text
+        holds CRs (else its line ends are LFs).  Line ends are found one by one with
+        str.find (memchr), so a 64 KiB line costs microseconds; the unfinished line
+        before the chunk joins the first line once.  Returns the new unfinished
+        line's pieces.
         """
         lines: list[str] = []
         start = 0
-        while True:
-            end = text.find("\n", start)
-            lines.append(text[start:end])
-            start = end + 1
-            if end == last:
-                break
+        if not crlf:
+            while True:
+                end = text.find("\n", start)
+                lines.append(text[start:end])
+                start = end + 1
+                if end == last:
+                    break
+        else:
+            # The next LF and the next CR, each looked for again once passed.
+            lf = text.find("\n", 0, last + 1)
+            cr = text.find("\r", 0, last + 1)
+            while start <= last:
+                if cr < 0 or 0 <= lf < cr:
+                    lines.append(text[start:lf])
+                    start = lf + 1
+                    lf = text.find("\n", start, last + 1)
+                else:
+                    lines.append(text[start:cr])
+                    start = cr + 1
+                    if lf == start:  # CRLF
+                        start += 1
+                        lf = text.find("\n", start, last + 1)
+                    cr = text.find("\r", start, last + 1)
         max_line = self._max_line_length
         if len(text) - start > max_line or self._partial_len + len(lines[0]) > max_line:
             self._fail("line longer than max_line_length")
@@ -416,10 +491,20 @@ class EventStreamParser:
             return ["\n", _DATA_NAME, text[start + len(_DATA_NAME) :]]
         return ["\n", text[start:]]
 
-    def _single(self, id_: str | None, type_: str | None, data: str, rest: str) -> MessageEvent:
-        """Build the one event a chunk holds (its buffers start empty)."""
+    def _single(self, text: str, shapes: _Shapes) -> MessageEvent | None:
+        """Build the event ``text`` holds if it is exactly one (its buffers start empty).
+
+        ``text`` is ``shapes.front``, the event, its blank line; returns None if it
+        is not one event of the _ANY shape.
+        """
+        match = shapes.patterns[_ANY].match(text, len(shapes.end))
+        if match is None or match.end() != len(text) - len(shapes.end):
+            return None
+        id_, type_, data, rest = match.groups()
         if rest:
-            data += rest.replace(_MORE_DATA, "\n")
+            data += rest.replace(shapes.more, "\n")
+        if shapes is _CRLF and "\r" in data:
+            return None  # a lone CR in a value: the line-by-line path reads it
         if len(data) >= self._max_event_size:
             self._fail("event larger than max_event_size")
         if id_ is not None:
@@ -427,24 +512,24 @@ class EventStreamParser:
         self._last_event_id = last_event_id = self._id_buffer
         return _new_event(MessageEvent, (type_ or "message", data, last_event_id))
 
-    def _interpret(self, text: str, events: list[MessageEvent]) -> str:
-        """Interpret the whole lines of ``text`` (_FRONT, lines, unfinished line, no CR).
+    def _interpret(self, text: str, shapes: _Shapes, events: list[MessageEvent]) -> str:
+        """Interpret the whole lines of ``text`` (``shapes.front``, lines, unfinished line).
 
         Returns the unfinished line.
         """
         shape = self._shape
-        parts = shape.split(text)
-        # Between and around the matches lie the gaps.  The first is the first LF
-        # of _FRONT alone, or all of _FRONT followed by lines joined by LF, the last
-        # of which the first match's LF ends.  Each other gap but the last is empty,
-        # or an LF (ending the blank line that dispatched the previous event) and
-        # lines the same way.  The last gap is such an LF (or _FRONT if nothing
-        # matched), whole lines, and the unfinished line.  Absent id and event
-        # fields are None.
+        parts = shapes.patterns[shape].split(text)
+        # Between and around the matches lie the gaps.  The first is the first line
+        # end of the front alone, or the whole front followed by lines, the last of
+        # which the first match's line end ends.  Each other gap but the last is
+        # empty, or a line end (ending the blank line that dispatched the previous
+        # event) and lines the same way.  The last gap is such a line end (or the
+        # front if nothing matched), whole lines, and the unfinished line.  Absent
+        # id and event fields are None.
         ids: list[str | None] | None = None
         types: list[str | None] | None = None
         multiline = False
-        if shape is _ANY_SHAPE:
+        if shape == _ANY:
             gaps = parts[0::5]
             ids = parts[1::5]
             types = parts[2::5]
@@ -452,25 +537,33 @@ class EventStreamParser:
             rests = parts[4::5]
             if any(rests):
                 multiline = True
-                datas = _merge_rest(datas, rests)
-        elif shape is _ID_DATA_SHAPE:
+                merged = _merge_rest(datas, rests, shapes)
+                if merged is None:
+                    return self._slow(text, events)
+                datas = merged
+        elif shape == _ID_DATA:
             gaps = parts[0::3]
             ids = parts[1::3]
             datas = parts[2::3]
         else:
             gaps = parts[0::2]
             datas = parts[1::2]
+        crlf = shapes is _CRLF
         if datas:
-            if self._events(gaps, ids, types, datas, events):
-                if shape is _ANY_SHAPE and not multiline:
+            if crlf and "\r" in "".join(datas):
+                return self._slow(text, events)  # a lone CR in a value
+            if self._events(gaps, ids, types, datas, crlf, events):
+                if shape == _ANY and not multiline:
                     self._narrow_shape(ids, types)
             else:
                 # Other lines come between events: let the next chunk try every shape.
-                self._shape = _ANY_SHAPE
-        elif shape is not _ANY_SHAPE:
-            self._shape = _ANY_SHAPE  # maybe the events have another shape
+                self._shape = _ANY
+        elif shape != _ANY:
+            self._shape = _ANY  # maybe the events have another shape
         last = gaps[-1]
-        front = 1 if len(gaps) > 1 else len(_FRONT)
+        if crlf:
+            last = _normalise(last)
+        front = 1 if len(gaps) > 1 else 2
         if last.find("\n", front) < 0:
             return last[front:]
         pieces = last.split("\n")
@@ -478,14 +571,25 @@ class EventStreamParser:
         self._lines(pieces, front, events)
         return tail
 
+    def _slow(self, text: str, events: list[MessageEvent]) -> str:
+        """Interpret ``text`` (front, lines, unfinished line) line by line."""
+        pieces = _normalise(text).split("\n")
+        tail = pieces.pop()
+        self._lines(pieces, 2, events)
+        return tail
+
+    def _gap(self, gap: str, skip: int, crlf: bool, events: list[MessageEvent]) -> None:
+        """Interpret the lines of a gap but its first ``skip`` (line ends of it)."""
+        self._lines((_normalise(gap) if crlf else gap).split("\n"), skip, events)
+
     def _narrow_shape(self, ids: list[str | None] | None, types: list[str | None] | None) -> None:
         """After a chunk of alike events, let the next one try a narrower shape."""
         if types is not None and types.count(None) != len(types):
             return
         if ids is not None and None not in ids:
-            self._shape = _ID_DATA_SHAPE
+            self._shape = _ID_DATA
         elif ids is None or ids.count(None) == len(ids):
-            self._shape = _DATA_SHAPE
+            self._shape = _DATA
 
     def _events(
         self,
@@ -493,6 +597,7 @@ class EventStreamParser:
         ids: list[str | None] | None,
         types: list[str | None] | None,
         datas: list[str],
+        crlf: bool,
         events: list[MessageEvent],
     ) -> bool:
         """Interpret the matched events and the gaps before them (not the last gap).
@@ -500,8 +605,8 @@ class EventStreamParser:
         Returns whether the events followed each other with nothing in between.
         """
         count = len(datas)
-        if len(gaps[0]) > 1:
-            self._lines(gaps[0].split("\n"), len(_FRONT), events)
+        if len(gaps[0]) > (2 if crlf else 1):
+            self._gap(gaps[0], 2, crlf, events)
         first = 0
         if self._data or self._type:
             # The first event continues one already begun: take it field by field.
@@ -513,7 +618,7 @@ class EventStreamParser:
             return True
         for i in range(first, count):
             if i and gaps[i]:
-                self._lines(gaps[i].split("\n"), 1, events)
+                self._gap(gaps[i], 1, crlf, events)
             self._apply(_at(ids, i), _at(types, i), datas[i], events)
         return False
 
@@ -532,9 +637,9 @@ class EventStreamParser:
         if self._check_size and max(map(len, datas)) >= self._max_event_size:
             self._fail("event larger than max_event_size")
         id_column: Iterable[str]
-        if ids is None or (self._shape is not _ID_DATA_SHAPE and ids.count(None) == count):
+        if ids is None or (self._shape != _ID_DATA and ids.count(None) == count):
             id_column = repeat(self._id_buffer, count)
-        elif self._shape is _ID_DATA_SHAPE or None not in ids:
+        elif self._shape == _ID_DATA or None not in ids:
             id_column = cast(list[str], ids)
             self._id_buffer = id_column[-1]
         else:

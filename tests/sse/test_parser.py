@@ -259,6 +259,19 @@ def test_id_with_nul_ignored() -> None:
     assert parse(b"id: 1\n\nid: a\x00b\ndata: x\n\n") == [MessageEvent("message", "x", "1")]
 
 
+def test_id_with_nul_ignored_in_a_run_of_events() -> None:
+    # Events that follow each other are built together; one id with NUL among them
+    # is ignored all the same, with LF and with CRLF line ends.
+    for end in (b"\n", b"\r\n"):
+        body = b"id: 1\ndata: a\n\n" * 5 + b"id: 2\x00\ndata: b\n\n" + b"id: 3\ndata: c\n\n"
+        events = parse(body.replace(b"\n", end))
+        assert events[4:] == [
+            MessageEvent("message", "a", "1"),
+            MessageEvent("message", "b", "1"),
+            MessageEvent("message", "c", "3"),
+        ]
+
+
 def test_empty_id_resets_last_event_id() -> None:
     events = parse(b"id: 1\ndata: a\n\nid\ndata: b\n\nid: 2\n\nid:\ndata: c\n\n")
     assert [event.last_event_id for event in events] == ["1", "", ""]

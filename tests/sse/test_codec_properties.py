@@ -208,6 +208,38 @@ def long_line_streams(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def runs_of_alike_events(draw: st.DrawFn) -> bytes:
+    """Long runs of events of one shape, now and then broken by something else.
+
+    The parser narrows to the shape of such runs and cuts them several events a
+    match; what breaks a run must send it back to the general shape.
+    """
+    with_id = draw(st.booleans())
+    values = st.sampled_from(["", "x", "{}", " lead", "\x00", "é"])
+    breaks = st.sampled_from(
+        [
+            b": c\n\n",
+            b"data: a\ndata: b\n\n",
+            b"id: 7\n\n",
+            b"event: e\ndata: x\n\n",
+            b"retry: 3\n",
+            b"data: u\n",
+            b"id:z\n",
+            b"\n",
+            b"data:v\n\n",
+            b"id: a\x00\n",
+        ]
+    )
+    blocks = []
+    for i in range(draw(st.integers(0, 150))):
+        if draw(st.integers(0, 40)) == 0:
+            blocks.append(draw(breaks))
+        else:
+            blocks.append(encode_event(draw(values), id=str(i) if with_id else None))
+    return b"".join(blocks)
+
+
+@st.composite
 def mixed_line_ends(draw: st.DrawFn, streams: st.SearchStrategy[bytes]) -> bytes:
     """A stream whose line ends are mostly CRLF, with the odd lone CR or LF."""
     lines = draw(streams).split(b"\n")
@@ -219,8 +251,10 @@ any_streams = st.one_of(
     raw_streams,
     common_streams(),
     long_line_streams(),
+    runs_of_alike_events(),
     mixed_line_ends(common_streams()),
     mixed_line_ends(long_line_streams()),
+    mixed_line_ends(runs_of_alike_events()),
 )
 
 
@@ -274,6 +308,20 @@ def test_long_lines_split_anywhere_match_the_reference(body: bytes, cuts: list[i
 @given(common_streams(), st.integers(1, 64))
 def test_common_shapes_in_equal_chunks_match_the_reference(body: bytes, size: int) -> None:
     # Equal chunks carry several events each, so the parser switches between shapes.
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    assert feed(chunks) == reference_parse(body)
+
+
+@given(
+    runs_of_alike_events().map(lambda body: body.replace(b"\n", b"\r\n"))
+    | runs_of_alike_events()
+    | mixed_line_ends(runs_of_alike_events()),
+    st.integers(1, 3000),
+)
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_runs_of_alike_events_in_equal_chunks_match_the_reference(body: bytes, size: int) -> None:
+    # Equal chunks of a long run end anywhere in it: at an event, in one, after a
+    # few events of a match or in the thing that breaks the run.
     chunks = [body[i : i + size] for i in range(0, len(body), size)]
     assert feed(chunks) == reference_parse(body)
 

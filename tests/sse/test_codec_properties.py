@@ -208,6 +208,25 @@ def long_line_streams(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
+def long_lines_of_any_bytes(draw: st.DrawFn) -> bytes:
+    """Long lines holding invalid and truncated UTF-8 next to valid sequences.
+
+    A chunk with long lines has them decoded one by one: a sequence cut short by a
+    line end, or by the end of a chunk, must come out as when decoded whole.
+    """
+    pieces = st.sampled_from(
+        [b"a", b"\xe2\x82\xac", b"\xe2\x82", b"\xff", b"\xc3", b"\xf0\x9f\x98\x80", b"\xf0\x9f"]
+    )
+    names = st.sampled_from([b"data: ", b"data:", b": ", b"id: ", b"x", b"data: \xc3"])
+    ends = st.sampled_from([b"\n", b"\n\n", b"\r\n", b"\r", b""])
+    blocks = []
+    for _ in range(draw(st.integers(1, 4))):
+        body = b"".join(draw(st.lists(pieces, min_size=100, max_size=300)))
+        blocks.append(draw(names) + body + draw(ends))
+    return b"".join(blocks)
+
+
+@st.composite
 def runs_of_alike_events(draw: st.DrawFn) -> bytes:
     """Long runs of events of one shape, now and then broken by something else.
 
@@ -251,6 +270,7 @@ any_streams = st.one_of(
     raw_streams,
     common_streams(),
     long_line_streams(),
+    long_lines_of_any_bytes(),
     runs_of_alike_events(),
     mixed_line_ends(common_streams()),
     mixed_line_ends(long_line_streams()),
@@ -298,7 +318,9 @@ def test_common_shapes_split_anywhere_match_the_reference(body: bytes, cuts: lis
     assert feed(bytewise(body)) == expected
 
 
-@given(long_line_streams(), st.lists(st.integers(0, 20000), max_size=12))
+@given(
+    long_line_streams() | long_lines_of_any_bytes(), st.lists(st.integers(0, 20000), max_size=12)
+)
 def test_long_lines_split_anywhere_match_the_reference(body: bytes, cuts: list[int]) -> None:
     expected = reference_parse(body)
     assert feed([body]) == expected

@@ -484,6 +484,25 @@ def test_long_lines_over_the_limits_raise(chunks: list[bytes], limits: dict[str,
         feed_all(parser, chunks)
 
 
+def test_long_lines_decode_as_the_whole_body_does() -> None:
+    # A chunk with long lines has its lines decoded one by one, straight from the
+    # bytes: a sequence cut short by a line end, or by the end of the chunk, must
+    # come out as it does when the body is decoded whole.
+    a, b = b"a" * 300, b"b" * 300
+    chunks = [
+        b"data: x\n\n",
+        b"data: " + a + b"\xe2\x82\n\n: \xff" + a + b"\xc3\n" + b"data: " + b + b"\xe2\x82",
+        b"\xac\xf0\x9f\n\n",
+    ]
+    expected = [
+        MessageEvent("message", "x", ""),
+        MessageEvent("message", "a" * 300 + "\ufffd", ""),
+        MessageEvent("message", "b" * 300 + "\u20ac\ufffd", ""),
+    ]
+    assert feed_all(EventStreamParser(), chunks) == expected
+    assert parse(b"".join(chunks)) == expected
+
+
 def test_long_lines_at_the_limits_accepted() -> None:
     parser = EventStreamParser(max_line_length=308, max_event_size=303)
     chunks = [b"data: x\n\ndata: " + LONG, b"yy\n\n", b": " + LONG, b"yyy\n"]

@@ -121,21 +121,33 @@ _DATA: Final = 2  # runs of: one data line: [gap, data * _PER_MATCH]
 _PER_MATCH: Final = 4
 
 
-class _Shapes(NamedTuple):
-    """The fast path's expressions for one kind of line end, and what goes with them."""
+class _Shapes:
+    """The fast path's expressions for one kind of line end, and what goes with them.
 
-    #: The line end the expressions are written for.
-    end: str
-    #: What the text searched starts with (see above): no match can start before
-    #: its second line end, so the first gap always holds at least the first.
-    front: str
-    #: Where a further data line starts in the raw "rest" group of the _ANY shape:
-    #: there, and only there, the text holds this (a value holds no LF).  Further
-    #: data lines must have the space after the colon (as encoders write them), so
-    #: that a plain str.replace strips their names.
-    more: str
-    #: The expressions, indexed by _ANY, _ID_DATA and _DATA.
-    patterns: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]
+    A slotted class rather than a named tuple: CPython 3.11 specialises reading a
+    slot, not a named tuple's field, and the one-event path reads several per call.
+    """
+
+    __slots__ = ("end", "front", "more", "patterns")
+
+    def __init__(
+        self,
+        end: str,
+        more: str,
+        patterns: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]],
+    ) -> None:
+        #: The line end the expressions are written for.
+        self.end = end
+        #: What the text searched starts with (see above): no match can start before
+        #: its second line end, so the first gap always holds at least the first.
+        self.front = end * 2
+        #: Where a further data line starts in the raw "rest" group of the _ANY
+        #: shape: there, and only there, the text holds this (a value holds no LF).
+        #: Further data lines must have the space after the colon (as encoders
+        #: write them), so that a plain str.replace strips their names.
+        self.more = more
+        #: The expressions, indexed by _ANY, _ID_DATA and _DATA.
+        self.patterns = patterns
 
 
 def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, more: str) -> _Shapes:
@@ -151,7 +163,6 @@ def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, mor
 
     return _Shapes(
         end=end,
-        front=end * 2,
         more=f"{end}data: ",
         patterns=(
             re.compile(rf"{start}(?:{id_})?(?:{type_})?{first_data}({more}){end_re}(?={end_re})"),
@@ -748,18 +759,28 @@ class EventStreamParser:
                     size = 0
                 type_ = ""
                 continue
-            colon = line.find(":")
-            if colon == 0:
-                continue  # a comment
-            if colon < 0:
-                name = line
-                value = ""
+            if len(line) < _LONG_LINE:
+                # partition is one quick call (find, startswith and two slices are
+                # four, three of them parsing their arguments the slow way) ...
+                name, _, value = line.partition(":")
+                if not name:
+                    continue  # a comment
+                if value and value[0] == " ":
+                    value = value[1:]
             else:
-                name = line[:colon]
-                colon += 1
-                if line.startswith(" ", colon):
+                # ... but would copy a long value twice when it starts with a space.
+                colon = line.find(":")
+                if colon == 0:
+                    continue  # a comment
+                if colon < 0:
+                    name = line
+                    value = ""
+                else:
+                    name = line[:colon]
                     colon += 1
-                value = line[colon:]
+                    if line.startswith(" ", colon):
+                        colon += 1
+                    value = line[colon:]
             if name == "data":
                 size += len(value) + 1
                 if size > max_size:

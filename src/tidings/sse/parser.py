@@ -351,6 +351,11 @@ class EventStreamParser:
         if self._undecoded:
             data = self._undecoded + data
             self._undecoded = b""
+        # A CR byte is a CR character (and neither the held bytes, a BOM nor an LF
+        # dropped below is one).  Looked for before decoding, the chunk is read from
+        # memory once, by memchr; the decoder then finds it in the cache.  (Only in
+        # bytes: `in` means something else for other buffers.)
+        has_cr = b"\r" in data if type(data) is bytes else None
         # What codecs' incremental decoder does, minus a layer of Python calls: an
         # incomplete sequence at the end waits for the next chunk.
         text, used = _utf_8_decode(data, "replace", False)
@@ -372,7 +377,7 @@ class EventStreamParser:
                     return []
         shapes = _LF
         last = text.rfind("\n")
-        if "\r" in text:
+        if has_cr or (has_cr is None and "\r" in text):
             # A CR at the very end is a line end already (so CR CR dispatches now),
             # and an LF at the start of the next chunk is then dropped as the second
             # half of a CRLF.
@@ -480,16 +485,23 @@ class EventStreamParser:
         before the chunk joins the first line once.  Returns the new unfinished
         line's pieces.
         """
-        lines: list[str] = []
         start = 0
         if not crlf:
-            while True:
-                end = text.find("\n", start)
-                lines.append(text[start:end])
-                start = end + 1
-                if end == last:
-                    break
+            end = text.find("\n")
+            lines = [text[:end]]
+            if end < last:
+                if last - end < _LONG_LINE:
+                    # A few short lines between the long ones (an id, a blank line):
+                    # one split costs less than a find per line.
+                    lines += text[end + 1 : last].split("\n")
+                else:
+                    while end < last:
+                        start = end + 1
+                        end = text.find("\n", start)
+                        lines.append(text[start:end])
+            start = last + 1
         else:
+            lines = []
             # The next LF and the next CR, each looked for again once passed.
             lf = text.find("\n", 0, last + 1)
             cr = text.find("\r", 0, last + 1)
@@ -505,37 +517,36 @@ class EventStreamParser:
                         start += 1
                         lf = text.find("\n", start, last + 1)
                     cr = text.find("\r", start, last + 1)
+        tail_len = len(text) - start
         max_line = self._max_line_length
-        if len(text) - start > max_line or self._partial_len + len(lines[0]) > max_line:
+        if (
+            tail_len > max_line
+            or self._partial_len + len(lines[0]) > max_line
+            or max(map(len, lines)) > max_line
+        ):
             self._fail("line longer than max_line_length")
+        first = 0
         partial = self._partial
-        value = None
         if len(partial) > 1:
+            partial[0] = ""
+            partial.append(lines[0])
             if partial[1] == _DATA_NAME:
                 # A data line whose value began in an earlier chunk: join the value
                 # alone, rather than the line and then its value out of it.
-                partial[0] = partial[1] = ""
-                partial.append(lines[0])
+                partial[1] = ""
                 value = "".join(partial)
+                size = self._data_size + len(value) + 1
+                if size > self._max_event_size:
+                    self._fail("event larger than max_event_size")
+                self._data_size = size
+                self._data.append(value)
+                first = 1
             else:
-                partial[0] = ""
-                partial.append(lines[0])
                 lines[0] = "".join(partial)
-        if len(lines) > 1 and max(map(len, lines)) > max_line:
-            self._fail("line longer than max_line_length")
-        if value is None:
-            self._lines(lines, 0, events)
-        else:
-            self._data_size += len(value) + 1
-            if self._data_size > self._max_event_size:
-                self._fail("event larger than max_event_size")
-            self._data.append(value)
-            self._lines(lines, 1, events)
-        if start == len(text):
-            return ["\n"]
-        if len(text) - start > _LONG_LINE and text.startswith(_DATA_NAME, start):
+        self._lines(lines, first, events)
+        if tail_len > _LONG_LINE and text.startswith(_DATA_NAME, start):
             return ["\n", _DATA_NAME, text[start + len(_DATA_NAME) :]]
-        return ["\n", text[start:]]
+        return ["\n", text[start:]] if tail_len else ["\n"]
 
     def _single(self, text: str, shapes: _Shapes) -> MessageEvent | None:
         """Build the event ``text`` holds if it is exactly one (its buffers start empty).

@@ -130,6 +130,18 @@ def test_crlf_split_across_chunks_counts_once() -> None:
     assert parser.receive_data(b"\n\r") == [MessageEvent("message", "a\nb", "")]
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_other_buffers_parse_as_bytes_do(kind: type) -> None:
+    # The parser looks for CR in bytes before decoding them; for other buffers it
+    # must not (in a memoryview, `in` compares integers and never finds b"\r").
+    body = b"data: a\r\n\r\ndata: b\rdata: c\n\nid: 1\r\ndata: " + b"x" * 300 + b"\r\n\r\n"
+    for cut in range(0, len(body), 5):
+        chunks = [body[:cut], body[cut:]]
+        expected = feed_all(EventStreamParser(), chunks)
+        assert len(expected) == 3
+        assert feed_all(EventStreamParser(), [kind(chunk) for chunk in chunks]) == expected
+
+
 def test_cr_cr_dispatches_immediately() -> None:
     parser = EventStreamParser()
     # No need to wait for the next byte to know whether an LF follows the second CR.

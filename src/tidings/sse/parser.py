@@ -410,6 +410,20 @@ class EventStreamParser:
             if self._partial_len > self._max_line_length:
                 self._fail("line longer than max_line_length")
             return []
+        if (
+            not tail_len
+            and len(partial) == 1
+            and len(text) < _SMALL
+            and len(text) < self._max_line_length
+            and not self._data
+            and not self._type
+        ):
+            # Live streams mostly deliver one event per chunk, nothing before it:
+            # none of what follows applies (the chunk's lines are short enough, and
+            # _single changes nothing before it can no longer fail).
+            event = self._single(shapes.front + text, shapes)
+            if event is not None:
+                return [event]
         events: list[MessageEvent] = []
         committed, retry = self._last_event_id, self._retry
         try:
@@ -428,7 +442,7 @@ class EventStreamParser:
                     if max(map(len, lines.split("\n"))) > self._max_line_length:
                         self._fail("line longer than max_line_length")
                 if not tail_len and len(text) < _SMALL and not self._data and not self._type:
-                    # Live streams mostly deliver one event per chunk.
+                    # One event after the end of a line begun in an earlier chunk.
                     event = self._single(text, shapes)
                     if event is not None:
                         self._partial = ["\n"]

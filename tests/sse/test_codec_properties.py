@@ -221,7 +221,7 @@ def long_lines_of_any_bytes(draw: st.DrawFn) -> bytes:
     ends = st.sampled_from([b"\n", b"\n\n", b"\r\n", b"\r", b""])
     blocks = []
     for _ in range(draw(st.integers(1, 4))):
-        body = b"".join(draw(st.lists(pieces, min_size=100, max_size=300)))
+        body = b"".join(draw(st.lists(pieces, min_size=100, max_size=700)))
         blocks.append(draw(names) + body + draw(ends))
     return b"".join(blocks)
 

@@ -472,22 +472,22 @@ def test_event_larger_than_limit_raises(chunks: list[bytes]) -> None:
         feed_all(parser, chunks)
 
 
-LONG = b"y" * 300  # longer than the lines the parser's expressions look at
+LONG = b"y" * 1100  # longer than the lines the parser's expressions look at
 
 
 @pytest.mark.parametrize(
     ("chunks", "limits"),
     [
         # an unfinished long line after an event
-        ([b"data: x\n\ndata: " + LONG + b"yyy"], {"max_line_length": 305}),
+        ([b"data: x\n\ndata: " + LONG + b"yyy"], {"max_line_length": 1105}),
         # a long line ended by a later chunk
-        ([b"data: " + LONG[:290], b"y" * 10 + b"\n\n"], {"max_line_length": 305}),
-        ([b"data: x\n\n: " + LONG, b"yyyy\n"], {"max_line_length": 305}),
+        ([b"data: " + LONG[:1090], b"y" * 10 + b"\n\n"], {"max_line_length": 1105}),
+        ([b"data: x\n\n: " + LONG, b"yyyy\n"], {"max_line_length": 1105}),
         # a long line between others in a chunk with long lines
-        ([b"data: x\n: " + LONG + LONG + b"\ndata: " + LONG], {"max_line_length": 400}),
+        ([b"data: x\n: " + LONG + LONG + b"\ndata: " + LONG], {"max_line_length": 1200}),
         # a long data value ended by a later chunk, alone and after other data
-        ([b"data: x\n\ndata: " + LONG, b"yyy\n\n"], {"max_event_size": 303}),
-        ([b"data: a\ndata: " + LONG, b"y\n\n"], {"max_event_size": 303}),
+        ([b"data: x\n\ndata: " + LONG, b"yyy\n\n"], {"max_event_size": 1103}),
+        ([b"data: a\ndata: " + LONG, b"y\n\n"], {"max_event_size": 1103}),
     ],
 )
 def test_long_lines_over_the_limits_raise(chunks: list[bytes], limits: dict[str, int]) -> None:
@@ -500,7 +500,7 @@ def test_long_lines_decode_as_the_whole_body_does() -> None:
     # A chunk with long lines has its lines decoded one by one, straight from the
     # bytes: a sequence cut short by a line end, or by the end of the chunk, must
     # come out as it does when the body is decoded whole.
-    a, b = b"a" * 300, b"b" * 300
+    a, b = b"a" * 1100, b"b" * 1100
     chunks = [
         b"data: x\n\n",
         b"data: " + a + b"\xe2\x82\n\n: \xff" + a + b"\xc3\n" + b"data: " + b + b"\xe2\x82",
@@ -508,19 +508,19 @@ def test_long_lines_decode_as_the_whole_body_does() -> None:
     ]
     expected = [
         MessageEvent("message", "x", ""),
-        MessageEvent("message", "a" * 300 + "\ufffd", ""),
-        MessageEvent("message", "b" * 300 + "\u20ac\ufffd", ""),
+        MessageEvent("message", "a" * 1100 + "\ufffd", ""),
+        MessageEvent("message", "b" * 1100 + "\u20ac\ufffd", ""),
     ]
     assert feed_all(EventStreamParser(), chunks) == expected
     assert parse(b"".join(chunks)) == expected
 
 
 def test_long_lines_at_the_limits_accepted() -> None:
-    parser = EventStreamParser(max_line_length=308, max_event_size=303)
+    parser = EventStreamParser(max_line_length=1108, max_event_size=1103)
     chunks = [b"data: x\n\ndata: " + LONG, b"yy\n\n", b": " + LONG, b"yyy\n"]
     assert feed_all(parser, chunks) == [
         MessageEvent("message", "x", ""),
-        MessageEvent("message", "y" * 302, ""),
+        MessageEvent("message", "y" * 1102, ""),
     ]
 
 
@@ -658,6 +658,25 @@ def test_lone_line_ends_among_crlf_are_line_ends(body: bytes) -> None:
     reference = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     for repeat in (1, 30):
         assert parse(body * repeat) == parse(reference * repeat)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: x\r\ndata: " + b"y" * 1100 + b"\ndata: z\r\n\r\n",  # a lone LF
+        b"data: x\r\ndata: " + b"y" * 1100 + b"\rdata: z\r\n\r\n",  # a lone CR
+        b"data: x\r\n: " + b"y" * 1100 + b"\r\n\n\r\rdata: z\r\n\r\n",
+    ],
+)
+def test_lone_line_ends_among_crlf_are_line_ends_in_long_lines(body: bytes) -> None:
+    # Chunks with long lines are read line by line, CRLF kept as it is; a lone CR or
+    # LF must end a line there too.
+    expected = feed_all(EventStreamParser(), [body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")])
+    assert expected
+    for cut in [*range(20), *range(1100, 1130)]:
+        chunks = [body[:cut], body[cut:]]
+        assert feed_all(EventStreamParser(), chunks) == expected
+        assert feed_all(EventStreamParser(), [b"\r\n", *chunks]) == expected
 
 
 def test_further_data_lines_without_space_leave_the_fast_shape() -> None:

@@ -713,20 +713,25 @@ def test_a_line_arriving_in_big_chunks_is_not_copied_as_it_grows() -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "size"),
     [
-        b"data: x\n" * 32768,  # an event still arriving: no blank line yet
-        (b"data: x\n" * 4096 + b"id: 1\n\n") * 8,  # events with the id after the data
+        (b"data: x\n" * 32768, None),  # an event still arriving: no blank line yet
+        ((b"data: x\n" * 4096 + b"id: 1\n\n") * 8, None),  # the id after the data
+        ((b"data: " + b"z" * 57 + b"\n") * 8192 + b"\n", 64),  # 512 KiB, 64 B at a time
+        ((b"data: " + b"z" * 65536 + b"\n") * 16 + b"\n", 1000),  # 1 MiB of 64 KiB lines
     ],
-    ids=["unfinished event", "id after data"],
+    ids=["unfinished event", "id after data", "many lines in small chunks", "long lines"],
 )
-def test_a_long_run_of_data_lines_costs_linear_time(body: bytes) -> None:
+def test_a_big_event_costs_linear_time(body: bytes, size: int | None) -> None:
     # The fast path's search may only start at a blank line.  Starting at any line,
-    # it retried at every line of such a run and each attempt ran to the run's end:
-    # 64 KiB of these took a second, this 256 KiB about twenty.  Linear, it takes
-    # some tens of milliseconds; the bound leaves room for a slow machine.
-    parser = EventStreamParser(max_event_size=1 << 20)
+    # it retried at every line of a run of data lines that does not end as a shape
+    # does, and each attempt ran to the run's end: 64 KiB of these took a second,
+    # 256 KiB about twenty.  Nor may an event's data be joined again as each line or
+    # chunk arrives.  Linear, each case takes some tens of milliseconds; the bound
+    # leaves room for a slow machine.
+    parser = EventStreamParser(max_event_size=2 << 20)
+    chunks = [body] if size is None else [body[i : i + size] for i in range(0, len(body), size)]
     start = time.process_time()
-    events = parser.receive_data(body)
+    events = feed_all(parser, chunks)
     assert time.process_time() - start < 2.0
     assert len(events) == body.count(b"\n\n")

@@ -9,15 +9,20 @@ discarded at end of file.  Two limits the standard does not have keep memory bou
 whatever the peer sends.
 
 Why it looks the way it does: almost every stream is a run of events of one shape
-(maybe an ``id`` line, maybe an ``event`` line, ``data`` lines, a blank line).  Each
-chunk is normalised to LF line ends, a regular expression cuts out every event of
-such a shape (a narrower, cheaper one once the chunks show that all events look
-alike), and when those events follow each other with nothing in between they are
-built column by column at C speed.  A chunk that holds just one event takes a
-shorter way.  Everything else -- long lines, other fields, and any event whose
-meaning depends on lines around it -- goes through a plain line-by-line rendering of
-the standard.  The property tests feed the same bytes through every path and compare
-the results with a naive implementation of the standard.
+(maybe an ``id`` line, maybe an ``event`` line, ``data`` lines, a blank line).  A
+regular expression cuts every event of such a shape out of a chunk (a narrower one,
+four events a match, once the chunks show that all events look alike), and when
+those events follow each other with nothing in between they are built column by
+column at C speed.  Chunks with CRLF line ends are searched as they are, with
+expressions written for CRLF, rather than normalised first; matches start only at
+blank lines, which keeps every search linear.  A chunk that holds just one event
+takes a shorter way.  Chunks with lines of more than a kilobyte at either end are
+read line by line, their line ends found with str.find (memchr: expressions,
+str.split and str.count all look at one character at a time).  Everything else --
+other fields, and any event whose meaning depends on lines around it -- goes
+through a plain line-by-line rendering of the standard.  The property tests feed
+the same bytes through every path, compare the results with a naive implementation
+of the standard, and compare every call with a parser whose fast paths are off.
 """
 
 from __future__ import annotations

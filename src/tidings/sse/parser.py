@@ -94,10 +94,10 @@ _new_event = cast(Callable[[type[MessageEvent], tuple[str, str, str]], MessageEv
 # what keeps the search linear: a search that may start at any line retries at
 # every line of a long run of data lines that does not end as a shape does (an
 # event still arriving, or one with an id after its data), and each attempt runs to
-# the end of the run.  ``re.split`` yields
-# the gap before each match followed by its groups (None for an absent field), and
-# at the end the gap after the last match.  The narrow shapes are only faster, never
-# more correct: what a shape does not cover lands in the gaps.
+# the end of the run.  ``re.split`` yields the gap before each match followed by its
+# groups (None for an absent field), and at the end the gap after the last match.
+# The narrow shapes are only faster, never more correct: what a shape does not cover
+# lands in the gaps.
 #
 # There are two sets: one for text with LF line ends (CR-free, or normalised), and
 # one for text whose line ends are CRLF, searched as it is, because normalising
@@ -155,7 +155,7 @@ class _Shapes:
         self.patterns = patterns
 
 
-def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, more: str) -> _Shapes:
+def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, rest: str) -> _Shapes:
     start = rf"{end_re}(?<={end_re}{end_re})"
     first_data = rf"data: ?+{value}"
 
@@ -170,7 +170,7 @@ def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, mor
         end=end,
         more=f"{end}data: ",
         patterns=(
-            re.compile(rf"{start}(?:{id_})?(?:{type_})?{first_data}({more}){end_re}(?={end_re})"),
+            re.compile(rf"{start}(?:{id_})?(?:{type_})?{first_data}({rest}){end_re}(?={end_re})"),
             runs(rf"{id_}{first_data}"),
             runs(first_data),
         ),
@@ -183,7 +183,7 @@ _LF: Final = _compile_shapes(
     id_=r"id: ?+(.*+)\n",
     type_=r"event: ?+(.*+)\n",
     value=r"(.*+)",
-    more=r"(?:\ndata: .*+)*+",
+    rest=r"(?:\ndata: .*+)*+",
 )
 _CRLF: Final = _compile_shapes(
     "\r\n",
@@ -191,7 +191,7 @@ _CRLF: Final = _compile_shapes(
     id_=r"id: ?+([^\r\n\x00]*+)\r\n",
     type_=r"event: ?+([^\r\n]*+)\r\n",
     value=r"(.*)",
-    more=r"(?:\r\ndata: .*)*",
+    rest=r"(?:\r\ndata: .*)*",
 )
 
 # Chunks with lines longer than this at either end go line by line: an expression
@@ -203,8 +203,9 @@ _CRLF: Final = _compile_shapes(
 # 1.2x / 1.3x / 1.6x with 256 here, 3.1x / 2.6x / 2.0x with 1024; 2048 and 4096
 # each lose elsewhere.)
 _LONG_CHUNK: Final = 1024
-# Lines shorter than this are read with one str.partition (see _lines); longer data
-# values are left as they came rather than cut twice (see _long).
+# Lines shorter than this are read with one str.partition (see _lines), short lines
+# between long ones are cut with one str.split (see _long), and an unfinished data
+# line longer than this is kept apart from its name (see _DATA_NAME).
 _LONG_LINE: Final = 256
 # The pieces of an unfinished line stop merging at this size: merging only bounds
 # how many pieces tiny chunks leave, and copying big ones again would be waste.

@@ -5,7 +5,16 @@ Parsers, each fed the same byte streams in the same chunks:
 - tidings: ``EventStreamParser.receive_data`` per chunk;
 - httpx-sse: httpx's incremental UTF-8 ``TextDecoder``, then ``SSELineDecoder`` and
   ``SSEDecoder``, driven the way ``EventSource.iter_sse`` drives them;
-- sseclient-py: ``SSEClient(chunks).events()``.
+- sseclient-py: ``SSEClient(chunks).events()``;
+- the floor: the cheapest Python that only cuts the stream into events, with no
+  WHATWG semantics at all (it is told whether lines end with LF or CRLF), so that
+  the table shows how close a parser is to what the interpreter allows, not only
+  to its peers.  It is the faster of two loops, both decoding incrementally: one
+  ``str.split`` at blank lines per chunk (the unfinished event carried over), and
+  one ``str.find`` (memchr) per line end, cutting each line out and counting blank
+  lines (the way to go when lines are long: ``str.split`` and ``str.count`` look at
+  one character at a time, ``str.find`` of one character does not).  The
+  ``of floor`` column is each parser's speed as a share of the floor's.
 
 Streams (about ``--size-mb`` each): small JSON events with ids, multi-line data,
 the small events with CRLF line ends, and 64 KiB events, each cut into chunks of
@@ -28,6 +37,7 @@ import argparse
 import json
 import sys
 import time
+from codecs import utf_8_decode
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -77,11 +87,12 @@ def big_events(size: int) -> list[bytes]:
     return _build(size, lambda i: f"id: {i}\ndata: {body}\n\n".encode())
 
 
-STREAMS: dict[str, Callable[[int], list[bytes]]] = {
-    "small JSON events + id": small_events,
-    "multi-line data (5 lines)": multiline_events,
-    "small events, CRLF": crlf_events,
-    "64 KiB events": big_events,
+# Each stream with the line end it uses (only the floor is told).
+STREAMS: dict[str, tuple[Callable[[int], list[bytes]], str]] = {
+    "small JSON events + id": (small_events, "\n"),
+    "multi-line data (5 lines)": (multiline_events, "\n"),
+    "small events, CRLF": (crlf_events, "\r\n"),
+    "64 KiB events": (big_events, "\n"),
 }
 
 
@@ -150,6 +161,62 @@ PARSERS: dict[str, Callable[[list[bytes]], int]] = {
 }
 
 
+# -- the floor -------------------------------------------------------------------------
+
+
+def floor_split(chunks: list[bytes], line_end: str) -> int:
+    """Cut each chunk at blank lines with one ``str.split``; count the blocks."""
+    blank = line_end * 2
+    undecoded = b""
+    rest = ""
+    count = 0
+    for chunk in chunks:
+        if undecoded:
+            chunk = undecoded + chunk
+        text, used = utf_8_decode(chunk, "replace", False)
+        undecoded = chunk[used:] if used != len(chunk) else b""
+        blocks = (rest + text).split(blank) if rest else text.split(blank)
+        rest = blocks.pop()
+        for _block in blocks:
+            count += 1
+    return count
+
+
+def floor_find(chunks: list[bytes], line_end: str) -> int:
+    """Find every LF with ``str.find``, cut the line out, count the blank ones."""
+    blank = line_end[:-1]  # what is left of a blank line once its LF is cut off
+    undecoded = b""
+    pending: list[str] = []  # the pieces of a line that began in an earlier chunk
+    count = 0
+    for chunk in chunks:
+        if undecoded:
+            chunk = undecoded + chunk
+        text, used = utf_8_decode(chunk, "replace", False)
+        undecoded = chunk[used:] if used != len(chunk) else b""
+        start = 0
+        end = text.find("\n")
+        while end >= 0:
+            if pending:
+                pending.append(text[:end])
+                line = "".join(pending)
+                pending = []
+            else:
+                line = text[start:end]
+            if line == blank:
+                count += 1
+            start = end + 1
+            end = text.find("\n", start)
+        if start < len(text):
+            pending.append(text[start:])
+    return count
+
+
+FLOORS: dict[str, Callable[[list[bytes], str], int]] = {
+    "floor (split)": floor_split,
+    "floor (find)": floor_find,
+}
+
+
 def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     best = float("inf")
     result = None
@@ -160,47 +227,56 @@ def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, result
 
 
-def _runs(size: int, chunk_sizes: list[int]) -> Iterator[tuple[str, str, list[bytes], int]]:
+def _runs(size: int, chunk_sizes: list[int]) -> Iterator[tuple[str, str, list[bytes], int, str]]:
     # Each stream is built just before its runs and dropped after them: holding
     # every stream at once (one of them as a list of 600 000 chunks) would make each
     # full garbage collection in the process walk all of it, skewing the numbers.
-    for stream_name, make in STREAMS.items():
+    for stream_name, (make, line_end) in STREAMS.items():
         blocks = make(size)
         expected = len(blocks)
         buf = b"".join(blocks)
         del blocks
         for chunk_size in chunk_sizes:
             label = f"{chunk_size // 1024} KiB" if chunk_size % 1024 == 0 else str(chunk_size)
-            yield stream_name, label, chunked(buf, chunk_size), expected
+            yield stream_name, label, chunked(buf, chunk_size), expected, line_end
         del buf
     live = small_events(size)
-    yield "small events, live", "1 event", live, len(live)
+    yield "small events, live", "1 event", live, len(live), "\n"
 
 
 def bench_parsers(size: int, chunk_sizes: list[int], repeat: int, only: set[str]) -> None:
     print(f"parsers: ~{size / 1e6:.0f} MB per stream, CPU time, best of {repeat}")
     header = (
         f"{'stream':28} {'chunks':>7} {'parser':13} {'events/s':>12} {'MB/s':>8}"
-        f" {'vs httpx-sse':>13}"
+        f" {'vs httpx-sse':>13} {'of floor':>9}"
     )
     print(header)
     print("-" * len(header))
-    for stream_name, label, chunks, expected in _runs(size, chunk_sizes):
+    for stream_name, label, chunks, expected, line_end in _runs(size, chunk_sizes):
         nbytes = sum(map(len, chunks))
         timings: dict[str, float] = {}
-        for name, run in PARSERS.items():
-            if only and name not in only:
-                continue
-            elapsed, count = best_time(partial(run, chunks), repeat)
+        runs: dict[str, Callable[[], int]] = {
+            name: partial(run, chunks) for name, run in PARSERS.items() if not only or name in only
+        }
+        for name, floor in FLOORS.items():
+            runs[name] = partial(floor, chunks, line_end)
+        for name, run in runs.items():
+            elapsed, count = best_time(run, repeat)
             if count != expected:
                 sys.exit(f"{name} found {count} events in {stream_name!r}, expected {expected}")
             timings[name] = elapsed
+        # The floor is the faster of its two loops; only that one is shown.
+        floor_name = min(FLOORS, key=timings.__getitem__)
+        for name in FLOORS:
+            if name != floor_name:
+                del timings[name]
         base = timings.get("httpx-sse")
+        floor_time = timings[floor_name]
         for name, elapsed in timings.items():
             ratio = f"{base / elapsed:12.2f}x" if base else f"{'n/a':>13}"
             print(
                 f"{stream_name:28} {label:>7} {name:13} {expected / elapsed:12,.0f} "
-                f"{nbytes / elapsed / 1e6:8.1f} {ratio}"
+                f"{nbytes / elapsed / 1e6:8.1f} {ratio} {floor_time / elapsed:8.0%}"
             )
         print()
 

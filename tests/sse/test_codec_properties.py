@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import pairwise
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -206,7 +207,75 @@ def long_line_streams(draw: st.DrawFn) -> bytes:
     return b"".join(blocks)
 
 
-any_streams = st.one_of(raw_streams, common_streams(), long_line_streams())
+@st.composite
+def long_lines_of_any_bytes(draw: st.DrawFn) -> bytes:
+    """Long lines holding invalid and truncated UTF-8 next to valid sequences.
+
+    A chunk with long lines has them decoded one by one: a sequence cut short by a
+    line end, or by the end of a chunk, must come out as when decoded whole.
+    """
+    pieces = st.sampled_from(
+        [b"a", b"\xe2\x82\xac", b"\xe2\x82", b"\xff", b"\xc3", b"\xf0\x9f\x98\x80", b"\xf0\x9f"]
+    )
+    names = st.sampled_from([b"data: ", b"data:", b": ", b"id: ", b"x", b"data: \xc3"])
+    ends = st.sampled_from([b"\n", b"\n\n", b"\r\n", b"\r", b""])
+    blocks = []
+    for _ in range(draw(st.integers(1, 4))):
+        body = b"".join(draw(st.lists(pieces, min_size=100, max_size=700)))
+        blocks.append(draw(names) + body + draw(ends))
+    return b"".join(blocks)
+
+
+@st.composite
+def runs_of_alike_events(draw: st.DrawFn) -> bytes:
+    """Long runs of events of one shape, now and then broken by something else.
+
+    The parser narrows to the shape of such runs and cuts them several events a
+    match; what breaks a run must send it back to the general shape.
+    """
+    with_id = draw(st.booleans())
+    values = st.sampled_from(["", "x", "{}", " lead", "\x00", "é"])
+    breaks = st.sampled_from(
+        [
+            b": c\n\n",
+            b"data: a\ndata: b\n\n",
+            b"id: 7\n\n",
+            b"event: e\ndata: x\n\n",
+            b"retry: 3\n",
+            b"data: u\n",
+            b"id:z\n",
+            b"\n",
+            b"data:v\n\n",
+            b"id: a\x00\n",
+        ]
+    )
+    blocks = []
+    for i in range(draw(st.integers(0, 150))):
+        if draw(st.integers(0, 40)) == 0:
+            blocks.append(draw(breaks))
+        else:
+            blocks.append(encode_event(draw(values), id=str(i) if with_id else None))
+    return b"".join(blocks)
+
+
+@st.composite
+def mixed_line_ends(draw: st.DrawFn, streams: st.SearchStrategy[bytes]) -> bytes:
+    """A stream whose line ends are mostly CRLF, with the odd lone CR or LF."""
+    lines = draw(streams).split(b"\n")
+    ends = st.sampled_from([b"\r\n"] * 6 + [b"\n", b"\r"])
+    return b"".join(line + draw(ends) for line in lines[:-1]) + lines[-1]
+
+
+any_streams = st.one_of(
+    raw_streams,
+    common_streams(),
+    long_line_streams(),
+    long_lines_of_any_bytes(),
+    runs_of_alike_events(),
+    mixed_line_ends(common_streams()),
+    mixed_line_ends(long_line_streams()),
+    mixed_line_ends(runs_of_alike_events()),
+)
 
 
 # -- properties ------------------------------------------------------------------------
@@ -249,7 +318,9 @@ def test_common_shapes_split_anywhere_match_the_reference(body: bytes, cuts: lis
     assert feed(bytewise(body)) == expected
 
 
-@given(long_line_streams(), st.lists(st.integers(0, 20000), max_size=12))
+@given(
+    long_line_streams() | long_lines_of_any_bytes(), st.lists(st.integers(0, 20000), max_size=12)
+)
 def test_long_lines_split_anywhere_match_the_reference(body: bytes, cuts: list[int]) -> None:
     expected = reference_parse(body)
     assert feed([body]) == expected
@@ -259,6 +330,20 @@ def test_long_lines_split_anywhere_match_the_reference(body: bytes, cuts: list[i
 @given(common_streams(), st.integers(1, 64))
 def test_common_shapes_in_equal_chunks_match_the_reference(body: bytes, size: int) -> None:
     # Equal chunks carry several events each, so the parser switches between shapes.
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    assert feed(chunks) == reference_parse(body)
+
+
+@given(
+    runs_of_alike_events().map(lambda body: body.replace(b"\n", b"\r\n"))
+    | runs_of_alike_events()
+    | mixed_line_ends(runs_of_alike_events()),
+    st.integers(1, 3000),
+)
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_runs_of_alike_events_in_equal_chunks_match_the_reference(body: bytes, size: int) -> None:
+    # Equal chunks of a long run end anywhere in it: at an event, in one, after a
+    # few events of a match or in the thing that breaks the run.
     chunks = [body[i : i + size] for i in range(0, len(body), size)]
     assert feed(chunks) == reference_parse(body)
 
@@ -294,6 +379,64 @@ def test_limits_fail_alike_whole_and_split(
     else:
         assert whole_events == []
         assert split_events == expected[: len(split_events)]
+
+
+class LineByLineParser(EventStreamParser):
+    """The parser with its fast paths turned off: every chunk is read line by line.
+
+    What is left is the decoding, the line ends, the unfinished line and the limits,
+    shared with the real parser, and the standard's line-by-line interpretation.
+    """
+
+    __slots__ = ()
+
+    def _single(self, text: str, shapes: Any) -> None:
+        return None
+
+    def _interpret(self, text: str, shapes: Any, events: list[MessageEvent]) -> str:
+        return self._slow(text, events)
+
+
+def call_by_call(parser: EventStreamParser, chunks: list[bytes]) -> list[object]:
+    """What each call returns (or that it failed), then the parser's final state."""
+    results: list[object] = []
+    for chunk in chunks:
+        try:
+            results.append(as_tuples(parser.receive_data(chunk)))
+        except RemoteProtocolError:
+            results.append("failed")
+            break
+    results.append((parser.last_event_id, parser.retry))
+    return results
+
+
+@given(
+    any_streams,
+    st.lists(st.integers(0, 5000), max_size=12) | st.integers(1, 64),
+    st.none() | st.integers(1, 3100),
+    st.none() | st.integers(1, 3100),
+)
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_fast_paths_agree_with_line_by_line_call_by_call(
+    body: bytes, cuts: list[int] | int, line_limit: int | None, event_limit: int | None
+) -> None:
+    # Whatever path each chunk takes (one event, a run of shapes, CRLF kept as it
+    # is, long lines), every call returns what reading its lines one by one
+    # returns, or fails where that fails.
+    if isinstance(cuts, int):
+        chunks = [body[i : i + cuts] for i in range(0, len(body), cuts)]
+    else:
+        chunks = split_at(body, cuts)
+    limits: dict[str, int] = {}
+    if line_limit is not None:
+        limits["max_line_length"] = line_limit
+    if event_limit is not None:
+        limits["max_event_size"] = event_limit
+    fast = call_by_call(EventStreamParser(**limits), chunks)
+    assert fast == call_by_call(LineByLineParser(**limits), chunks)
+    if not limits:
+        events = [event for result in fast[:-1] for event in cast(list[object], result)]
+        assert (events, *cast(tuple[str, int | None], fast[-1])) == reference_parse(body)
 
 
 def feed_until_error(parser: EventStreamParser, chunks: Iterator[bytes]) -> int:

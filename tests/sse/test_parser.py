@@ -9,6 +9,7 @@ because the rules must hold however the body is cut.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -127,6 +128,18 @@ def test_crlf_split_across_chunks_counts_once() -> None:
     assert parser.receive_data(b"\n") == []  # the second half of CRLF, not a blank line
     assert parser.receive_data(b"data: b\r") == []
     assert parser.receive_data(b"\n\r") == [MessageEvent("message", "a\nb", "")]
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_other_buffers_parse_as_bytes_do(kind: type) -> None:
+    # The parser looks for CR in bytes before decoding them; for other buffers it
+    # must not (in a memoryview, `in` compares integers and never finds b"\r").
+    body = b"data: a\r\n\r\ndata: b\rdata: c\n\nid: 1\r\ndata: " + b"x" * 300 + b"\r\n\r\n"
+    for cut in range(0, len(body), 5):
+        chunks = [body[:cut], body[cut:]]
+        expected = feed_all(EventStreamParser(), chunks)
+        assert len(expected) == 3
+        assert feed_all(EventStreamParser(), [kind(chunk) for chunk in chunks]) == expected
 
 
 def test_cr_cr_dispatches_immediately() -> None:
@@ -256,6 +269,19 @@ def test_id_keeps_spaces_and_unicode() -> None:
 
 def test_id_with_nul_ignored() -> None:
     assert parse(b"id: 1\n\nid: a\x00b\ndata: x\n\n") == [MessageEvent("message", "x", "1")]
+
+
+def test_id_with_nul_ignored_in_a_run_of_events() -> None:
+    # Events that follow each other are built together; one id with NUL among them
+    # is ignored all the same, with LF and with CRLF line ends.
+    for end in (b"\n", b"\r\n"):
+        body = b"id: 1\ndata: a\n\n" * 5 + b"id: 2\x00\ndata: b\n\n" + b"id: 3\ndata: c\n\n"
+        events = parse(body.replace(b"\n", end))
+        assert events[4:] == [
+            MessageEvent("message", "a", "1"),
+            MessageEvent("message", "b", "1"),
+            MessageEvent("message", "c", "3"),
+        ]
 
 
 def test_empty_id_resets_last_event_id() -> None:
@@ -446,6 +472,58 @@ def test_event_larger_than_limit_raises(chunks: list[bytes]) -> None:
         feed_all(parser, chunks)
 
 
+LONG = b"y" * 1100  # longer than the lines the parser's expressions look at
+
+
+@pytest.mark.parametrize(
+    ("chunks", "limits"),
+    [
+        # an unfinished long line after an event
+        ([b"data: x\n\ndata: " + LONG + b"yyy"], {"max_line_length": 1105}),
+        # a long line ended by a later chunk
+        ([b"data: " + LONG[:1090], b"y" * 10 + b"\n\n"], {"max_line_length": 1105}),
+        ([b"data: x\n\n: " + LONG, b"yyyy\n"], {"max_line_length": 1105}),
+        # a long line between others in a chunk with long lines
+        ([b"data: x\n: " + LONG + LONG + b"\ndata: " + LONG], {"max_line_length": 1200}),
+        # a long data value ended by a later chunk, alone and after other data
+        ([b"data: x\n\ndata: " + LONG, b"yyy\n\n"], {"max_event_size": 1103}),
+        ([b"data: a\ndata: " + LONG, b"y\n\n"], {"max_event_size": 1103}),
+    ],
+)
+def test_long_lines_over_the_limits_raise(chunks: list[bytes], limits: dict[str, int]) -> None:
+    parser = EventStreamParser(**limits)
+    with pytest.raises(RemoteProtocolError):
+        feed_all(parser, chunks)
+
+
+def test_long_lines_decode_as_the_whole_body_does() -> None:
+    # A chunk with long lines has its lines decoded one by one, straight from the
+    # bytes: a sequence cut short by a line end, or by the end of the chunk, must
+    # come out as it does when the body is decoded whole.
+    a, b = b"a" * 1100, b"b" * 1100
+    chunks = [
+        b"data: x\n\n",
+        b"data: " + a + b"\xe2\x82\n\n: \xff" + a + b"\xc3\n" + b"data: " + b + b"\xe2\x82",
+        b"\xac\xf0\x9f\n\n",
+    ]
+    expected = [
+        MessageEvent("message", "x", ""),
+        MessageEvent("message", "a" * 1100 + "\ufffd", ""),
+        MessageEvent("message", "b" * 1100 + "\u20ac\ufffd", ""),
+    ]
+    assert feed_all(EventStreamParser(), chunks) == expected
+    assert parse(b"".join(chunks)) == expected
+
+
+def test_long_lines_at_the_limits_accepted() -> None:
+    parser = EventStreamParser(max_line_length=1108, max_event_size=1103)
+    chunks = [b"data: x\n\ndata: " + LONG, b"yy\n\n", b": " + LONG, b"yyy\n"]
+    assert feed_all(parser, chunks) == [
+        MessageEvent("message", "x", ""),
+        MessageEvent("message", "y" * 1102, ""),
+    ]
+
+
 def test_event_at_limit_accepted() -> None:
     # The data buffer holds each value plus LF: "12" + LF + "3" + LF is 5 characters.
     parser = EventStreamParser(max_event_size=5)
@@ -506,6 +584,7 @@ def test_message_event_is_frozen() -> None:
     assert repr(event) == "MessageEvent(type='message', data='x', last_event_id='')"
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["LF", "CRLF"])
 @pytest.mark.parametrize(
     "body",
     [
@@ -516,7 +595,11 @@ def test_message_event_is_frozen() -> None:
     ],
     ids=["one event", "run of id+data", "run of data", "run of mixed shapes"],
 )
-def test_common_shapes_take_the_fast_path(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_common_shapes_take_the_fast_path(
+    body: bytes, line_end: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CRLF line ends are searched as they are, not normalised first.
+    body = body.replace(b"\n", line_end)
     expected = parse(body)
 
     def no_line_by_line(*args: object) -> None:
@@ -558,6 +641,44 @@ def test_crlf_only_chunks_and_lone_crs_mean_the_same(
     assert parse(body) == expected
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: a\rb\r\n\r\n",  # a lone CR inside what looks like a value
+        b"id: 1\r\ndata: a\r\ndata: b\rc\r\n\r\n",  # ... of a further data line
+        b"event: e\rdata: a\r\n\r\n",  # ... of an event type
+        b"data: a\r\r\ndata: b\r\n\r\n",  # a lone CR, then CRLF
+        b"data: a\ndata: b\r\n\r\n",  # a lone LF
+        b"data: a\r\n\rdata: b\r\n\r\n",  # a blank line ended by a lone CR
+    ],
+)
+def test_lone_line_ends_among_crlf_are_line_ends(body: bytes) -> None:
+    # A chunk whose first line end is CRLF is searched without normalising it; any
+    # lone CR or LF in it must still end a line, wherever it is.
+    reference = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for repeat in (1, 30):
+        assert parse(body * repeat) == parse(reference * repeat)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: x\r\ndata: " + b"y" * 1100 + b"\ndata: z\r\n\r\n",  # a lone LF
+        b"data: x\r\ndata: " + b"y" * 1100 + b"\rdata: z\r\n\r\n",  # a lone CR
+        b"data: x\r\n: " + b"y" * 1100 + b"\r\n\n\r\rdata: z\r\n\r\n",
+    ],
+)
+def test_lone_line_ends_among_crlf_are_line_ends_in_long_lines(body: bytes) -> None:
+    # Chunks with long lines are read line by line, CRLF kept as it is; a lone CR or
+    # LF must end a line there too.
+    expected = feed_all(EventStreamParser(), [body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")])
+    assert expected
+    for cut in [*range(20), *range(1100, 1130)]:
+        chunks = [body[:cut], body[cut:]]
+        assert feed_all(EventStreamParser(), chunks) == expected
+        assert feed_all(EventStreamParser(), [b"\r\n", *chunks]) == expected
+
+
 def test_further_data_lines_without_space_leave_the_fast_shape() -> None:
     # Only "data: " (with the space) continues an event in the fast shape; "data:"
     # without it is read line by line, to the same result.
@@ -578,3 +699,39 @@ def test_a_line_trickling_in_tiny_chunks_costs_few_strings() -> None:
     # The line ends: a field named "abab..." (ignored), then a real event.
     [event] = parser.receive_data(b"\ndata: x\n\n")
     assert event.data == "x"
+
+
+def test_a_line_arriving_in_big_chunks_is_not_copied_as_it_grows() -> None:
+    # Pieces of 16 KiB or more stay as they came: merging them would only copy them
+    # again, and there are few of them anyway.  The line is joined once at its end.
+    parser = EventStreamParser()
+    for _ in range(8):
+        assert parser.receive_data(b"y" * 16384) == []
+    assert len(parser._partial) == 9
+    [event] = parser.receive_data(b"\n\ndata: x\n\n")
+    assert event.data == "x"
+
+
+@pytest.mark.parametrize(
+    ("body", "size"),
+    [
+        (b"data: x\n" * 32768, None),  # an event still arriving: no blank line yet
+        ((b"data: x\n" * 4096 + b"id: 1\n\n") * 8, None),  # the id after the data
+        ((b"data: " + b"z" * 57 + b"\n") * 8192 + b"\n", 64),  # 512 KiB, 64 B at a time
+        ((b"data: " + b"z" * 65536 + b"\n") * 16 + b"\n", 1000),  # 1 MiB of 64 KiB lines
+    ],
+    ids=["unfinished event", "id after data", "many lines in small chunks", "long lines"],
+)
+def test_a_big_event_costs_linear_time(body: bytes, size: int | None) -> None:
+    # The fast path's search may only start at a blank line.  Starting at any line,
+    # it retried at every line of a run of data lines that does not end as a shape
+    # does, and each attempt ran to the run's end: 64 KiB of these took a second,
+    # 256 KiB about twenty.  Nor may an event's data be joined again as each line or
+    # chunk arrives.  Linear, each case takes some tens of milliseconds; the bound
+    # leaves room for a slow machine.
+    parser = EventStreamParser(max_event_size=2 << 20)
+    chunks = [body] if size is None else [body[i : i + size] for i in range(0, len(body), size)]
+    start = time.process_time()
+    events = feed_all(parser, chunks)
+    assert time.process_time() - start < 2.0
+    assert len(events) == body.count(b"\n\n")

@@ -9,15 +9,20 @@ discarded at end of file.  Two limits the standard does not have keep memory bou
 whatever the peer sends.
 
 Why it looks the way it does: almost every stream is a run of events of one shape
-(maybe an ``id`` line, maybe an ``event`` line, ``data`` lines, a blank line).  Each
-chunk is normalised to LF line ends, a regular expression cuts out every event of
-such a shape (a narrower, cheaper one once the chunks show that all events look
-alike), and when those events follow each other with nothing in between they are
-built column by column at C speed.  A chunk that holds just one event takes a
-shorter way.  Everything else -- long lines, other fields, and any event whose
-meaning depends on lines around it -- goes through a plain line-by-line rendering of
-the standard.  The property tests feed the same bytes through every path and compare
-the results with a naive implementation of the standard.
+(maybe an ``id`` line, maybe an ``event`` line, ``data`` lines, a blank line).  A
+regular expression cuts every event of such a shape out of a chunk (a narrower one,
+four events a match, once the chunks show that all events look alike), and when
+those events follow each other with nothing in between they are built column by
+column at C speed.  Chunks with CRLF line ends are searched as they are, with
+expressions written for CRLF, rather than normalised first; matches start only at
+blank lines, which keeps every search linear.  A chunk that holds just one event
+takes a shorter way.  Chunks with lines of more than a kilobyte at either end are
+read line by line, their line ends found with str.find (memchr: expressions,
+str.split and str.count all look at one character at a time).  Everything else --
+other fields, and any event whose meaning depends on lines around it -- goes
+through a plain line-by-line rendering of the standard.  The property tests feed
+the same bytes through every path, compare the results with a naive implementation
+of the standard, and compare every call with a parser whose fast paths are off.
 """
 
 from __future__ import annotations
@@ -79,38 +84,136 @@ class MessageEvent(NamedTuple):
 # object, and mapped over ``zip`` columns it builds a chunk's events at C speed.
 _new_event = cast(Callable[[type[MessageEvent], tuple[str, str, str]], MessageEvent], tuple.__new__)
 
-# Event shapes the fast path recognises.  A match starts with the LF that ends the
-# line before the event (so the event starts at a line start, and the search skips
-# from LF to LF), covers the field lines, and stops before the LF of the blank line
-# that dispatches the event; that LF starts the next match when events follow each
-# other directly.  The text searched is the chunk with one LF put in front.  An
-# ``id`` must not contain NUL to be part of a match (one with NUL is ignored, which
-# the line-by-line path handles).  Quantifiers are possessive: a failed attempt
-# costs one pass over the line, whatever it holds.  ``re.split`` yields the gap
-# before each match followed by its groups (None for an absent field), and at the
-# end the gap after the last match.  The narrow shapes are only faster, never more
-# correct: what a shape does not cover lands in the gaps.
-_ID: Final = r"id: ?+([^\n\x00]*+)\n"
-_TYPE: Final = r"event: ?+(.*+)\n"
-_FIRST_DATA: Final = r"data: ?+(.*+)"
-_END: Final = r"\n(?=\n)"
-#: id?, event?, data, more data lines (the last group, raw): [gap, id, type, data, rest].
-#: The further data lines must have the space after the colon (as encoders
-#: write them), so that a plain str.replace of "\ndata: " strips their names.
-_ANY_SHAPE: Final = re.compile(rf"\n(?:{_ID})?(?:{_TYPE})?{_FIRST_DATA}((?:\ndata: .*+)*+){_END}")
-#: id and one data line: [gap, id, data]
-_ID_DATA_SHAPE: Final = re.compile(rf"\n{_ID}{_FIRST_DATA}{_END}")
-#: one data line: [gap, data]
-_DATA_SHAPE: Final = re.compile(rf"\n{_FIRST_DATA}{_END}")
-# Where a further data line starts in the raw "rest" group of _ANY_SHAPE: there,
-# and only there, the text holds this (a value holds no LF).
-_MORE_DATA: Final = "\ndata: "
-# A CR that is not the first half of a CRLF (or ends the text).
-_LONE_CR: Final = re.compile(r"\r(?!\n)")
+# Event shapes the fast path recognises.  A match starts with the line end of a
+# blank line (the line before the event: the lookbehind sees the line end before
+# that one), covers the field lines, and stops before the line end of the blank
+# line that dispatches the event; that line end starts the next match when events
+# follow each other directly.  The text searched is the chunk with two line ends put
+# in front (a blank line, as far as the expressions can tell: whether an event is
+# really under way is the interpreter's business).  Starting only at blank lines is
+# what keeps the search linear: a search that may start at any line retries at
+# every line of a long run of data lines that does not end as a shape does (an
+# event still arriving, or one with an id after its data), and each attempt runs to
+# the end of the run.  ``re.split`` yields the gap before each match followed by its
+# groups (None for an absent field), and at the end the gap after the last match.
+# The narrow shapes are only faster, never more correct: what a shape does not cover
+# lands in the gaps.
+#
+# There are two sets: one for text with LF line ends (CR-free, or normalised), and
+# one for text whose line ends are CRLF, searched as it is, because normalising
+# costs two more passes over the text than finding the events does.  With LF,
+# quantifiers are possessive: a failed attempt costs one pass over the lines it
+# covers.  With CRLF, a data value is ``.*`` that gives back the CR before its LF
+# (a character class excluding CR would be slower on long values), so a value can
+# hold a lone CR -- a line end the expression did not see -- and the interpreter
+# checks the values of every chunk for CR before using them.  The gaps may hold any
+# line ends; they are normalised before being read line by line.
+#
+# An ``id`` holding NUL is ignored by the standard.  With CRLF the id's character
+# class excludes NUL as well as CR, so such a line is left to the gaps; with LF the
+# id is ``.*+`` (a class costs some 12 ns more per event), and a chunk that holds a
+# NUL has its ids checked before they are used.
 
-# Lines longer than this go line by line: an expression would crawl through them a
-# character at a time, while str.split finds line ends at memchr speed.
+_ANY: Final = 0  # id?, event?, data, more data lines: [gap, id, type, data, rest]
+_ID_DATA: Final = 1  # runs of: id and one data line: [gap, (id, data) * _PER_MATCH]
+_DATA: Final = 2  # runs of: one data line: [gap, data * _PER_MATCH]
+# How many events a match of a narrow shape covers at most.  Besides the characters
+# it looks at, re.split costs some 120 ns a match (the search, its bookkeeping, one
+# more list item), more than building an event does; four events a match take a
+# quarter of it, and more gain little.  The events after the first are optional and
+# nested; a match holds fewer than four only where something else follows, or the
+# text ends.
+_PER_MATCH: Final = 4
+
+
+class _Shapes:
+    """The fast path's expressions for one kind of line end, and what goes with them.
+
+    A slotted class rather than a named tuple: CPython 3.11 specialises reading a
+    slot, not a named tuple's field, and the one-event path reads several per call.
+    """
+
+    __slots__ = ("end", "front", "more", "patterns")
+
+    def __init__(
+        self,
+        end: str,
+        more: str,
+        patterns: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]],
+    ) -> None:
+        #: The line end the expressions are written for.
+        self.end = end
+        #: What the text searched starts with (see above): no match can start before
+        #: its second line end, so the first gap always holds at least the first.
+        self.front = end * 2
+        #: Where a further data line starts in the raw "rest" group of the _ANY
+        #: shape: there, and only there, the text holds this (a value holds no LF).
+        #: Further data lines must have the space after the colon (as encoders
+        #: write them), so that a plain str.replace strips their names.
+        self.more = more
+        #: The expressions, indexed by _ANY, _ID_DATA and _DATA.
+        self.patterns = patterns
+
+
+def _compile_shapes(end: str, end_re: str, id_: str, type_: str, value: str, rest: str) -> _Shapes:
+    start = rf"{end_re}(?<={end_re}{end_re})"
+    first_data = rf"data: ?+{value}"
+
+    def runs(event: str) -> re.Pattern[str]:
+        """Up to _PER_MATCH events of one shape, each followed by a blank line."""
+        later = ""
+        for _ in range(_PER_MATCH - 1):
+            later = rf"(?:{end_re}{event}{end_re}{later})?"
+        return re.compile(rf"{start}{event}{end_re}{later}(?={end_re})")
+
+    return _Shapes(
+        end=end,
+        more=f"{end}data: ",
+        patterns=(
+            re.compile(rf"{start}(?:{id_})?(?:{type_})?{first_data}({rest}){end_re}(?={end_re})"),
+            runs(rf"{id_}{first_data}"),
+            runs(first_data),
+        ),
+    )
+
+
+_LF: Final = _compile_shapes(
+    "\n",
+    r"\n",
+    id_=r"id: ?+(.*+)\n",
+    type_=r"event: ?+(.*+)\n",
+    value=r"(.*+)",
+    rest=r"(?:\ndata: .*+)*+",
+)
+_CRLF: Final = _compile_shapes(
+    "\r\n",
+    r"\r\n",
+    id_=r"id: ?+([^\r\n\x00]*+)\r\n",
+    type_=r"event: ?+([^\r\n]*+)\r\n",
+    value=r"(.*)",
+    rest=r"(?:\r\ndata: .*)*",
+)
+
+# Chunks with lines longer than this at either end go line by line: an expression
+# would crawl through them a character at a time (as would str.split or str.count,
+# some 0.6 ns a character), while str.find of one character is memchr.  Reading a
+# line in Python costs about what crawling through a thousand characters does, so
+# events of up to a kilobyte or so are better cut by the expressions.  (Measured
+# against httpx-sse on id+data events of 500 bytes / 1 KB / 4 KB in 64 KiB chunks:
+# 1.2x / 1.3x / 1.6x with 256 here, 3.1x / 2.6x / 2.0x with 1024; 2048 and 4096
+# each lose elsewhere.)
+_LONG_CHUNK: Final = 1024
+# Lines shorter than this are read with one str.partition (see _lines), short lines
+# between long ones are cut with one str.split (see _long), and an unfinished data
+# line longer than this is kept apart from its name (see _DATA_NAME).
 _LONG_LINE: Final = 256
+# The pieces of an unfinished line stop merging at this size: merging only bounds
+# how many pieces tiny chunks leave, and copying big ones again would be waste.
+_PIECE: Final = 16384
+# A long unfinished data line is kept as this piece followed by its value (cut out
+# of the chunk at once), so that the value is complete after a single join.  The
+# test is on content: whatever made partial[1] exactly this, it is the line's start.
+_DATA_NAME: Final = "data: "
 # Below this many characters a chunk is first tried as exactly one event.
 _SMALL: Final = 2048
 
@@ -119,11 +222,39 @@ _CLOSED: Final = 1
 _BROKEN: Final = 2
 
 
-def _merge_rest(datas: list[str], rests: list[str]) -> list[str]:
-    """Append each event's further data lines (raw, as matched) to its first one."""
-    # "\r" cannot occur in normalised text, so it safely separates the rests.
-    joined = "\r".join(rests).replace(_MORE_DATA, "\n").split("\r")
-    return list(map(str.__add__, datas, joined))
+def _normalise(text: str) -> str:
+    """Turn CRLF and CR line ends into LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _merge_rest(datas: list[str], rests: list[str], shapes: _Shapes) -> list[str] | None:
+    """Append each event's further data lines (raw, as matched) to its first one.
+
+    Returns None if, with CRLF line ends, a value holds a CR.
+    """
+    # CR separates the rests.  Once the further lines' starts are replaced, a CR can
+    # only be a separator -- unless, with CRLF, a value holds a lone one.
+    joined = "\r".join(rests).replace(shapes.more, "\n")
+    if shapes is _CRLF and joined.count("\r") != len(rests) - 1:
+        return None
+    return list(map(str.__add__, datas, joined.split("\r")))
+
+
+def _column(parts: list[str | None], first: int, step: int) -> list[str]:
+    """One field of every event that the matches of a narrow shape hold, in order.
+
+    ``parts`` is what re.split returned: for each match its gap and _PER_MATCH
+    events' fields, ``step`` fields an event; the field wanted is at ``first``.  An
+    event a match did not hold has its fields None, and only the last match can
+    hold fewer events than the others.
+    """
+    stride = 1 + _PER_MATCH * step
+    column: list[str | None] = [None] * (len(parts) // stride * _PER_MATCH)
+    for i in range(_PER_MATCH):
+        column[i::_PER_MATCH] = parts[first + i * step :: stride]
+    while column and column[-1] is None:
+        column.pop()
+    return cast(list[str], column)
 
 
 def _at(column: list[str | None] | None, i: int) -> str | None:
@@ -202,7 +333,7 @@ class EventStreamParser:
         self._retry: int | None = None
         self._max_line_length = max_line_length
         self._max_event_size = max_event_size
-        self._shape: re.Pattern[str] = _ANY_SHAPE
+        self._shape = _ANY  # the shape the next chunk tries first
         self._check_size = False  # whether the chunk at hand could hold too big an event
         self._state = _OPEN
 
@@ -234,6 +365,11 @@ class EventStreamParser:
         if self._undecoded:
             data = self._undecoded + data
             self._undecoded = b""
+        # A CR byte is a CR character (and neither the held bytes, a BOM nor an LF
+        # dropped below is one).  Looked for before decoding, the chunk is read from
+        # memory once, by memchr; the decoder then finds it in the cache.  (Only in
+        # bytes: `in` means something else for other buffers.)
+        has_cr = b"\r" in data if type(data) is bytes else None
         # What codecs' incremental decoder does, minus a layer of Python calls: an
         # incomplete sequence at the end waits for the next chunk.
         text, used = _utf_8_decode(data, "replace", False)
@@ -253,72 +389,88 @@ class EventStreamParser:
                 text = text[1:]
                 if not text:
                     return []
-        if "\r" in text:
-            # CR and CRLF become LF.  A CR at the very end is a line end already (so
-            # CR CR dispatches now), and an LF at the start of the next chunk is
-            # then dropped as the second half of a CRLF.
+        shapes = _LF
+        last = text.rfind("\n")
+        if has_cr or (has_cr is None and "\r" in text):
+            # A CR at the very end is a line end already (so CR CR dispatches now),
+            # and an LF at the start of the next chunk is then dropped as the second
+            # half of a CRLF.
             self._after_cr = text[-1] == "\r"
-            if _LONE_CR.search(text) is None:
-                # Only CRLF line ends (the usual case): dropping every CR is one
-                # quick pass, where replacing a two-character string is a slow one.
-                text = text.replace("\r", "")
+            cr = text.find("\r")
+            if text.startswith("\n", cr + 1):
+                # The first line end is a CRLF: expect the others to be, and keep
+                # them (every path copes with a lone CR or LF among them).
+                shapes = _CRLF
+                last = max(last, text.rfind("\r"))
             else:
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
+                text = _normalise(text)
+                last = text.rfind("\n")
         partial = self._partial
-        tail_len = len(text) - text.rfind("\n") - 1
-        if tail_len == len(text):  # still no line end
+        tail_len = len(text) - last - 1
+        if last < 0:  # still no line end
             partial.append(text)
-            # Merge pieces of similar size (a rope's binary counter): a line that
-            # trickles in tiny chunks then costs O(log n) strings, not one per chunk,
-            # and each character is copied O(log n) times.  partial[0] is a sentinel.
-            while len(partial) > 2 and len(partial[-2]) <= 2 * len(partial[-1]):
-                last = partial.pop()
-                partial[-1] += last
+            # Merge pieces of similar size (a rope's binary counter) up to _PIECE: a
+            # line that trickles in tiny chunks then costs O(log n) strings plus one
+            # per _PIECE characters, not one per chunk, and each character is copied
+            # O(log _PIECE) times.  partial[0] is a sentinel.
+            while (
+                len(partial) > 2
+                and len(partial[-1]) < _PIECE
+                and len(partial[-2]) <= 2 * len(partial[-1])
+            ):
+                piece = partial.pop()
+                partial[-1] += piece
             self._partial_len += tail_len
             if self._partial_len > self._max_line_length:
                 self._fail("line longer than max_line_length")
             return []
+        if (
+            not tail_len
+            and len(partial) == 1
+            and len(text) < _SMALL
+            and len(text) < self._max_line_length
+            and not self._data
+            and not self._type
+        ):
+            # Live streams mostly deliver one event per chunk, nothing before it:
+            # none of what follows applies (the chunk's lines are short enough, and
+            # _single changes nothing before it can no longer fail).
+            event = self._single(shapes.front + text, shapes)
+            if event is not None:
+                return [event]
         events: list[MessageEvent] = []
         committed, retry = self._last_event_id, self._retry
         try:
             if (
-                tail_len > _LONG_LINE
-                or self._partial_len > _LONG_LINE
-                or text.find("\n", 0, _LONG_LINE) < 0
+                tail_len > _LONG_CHUNK
+                or self._partial_len > _LONG_CHUNK
+                or text.find("\n", 0, _LONG_CHUNK) < 0
             ):
-                # Long lines: split only the new text; the unfinished line before
-                # it joins its first piece.
-                pieces = text.split("\n")
-                if len(partial) > 1:
-                    partial[0] = ""
-                    partial.append(pieces[0])
-                    pieces[0] = "".join(partial)
-                if max(map(len, pieces)) > self._max_line_length:
-                    self._fail("line longer than max_line_length")
-                tail = pieces.pop()
-                self._lines(pieces, 0, events)
+                partial = self._long(text, last, shapes is _CRLF, events)
             else:
+                partial[0] = shapes.front
                 partial.append(text)
                 text = "".join(partial)
-                if len(text) > self._max_line_length and (
-                    max(map(len, text.split("\n"))) > self._max_line_length
-                ):
-                    self._fail("line longer than max_line_length")
+                if len(text) > self._max_line_length:
+                    lines = _normalise(text) if shapes is _CRLF else text
+                    if max(map(len, lines.split("\n"))) > self._max_line_length:
+                        self._fail("line longer than max_line_length")
                 if not tail_len and len(text) < _SMALL and not self._data and not self._type:
-                    # Live streams mostly deliver one event per chunk.
-                    match = _ANY_SHAPE.match(text)
-                    if match is not None and match.end() == len(text) - 1:
+                    # One event after the end of a line begun in an earlier chunk.
+                    event = self._single(text, shapes)
+                    if event is not None:
                         self._partial = ["\n"]
                         self._partial_len = 0
-                        return [self._single(*match.groups())]
+                        return [event]
                 # No event can be larger than the text it comes from.
                 self._check_size = len(text) > self._max_event_size
-                tail = self._interpret(text, events)
+                tail = self._interpret(text, shapes, events)
+                partial = ["\n", tail] if tail else ["\n"]
         except RemoteProtocolError:
             self._last_event_id, self._retry = committed, retry
             self._state = _BROKEN
             raise
-        self._partial = ["\n", tail] if tail else ["\n"]
+        self._partial = partial
         self._partial_len = tail_len
         return events
 
@@ -352,10 +504,94 @@ class EventStreamParser:
         self._state = _BROKEN
         raise RemoteProtocolError(msg)
 
-    def _single(self, id_: str | None, type_: str | None, data: str, rest: str) -> MessageEvent:
-        """Build the one event a chunk holds (its buffers start empty)."""
+    def _long(self, text: str, last: int, crlf: bool, events: list[MessageEvent]) -> list[str]:
+        """Interpret a chunk with a long line at either end, line by line.
+
+        The last line end of ``text`` is at ``last``; ``crlf`` says whether the text
+        holds CRs (else its line ends are LFs).  Line ends are found one by one with
+        str.find (memchr), so a 64 KiB line costs microseconds; the unfinished line
+        before the chunk joins the first line once.  Returns the new unfinished
+        line's pieces.
+        """
+        start = 0
+        if not crlf:
+            end = text.find("\n")
+            lines = [text[:end]]
+            if end < last:
+                if last - end < _LONG_LINE:
+                    # A few short lines between the long ones (an id, a blank line):
+                    # one split costs less than a find per line.
+                    lines += text[end + 1 : last].split("\n")
+                else:
+                    while end < last:
+                        start = end + 1
+                        end = text.find("\n", start)
+                        lines.append(text[start:end])
+            start = last + 1
+        else:
+            lines = []
+            # The next LF and the next CR, each looked for again once passed.
+            lf = text.find("\n", 0, last + 1)
+            cr = text.find("\r", 0, last + 1)
+            while start <= last:
+                if cr < 0 or 0 <= lf < cr:
+                    lines.append(text[start:lf])
+                    start = lf + 1
+                    lf = text.find("\n", start, last + 1)
+                else:
+                    lines.append(text[start:cr])
+                    start = cr + 1
+                    if lf == start:  # CRLF
+                        start += 1
+                        lf = text.find("\n", start, last + 1)
+                    cr = text.find("\r", start, last + 1)
+        tail_len = len(text) - start
+        max_line = self._max_line_length
+        if (
+            tail_len > max_line
+            or self._partial_len + len(lines[0]) > max_line
+            or max(map(len, lines)) > max_line
+        ):
+            self._fail("line longer than max_line_length")
+        first = 0
+        partial = self._partial
+        if len(partial) > 1:
+            partial[0] = ""
+            partial.append(lines[0])
+            if partial[1] == _DATA_NAME:
+                # A data line whose value began in an earlier chunk: join the value
+                # alone, rather than the line and then its value out of it.
+                partial[1] = ""
+                value = "".join(partial)
+                size = self._data_size + len(value) + 1
+                if size > self._max_event_size:
+                    self._fail("event larger than max_event_size")
+                self._data_size = size
+                self._data.append(value)
+                first = 1
+            else:
+                lines[0] = "".join(partial)
+        self._lines(lines, first, events)
+        if tail_len > _LONG_LINE and text.startswith(_DATA_NAME, start):
+            return ["\n", _DATA_NAME, text[start + len(_DATA_NAME) :]]
+        return ["\n", text[start:]] if tail_len else ["\n"]
+
+    def _single(self, text: str, shapes: _Shapes) -> MessageEvent | None:
+        """Build the event ``text`` holds if it is exactly one (its buffers start empty).
+
+        ``text`` is ``shapes.front``, the event, its blank line; returns None if it
+        is not one event of the _ANY shape.
+        """
+        match = shapes.patterns[_ANY].match(text, len(shapes.end))
+        if match is None or match.end() != len(text) - len(shapes.end):
+            return None
+        id_, type_, data, rest = match.groups()
         if rest:
-            data += rest.replace(_MORE_DATA, "\n")
+            data += rest.replace(shapes.more, "\n")
+        if shapes is _CRLF and "\r" in data:
+            return None  # a lone CR in a value: the line-by-line path reads it
+        if id_ is not None and "\x00" in id_:
+            return None  # an id to ignore: the same
         if len(data) >= self._max_event_size:
             self._fail("event larger than max_event_size")
         if id_ is not None:
@@ -363,62 +599,93 @@ class EventStreamParser:
         self._last_event_id = last_event_id = self._id_buffer
         return _new_event(MessageEvent, (type_ or "message", data, last_event_id))
 
-    def _interpret(self, text: str, events: list[MessageEvent]) -> str:
-        """Interpret the whole lines of ``text`` (LF, lines, unfinished line, no CR).
+    def _interpret(self, text: str, shapes: _Shapes, events: list[MessageEvent]) -> str:
+        """Interpret the whole lines of ``text`` (``shapes.front``, lines, unfinished line).
 
         Returns the unfinished line.
         """
         shape = self._shape
-        parts = shape.split(text)
-        # Between and around the matches lie the gaps.  Each but the last is empty,
-        # or an LF (ending the line before: the blank line that dispatched the
-        # previous event, or the LF put in front) followed by lines joined by LF,
-        # the last of which the next match's LF ends.  The last gap is an LF, whole
-        # lines, and the unfinished line.  Absent id and event fields are None.
+        parts = shapes.patterns[shape].split(text)
+        # Between and around the matches lie the gaps.  The first is the first line
+        # end of the front alone, or the whole front followed by lines, the last of
+        # which the first match's line end ends.  Each other gap but the last is
+        # empty, or a line end (ending the blank line that dispatched the previous
+        # event) and lines the same way.  The last gap is such a line end (or the
+        # front if nothing matched), whole lines, and the unfinished line.  Absent
+        # id and event fields are None.
         ids: list[str | None] | None = None
         types: list[str | None] | None = None
         multiline = False
-        if shape is _ANY_SHAPE:
+        if shape == _ANY:
             gaps = parts[0::5]
+            last = gaps.pop()
             ids = parts[1::5]
             types = parts[2::5]
             datas = parts[3::5]
             rests = parts[4::5]
             if any(rests):
                 multiline = True
-                datas = _merge_rest(datas, rests)
-        elif shape is _ID_DATA_SHAPE:
-            gaps = parts[0::3]
-            ids = parts[1::3]
-            datas = parts[2::3]
+                merged = _merge_rest(datas, rests, shapes)
+                if merged is None:
+                    return self._slow(text, events)
+                datas = merged
         else:
-            gaps = parts[0::2]
-            datas = parts[1::2]
+            # Runs of alike events, several a match (see _PER_MATCH).
+            step = 2 if shape == _ID_DATA else 1
+            gaps = parts[0 :: 1 + _PER_MATCH * step]
+            last = gaps.pop()
+            if any(gaps[1:]):
+                # Other lines come between the runs: read them the general way.
+                self._shape = _ANY
+                return self._interpret(text, shapes, events)
+            datas = _column(parts, step, step)
+            if step == 2:
+                ids = cast(list[str | None], _column(parts, 1, 2))
+            if datas:
+                gaps = [gaps[0]] + [""] * (len(datas) - 1)
+        crlf = shapes is _CRLF
         if datas:
-            if self._events(gaps, ids, types, datas, events):
-                if shape is _ANY_SHAPE and not multiline:
+            if crlf and "\r" in "".join(datas):
+                return self._slow(text, events)  # a lone CR in a value
+            if ids is not None and "\x00" in text and "\x00" in "".join(filter(None, ids)):
+                return self._slow(text, events)  # an id to ignore
+            if self._events(gaps, ids, types, datas, crlf, events):
+                if shape == _ANY and not multiline:
                     self._narrow_shape(ids, types)
             else:
                 # Other lines come between events: let the next chunk try every shape.
-                self._shape = _ANY_SHAPE
-        elif shape is not _ANY_SHAPE:
-            self._shape = _ANY_SHAPE  # maybe the events have another shape
-        last = gaps[-1]
-        if last.find("\n", 1) < 0:
-            return last[1:]
+                self._shape = _ANY
+        elif shape != _ANY:
+            self._shape = _ANY  # maybe the events have another shape
+        if crlf:
+            last = _normalise(last)
+        front = 1 if datas else 2
+        if last.find("\n", front) < 0:
+            return last[front:]
         pieces = last.split("\n")
         tail = pieces.pop()
-        self._lines(pieces, 1, events)
+        self._lines(pieces, front, events)
         return tail
+
+    def _slow(self, text: str, events: list[MessageEvent]) -> str:
+        """Interpret ``text`` (front, lines, unfinished line) line by line."""
+        pieces = _normalise(text).split("\n")
+        tail = pieces.pop()
+        self._lines(pieces, 2, events)
+        return tail
+
+    def _gap(self, gap: str, skip: int, crlf: bool, events: list[MessageEvent]) -> None:
+        """Interpret the lines of a gap but its first ``skip`` (line ends of it)."""
+        self._lines((_normalise(gap) if crlf else gap).split("\n"), skip, events)
 
     def _narrow_shape(self, ids: list[str | None] | None, types: list[str | None] | None) -> None:
         """After a chunk of alike events, let the next one try a narrower shape."""
         if types is not None and types.count(None) != len(types):
             return
         if ids is not None and None not in ids:
-            self._shape = _ID_DATA_SHAPE
+            self._shape = _ID_DATA
         elif ids is None or ids.count(None) == len(ids):
-            self._shape = _DATA_SHAPE
+            self._shape = _DATA
 
     def _events(
         self,
@@ -426,15 +693,16 @@ class EventStreamParser:
         ids: list[str | None] | None,
         types: list[str | None] | None,
         datas: list[str],
+        crlf: bool,
         events: list[MessageEvent],
     ) -> bool:
-        """Interpret the matched events and the gaps before them (not the last gap).
+        """Interpret the matched events and the gap before each.
 
         Returns whether the events followed each other with nothing in between.
         """
         count = len(datas)
-        if gaps[0]:
-            self._lines(gaps[0].split("\n"), 1, events)
+        if len(gaps[0]) > (2 if crlf else 1):
+            self._gap(gaps[0], 2, crlf, events)
         first = 0
         if self._data or self._type:
             # The first event continues one already begun: take it field by field.
@@ -446,7 +714,7 @@ class EventStreamParser:
             return True
         for i in range(first, count):
             if i and gaps[i]:
-                self._lines(gaps[i].split("\n"), 1, events)
+                self._gap(gaps[i], 1, crlf, events)
             self._apply(_at(ids, i), _at(types, i), datas[i], events)
         return False
 
@@ -465,9 +733,9 @@ class EventStreamParser:
         if self._check_size and max(map(len, datas)) >= self._max_event_size:
             self._fail("event larger than max_event_size")
         id_column: Iterable[str]
-        if ids is None or (self._shape is not _ID_DATA_SHAPE and ids.count(None) == count):
+        if ids is None or (self._shape != _ID_DATA and ids.count(None) == count):
             id_column = repeat(self._id_buffer, count)
-        elif self._shape is _ID_DATA_SHAPE or None not in ids:
+        elif self._shape == _ID_DATA or None not in ids:
             id_column = cast(list[str], ids)
             self._id_buffer = id_column[-1]
         else:
@@ -530,18 +798,28 @@ class EventStreamParser:
                     size = 0
                 type_ = ""
                 continue
-            colon = line.find(":")
-            if colon == 0:
-                continue  # a comment
-            if colon < 0:
-                name = line
-                value = ""
+            if len(line) < _LONG_LINE:
+                # partition is one quick call (find, startswith and two slices are
+                # four, three of them parsing their arguments the slow way) ...
+                name, _, value = line.partition(":")
+                if not name:
+                    continue  # a comment
+                if value and value[0] == " ":
+                    value = value[1:]
             else:
-                name = line[:colon]
-                colon += 1
-                if line.startswith(" ", colon):
+                # ... but would copy a long value twice when it starts with a space.
+                colon = line.find(":")
+                if colon == 0:
+                    continue  # a comment
+                if colon < 0:
+                    name = line
+                    value = ""
+                else:
+                    name = line[:colon]
                     colon += 1
-                value = line[colon:]
+                    if line.startswith(" ", colon):
+                        colon += 1
+                    value = line[colon:]
             if name == "data":
                 size += len(value) + 1
                 if size > max_size:

@@ -145,10 +145,26 @@ def test_decorrelated_jitter_is_between_base_and_three_times_previous_capped() -
 
 
 def test_decorrelated_jitter_clamps_a_previous_beyond_the_cap() -> None:
-    rng = random.Random(5)
+    # The outer min(cap, ...) keeps any result within [base, cap] anyway; the clamp of
+    # previous is what keeps the *range* U(base, 3 * cap): a previous of 1e12 draws
+    # exactly like a previous of cap, not like U(1, 3e12) (which is the cap nearly
+    # always, so that clients stay in step at the cap).
     policy = DecorrelatedJitter(base=1.0, cap=10.0)
-    for _ in range(1000):
-        assert 1.0 <= policy.next(0, rng, previous=1e12) <= 10.0
+    for draw in (0.0, 0.1, 0.25, 0.3):
+        at_cap = policy.next(0, _Fixed(draw), previous=10.0)
+        assert policy.next(0, _Fixed(draw), previous=1e12) == at_cap
+        assert at_cap == pytest.approx(1.0 + 29.0 * draw)
+    rng = random.Random(5)
+    delays = [policy.next(0, rng, previous=1e12) for _ in range(1000)]
+    assert all(1.0 <= delay <= 10.0 for delay in delays)
+    # U(1, 30) capped at 10: about 9/29 of the draws fall below the cap.
+    assert 0.25 < sum(delay < 10.0 for delay in delays) / len(delays) < 0.37
+
+
+def test_decorrelated_jitter_clamps_a_previous_below_the_base() -> None:
+    policy = DecorrelatedJitter(base=2.0, cap=100.0)
+    for draw in (0.0, 0.5, 0.99):
+        assert policy.next(0, _Fixed(draw), previous=0.0) == pytest.approx(2.0 + 4.0 * draw)
 
 
 # -- no jitter -----------------------------------------------------------------------------

@@ -14,13 +14,18 @@ import trio.testing
 import trustme
 
 from tidings.cursor import Position, new_epoch
-from tidings.history import MemoryHistory
+from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
 from tidings.longpoll import PollLimits
 from tidings.trio import Hub, Server, ServerConfig
 from tidings.trio._http_client import open_request
+from tidings.trio._sync import Waiter
+from tidings.trio.history import Feed, LocalHistory
+from tidings.trio.hub import Watch
+
+from .conftest import HTTP1
 
 if TYPE_CHECKING:
-    from conftest import HTTP1, Connect, StartServer
+    from conftest import Connect, StartServer
 
 POLL = "/topics/t/poll"
 
@@ -600,3 +605,169 @@ async def test_an_answer_just_before_a_drain_ends_the_connection_cleanly(
             await client.stream.send_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
             rest = await client.raw_until_closed()  # raises on a connection reset
             assert rest == b"" or rest.startswith(b"HTTP/1.1 ")
+
+
+# -- the race between a poll's first read and a publish --------------------------------
+#
+# A poll registers its Watch on the hub, then reads the history: an event published
+# after the read wakes the watch, one published before it is in the read.  These
+# tests publish at exactly those points and need the poll answered with the event
+# at once (an autojump clock: "at once" is no virtual time at all; a lost event
+# would hold the poll until its 30 s timeout and answer it empty).
+
+
+class _PublishingHistory(LocalHistory):
+    """A history that answers at once, and publishes once on the poll's first read:
+    just before or just after reading (as another task would, were there a
+    checkpoint at that point)."""
+
+    def __init__(self, memory: MemoryHistory, when: str) -> None:
+        super().__init__(memory)
+        self.when = when
+        self.published: list[Position] = []
+
+    def _publish(self) -> None:
+        if not self.published:
+            self.published.append(self.append_nowait("t", "raced").position)
+
+    def read_nowait(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+        if self.when == "before":
+            self._publish()
+        answer = super().read_nowait(topic, after, limit)
+        if self.when == "after":
+            self._publish()
+        return answer
+
+
+async def _poll_once(server: Server, nursery: trio.Nursery, target: str) -> dict[str, object]:
+    client, remote = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, remote)
+    http = HTTP1(client)
+    status, _, body = await http.request("GET", target)
+    assert status == 200
+    return answer(body)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_an_event_published_just_before_or_after_the_first_read_is_answered_at_once(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, when: str
+) -> None:
+    history = _PublishingHistory(MemoryHistory(new_epoch(random.Random(3))), when)
+    hub = Hub(history)
+    cursor = hub.append("t", "old").position
+    server = Server(hub, ServerConfig())
+    start = trio.current_time()
+    document = await _poll_once(server, nursery, f"{POLL}?cursor={cursor}&timeout=30")
+    assert [e["id"] for e in document["events"]] == [  # type: ignore[attr-defined]
+        p.format() for p in history.published
+    ]
+    assert trio.current_time() == start
+    assert hub.subscriber_count() == 0
+
+
+class _StepCounter(trio.abc.Instrument):
+    """Counts task steps: a checkpoint that yields ends one."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+
+async def test_with_a_history_that_answers_at_once_registering_and_reading_are_one_step(
+    nursery: trio.Nursery,
+) -> None:
+    # The promise of _poll: no checkpoint between hub.watch() and the first read.
+    # (Reading first and registering after is then as safe; any yield in between is
+    # where a publish would go missing, as the async-history test below shows.)
+    counter = _StepCounter()
+    marks: dict[str, int] = {}
+
+    class Probed(LocalHistory):
+        def read_nowait(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+            marks.setdefault("read", counter.steps)
+            return super().read_nowait(topic, after, limit)
+
+    class ProbedHub(Hub):
+        def watch(self, topic: str, *, waiter: Waiter | None = None) -> Watch:
+            marks.setdefault("watch", counter.steps)
+            return super().watch(topic, waiter=waiter)
+
+    hub = ProbedHub(Probed(MemoryHistory(new_epoch(random.Random(4)))))
+    start = Position(hub.append("t", "x").position.epoch, 0)
+    server = Server(hub, ServerConfig())
+    trio.lowlevel.add_instrument(counter)
+    try:
+        document = await _poll_once(server, nursery, f"{POLL}?cursor={start}")
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert [e["data"] for e in document["events"]] == ["x"]  # type: ignore[attr-defined]
+    assert set(marks) == {"watch", "read"}
+    assert marks["read"] == marks["watch"]
+
+
+class _GatedHistory:
+    """A history that is not an ImmediateHistory (the hub awaits every read), built on
+    a LocalHistory; its first read (or head) takes its answer, then waits until ``release`` --
+    the test publishes meanwhile, from its own task."""
+
+    def __init__(self, memory: MemoryHistory) -> None:
+        self.local = LocalHistory(memory)
+        self.reading = trio.Event()
+        self.release = trio.Event()
+
+    def bind(self, feed: Feed) -> None:
+        self.local.bind(feed)
+
+    async def append(
+        self, topic: str, data: str, event: str | None = None, *, key: str | None = None
+    ) -> StoredEvent:
+        return await self.local.append(topic, data, event, key=key)
+
+    async def _gate(self) -> None:
+        if not self.reading.is_set():
+            self.reading.set()
+            await self.release.wait()
+
+    async def read(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+        answer = await self.local.read(topic, after, limit)
+        await self._gate()
+        return answer
+
+    async def head(self, topic: str) -> Position:
+        head = await self.local.head(topic)
+        await self._gate()
+        return head
+
+    async def watch(self, topic: str) -> None:
+        await self.local.watch(topic)
+
+    def unwatch(self, topic: str) -> None:
+        self.local.unwatch(topic)
+
+
+@pytest.mark.parametrize("cursor", ["given", "none"])
+async def test_with_an_async_history_an_event_published_during_the_first_read_is_answered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, cursor: str
+) -> None:
+    history = _GatedHistory(MemoryHistory(new_epoch(random.Random(5))))
+    hub = Hub(history)
+    assert hub._immediate is None
+    old = await hub.publish("t", "old")
+    server = Server(hub, ServerConfig())
+    target = f"{POLL}?timeout=30" + (f"&cursor={old.format()}" if cursor == "given" else "")
+    got: list[dict[str, object]] = []
+
+    async def poll() -> None:
+        got.append(await _poll_once(server, nursery, target))
+
+    start = trio.current_time()
+    async with trio.open_nursery() as pollers:
+        pollers.start_soon(poll)
+        await history.reading.wait()  # the poll's first read has its (stale) answer
+        raced = await hub.publish("t", "raced")
+        history.release.set()
+    [document] = got
+    assert [e["id"] for e in document["events"]] == [raced.format()]  # type: ignore[attr-defined]
+    assert trio.current_time() == start

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import h11
@@ -28,8 +30,11 @@ from wsproto.events import (
     TextMessage,
 )
 
-from tidings.trio import Action, Hub, Refusal, Server, ServerConfig, WebSocketConfig
+from tidings.cursor import Position, new_epoch
+from tidings.history import MemoryHistory
+from tidings.trio import Action, Hub, Refusal, Server, ServerConfig, WebSocketConfig, serve
 from tidings.trio._http import Request as HTTPRequest
+from tidings.trio.hub import Subscription
 
 from .conftest import HTTP1, Connect, MemoryClient, StartServer
 from .test_server_h2 import H2Client, h2_clients, h2_connect
@@ -453,3 +458,122 @@ async def test_repeated_subscribes_to_a_client_that_does_not_read_hold_bounded_m
         subscribed += kind == "subscribed"
         events += kind == "event"
     assert events == 100 * 20
+
+
+# -- resets on a followed topic, and a slow session catching up ------------------------
+
+
+# Subscribed live from now, or after a replay (of nothing): either way "subscribed"
+# came first, and what follows is the live path.
+SUBSCRIBE_FROM = pytest.mark.parametrize("cursor", [None, "earliest"])
+
+
+@SUBSCRIBE_FROM
+async def test_a_new_epoch_while_live_gives_a_reset_then_the_new_events(
+    nursery: trio.Nursery, cursor: str | None
+) -> None:
+    # One topic at most: publishing to "u" drops "t", whose next event starts a new
+    # epoch; the session's follower must say so with a reset (unknown-epoch, just
+    # before everything the new epoch holds), then deliver the new events.
+    hub = Hub(MemoryHistory(new_epoch(random.Random(6)), max_topics=1))
+    server: Server = await nursery.start(partial(serve, hub, 0))
+    with trio.fail_after(10):
+        async with open_ws(server) as ws:
+            await send(ws, type="subscribe", topic="t", cursor=cursor)
+            assert (await recv(ws))["type"] == "subscribed"
+            old = await hub.publish("t", "old")
+            assert (await recv(ws))["id"] == old.format()
+            await hub.publish("u", "pushes t out")
+            first = await hub.publish("t", "new 1")
+            second = await hub.publish("t", "new 2")
+            assert first.epoch != old.epoch
+            assert await recv(ws) == {
+                "type": "reset",
+                "topic": "t",
+                "cursor": Position(first.epoch, 0).format(),
+                "reason": "unknown-epoch",
+            }
+            assert [(await recv(ws))["id"] for _ in range(2)] == [first.format(), second.format()]
+            await send(ws, type="unsubscribe", topic="t")
+    server.drain()
+
+
+async def slow_session(
+    hub: Hub, nursery: trio.Nursery, max_events: int, cursor: str | None
+) -> tuple[RawClient, Server, Subscription]:
+    """A session following "t" live over a stream with no buffer at all: while the
+    client does not read, the server's writes block and the subscription fills up."""
+    server = Server(hub, ServerConfig(subscriber_max_events=max_events))
+    client, remote = trio.testing.lockstep_stream_pair()
+    nursery.start_soon(server.serve_stream, remote)
+    raw = RawClient(client)
+    await raw.handshake()
+    await raw.send(type="subscribe", topic="t", cursor=cursor)
+    subscribed = await raw.next_event()
+    assert isinstance(subscribed, TextMessage)
+    assert json.loads(subscribed.data)["type"] == "subscribed"
+    [subscription] = server.app.subscriptions
+    assert isinstance(subscription, Subscription)
+    return raw, server, subscription
+
+
+async def read_messages_until(raw: RawClient, last_id: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    while not messages or messages[-1].get("id") != last_id:
+        event = await raw.next_event()
+        assert isinstance(event, TextMessage), event
+        messages.append(json.loads(event.data))
+    return messages
+
+
+@SUBSCRIBE_FROM
+async def test_a_slow_session_catches_up_from_the_history_losing_nothing(
+    nursery: trio.Nursery, cursor: str | None
+) -> None:
+    hub = Hub(MemoryHistory(new_epoch(random.Random(7)), max_events=100))
+    with trio.fail_after(10):
+        raw, _, subscription = await slow_session(hub, nursery, 4, cursor)
+        stored = [hub.publish_nowait("t", "0")]
+        await trio.testing.wait_all_tasks_blocked()  # the session is stuck writing it
+        stored += [hub.publish_nowait("t", str(n)) for n in range(1, 30)]
+        assert subscription.overflows > 0  # its buffer overflowed: live events dropped
+        messages = await read_messages_until(raw, stored[-1].format())
+    assert [m["type"] for m in messages] == ["event"] * 30
+    assert [m["id"] for m in messages] == [p.format() for p in stored]
+    assert [m["data"] for m in messages] == [str(n) for n in range(30)]
+
+
+@SUBSCRIBE_FROM
+async def test_a_slow_session_whose_catch_up_meets_evicted_events_gets_a_reset(
+    nursery: trio.Nursery, cursor: str | None
+) -> None:
+    # The history keeps 10 events; the session's buffer 4.  While its client does
+    # not read, 30 events are published: the session delivers what it had kept, then
+    # its catch-up read finds events evicted: a reset just before the earliest
+    # retained event, then exactly the retained events.
+    hub = Hub(MemoryHistory(new_epoch(random.Random(8)), max_events=10))
+    with trio.fail_after(10):
+        raw, _, subscription = await slow_session(hub, nursery, 4, cursor)
+        stored = [hub.publish_nowait("t", "0")]
+        await trio.testing.wait_all_tasks_blocked()
+        stored += [hub.publish_nowait("t", str(n)) for n in range(1, 30)]
+        assert subscription.overflows > 0
+        messages = await read_messages_until(raw, stored[-1].format())
+    kinds = [m["type"] for m in messages]
+    assert kinds.count("reset") == 1
+    at = kinds.index("reset")
+    kept, reset, retained = messages[:at], messages[at], messages[at + 1 :]
+    # Before the reset: the events the session had, from the first on, in order.
+    assert 1 <= len(kept) <= 1 + 4
+    assert [m["id"] for m in kept] == [p.format() for p in stored[: len(kept)]]
+    assert reset == {
+        "type": "reset",
+        "topic": "t",
+        "cursor": stored[19].format(),  # events 21..30 are retained
+        "reason": "evicted",
+    }
+    assert [m["id"] for m in retained] == [p.format() for p in stored[20:]]
+    # And the session is live again.
+    live = hub.publish_nowait("t", "live")
+    with trio.fail_after(10):
+        assert (await read_messages_until(raw, live.format()))[-1]["data"] == "live"

@@ -24,6 +24,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/trio on sys.path
     from _cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli  # type: ignore[no-redef]
 
+# Each step has its own TIMEOUT; the whole test (tests/conftest.py) gets twice that.
+pytestmark = pytest.mark.deadline(2 * TIMEOUT)
+
 
 @pytest.fixture
 def hub() -> Hub:

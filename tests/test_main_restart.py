@@ -24,7 +24,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/trio on sys.path
     from _cli import TIMEOUT, Lines, start_cli  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.deadline(5 * TIMEOUT)]
 
 
 def free_port() -> int:

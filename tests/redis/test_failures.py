@@ -20,7 +20,7 @@ try:
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from _redis import RecordingFeed, RedisServer  # type: ignore[no-redef]
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60), pytest.mark.deadline(50)]
 
 #: The bound the failure contract sets: a publish gets its 503 within this.
 UNAVAILABLE_WITHIN = 5.0

@@ -34,7 +34,7 @@ from ..trio._cli import TIMEOUT, Lines, start_cli
 from ..trio._proxy import ChaosProxy
 from ._redis import RedisServer
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.deadline(2 * TIMEOUT)]
 
 Node = tuple[Hub, Server]
 StartNode = Callable[[], Awaitable[Node]]

@@ -14,6 +14,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from _cli import ENV, TIMEOUT  # type: ignore[no-redef]
 
+# Each step has its own TIMEOUT; the whole test (tests/conftest.py) gets twice that.
+pytestmark = pytest.mark.deadline(2 * TIMEOUT)
+
 SCRIPT = """
 import sys
 import trio

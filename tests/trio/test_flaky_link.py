@@ -38,6 +38,8 @@ PAYLOAD = "x" * 48
 #: A bound against hangs only: the tail normally needs a fraction of it.
 HANG = 110
 
+pytestmark = pytest.mark.deadline(HANG + 10)
+
 
 def data(i: int) -> str:
     return f"{i:05d}:{PAYLOAD}"

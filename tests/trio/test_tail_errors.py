@@ -20,6 +20,9 @@ except ImportError:  # tests/ is not a package: pytest put this directory on sys
     from _cli import TIMEOUT, run_cli  # type: ignore[no-redef]
     from _fake_http import FakeServer, Reply  # type: ignore[no-redef]
 
+# Each step has its own TIMEOUT; the whole test (tests/conftest.py) gets twice that.
+pytestmark = pytest.mark.deadline(2 * TIMEOUT)
+
 TRANSPORTS = ["sse", "poll", "ws"]
 
 

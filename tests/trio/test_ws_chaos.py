@@ -24,7 +24,7 @@ from tidings.trio import Hub, Server, ServerConfig, WebSocketSession, open_sessi
 
 from ._proxy import ChaosProxy
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.deadline(240)]
 
 TOPIC = "chaos"
 CLIENTS = 2

@@ -16,6 +16,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
     from _cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli  # type: ignore[no-redef]
 
+# Each step has its own TIMEOUT; the whole test (tests/conftest.py) gets twice that.
+pytestmark = pytest.mark.deadline(2 * TIMEOUT)
+
 
 async def start_tail(nursery: trio.Nursery, *args: str) -> trio.Process:
     return await start_cli(nursery, "tail", "--transport", "ws", *args)

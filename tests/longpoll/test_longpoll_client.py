@@ -457,29 +457,68 @@ def test_repr_mentions_the_cursor() -> None:
     assert "ep.1" in repr(client(cursor="ep.1"))
 
 
+def accepted_as_written(c: LongPollClient, body: bytes, items: list[PollEvent | PollReset]) -> None:
+    """A 200 answer was accepted: it is a JSON object saying exactly what came out."""
+    document = json.loads(body)
+    assert isinstance(document, dict)
+    assert c.state is ClientState.READY
+    assert c.cursor == document["cursor"]
+    reason = document.get("reason")
+    reset = PollReset(document["cursor"], reason if isinstance(reason, str) else None)
+    assert [i for i in items if isinstance(i, PollReset)] == ([reset] if document["reset"] else [])
+    if document["reset"]:
+        assert items[0] == reset  # before the events that continue from it
+    assert [i for i in items if isinstance(i, PollEvent)] == [
+        PollEvent(e["id"], e.get("event"), e["data"]) for e in document["events"]
+    ]
+
+
 @given(st.binary(max_size=300))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 def test_arbitrary_bodies_give_items_or_a_remote_protocol_error(body: bytes) -> None:
     c = sent(client())
     try:
-        c.receive_response(200, JSON, body, 0.0)
+        items = c.receive_response(200, JSON, body, 0.0)
     except RemoteProtocolError:
         assert c.closed
+    else:
+        accepted_as_written(c, body, items)
 
 
-@given(
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-        lambda inner: (
-            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-        ),
-        max_leaves=12,
-    )
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
 )
-@settings(max_examples=300, deadline=None)
+cursors = st.sampled_from(["ep.1", "ep.20", "x_1.0", "ep", "", "ep.-1", "é.1"])
+# Answers of the right shape, each field sometimes of a wrong one: both paths run.
+answers = st.fixed_dictionaries(
+    {
+        "events": st.lists(
+            st.fixed_dictionaries(
+                {"id": cursors, "data": st.text(max_size=5)},
+                optional={"event": st.none() | st.sampled_from(["tick", ""])},
+            ),
+            max_size=3,
+        )
+        | json_values,
+        "cursor": cursors | json_values,
+        "reset": st.booleans() | json_values,
+    },
+    optional={"reason": st.sampled_from(["evicted", "unknown-epoch"]) | json_values},
+)
+
+
+@given(json_values | answers)
+@settings(max_examples=300)
 def test_arbitrary_json_gives_items_or_a_remote_protocol_error(document: object) -> None:
     c = sent(client())
+    body = json.dumps(document).encode()
     try:
-        c.receive_response(200, JSON, json.dumps(document).encode(), 0.0)
+        items = c.receive_response(200, JSON, body, 0.0)
     except RemoteProtocolError:
         assert c.closed
+    else:
+        accepted_as_written(c, body, items)

@@ -1,5 +1,3 @@
-import contextlib
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,5 +206,12 @@ def test_arbitrary_input_gives_a_request_or_a_remote_protocol_error(
 )
 @settings(max_examples=300, deadline=None)
 def test_structured_queries_never_crash(extra: str, name: str, value: str) -> None:
-    with contextlib.suppress(RemoteProtocolError):
-        parse_poll_request(f"{extra}&{name}={value}")
+    try:
+        request = parse_poll_request(f"{extra}&{name}={value}")
+    except RemoteProtocolError as exc:
+        status = exc.error_status_hint
+    else:
+        status = 200
+        assert 0 <= request.timeout <= MAX_TIMEOUT
+        assert 1 <= request.limit <= MAX_LIMIT
+    assert status in (200, 400)

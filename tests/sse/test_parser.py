@@ -445,10 +445,19 @@ def test_line_longer_than_limit_raises(chunks: list[bytes]) -> None:
 def test_line_limit_counts_each_line_alone() -> None:
     # Each chunk below ends a line begun by the one before; no line exceeds 20.
     parser = EventStreamParser(max_line_length=20)
+    events: list[MessageEvent] = []
     for body in [b"data: abc", b"\n\n", b"data: 0123456789abcd", b"\n", b"\n"]:
-        parser.receive_data(body)
+        events += parser.receive_data(body)
+    assert events == [
+        MessageEvent("message", "abc", ""),
+        MessageEvent("message", "0123456789abcd", ""),
+    ]
+    events = []
     for body in [b"id: 1\ndata: 12345678", b"90\n\n", b"data: 0123456789abcd\n"]:
-        parser.receive_data(body)
+        events += parser.receive_data(body)
+    assert events == [MessageEvent("message", "1234567890", "1")]
+    # The last line is complete (20 characters), its event not yet dispatched.
+    assert parser.receive_data(b"\n") == [MessageEvent("message", "0123456789abcd", "1")]
 
 
 def test_line_limit_counts_characters_not_bytes() -> None:

@@ -1014,16 +1014,31 @@ async def test_tls_handshake_garbage_does_not_disturb_the_server(
     server_context, client_context = tls_contexts(ca, ["http/1.1"])
     server = await start_server(ssl_context=server_context)
     plain = await trio.open_tcp_stream("127.0.0.1", server.port)
+    received = b""
     try:
-        await plain.send_all(b"GET / HTTP/1.1\r\n\r\n")
-        while await plain.receive_some():
-            pass
+        with trio.fail_after(10):
+            await plain.send_all(b"GET / HTTP/1.1\r\n\r\n")
+            while data := await plain.receive_some():
+                received += data
     except trio.BrokenResourceError:
-        pass
+        pass  # reset by the server: closed as well
     finally:
         await trio.aclose_forcefully(plain)
+    # The server closed that connection, answering no HTTP (at most a TLS alert) ...
+    assert not received.startswith(b"HTTP/")
+    await trio.testing.wait_all_tasks_blocked()  # the server's task finished with it
+    assert server.connection_count == 0
+    # ... and serves TLS clients as before.
     tls = await tls_connect(server, client_context)
-    await trio.aclose_forcefully(tls)
+    try:
+        await tls.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while not answer.endswith(b"ok\n"):
+                answer += await tls.receive_some()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+    finally:
+        await trio.aclose_forcefully(tls)
 
 
 async def test_http2_over_memory_streams_with_the_autojump_clock(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 
 import pytest
 import trio
@@ -20,6 +21,24 @@ def missing(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}, and CI=true forbids skipping")
     pytest.skip(reason)
+
+
+#: Where ``.ci/run`` installs the node packages the interop tests use (pinned, outside
+#: the source tree); ``TIDINGS_NODE_MODULES`` names another ``node_modules``.
+NODE_MODULES = Path(
+    os.environ.get("TIDINGS_NODE_MODULES")
+    or Path(__file__).resolve().parents[2] / ".ci-peers" / "node_modules"
+)
+
+
+def require_node_package(name: str) -> Path:
+    """The directory of node package *name* in :data:`NODE_MODULES` (give node
+    ``NODE_PATH=NODE_MODULES``); see :func:`missing` otherwise.  Tests never install
+    anything: ``.ci/run`` does, before the tests."""
+    package = NODE_MODULES / name
+    if not (package / "package.json").is_file():
+        missing(f"node package {name!r} is not installed in {NODE_MODULES} (.ci/run installs it)")
+    return package
 
 
 def require_program(*names: str, reason: str) -> str:

@@ -1,16 +1,16 @@
 """Other WebSocket clients speak ``tidings.v1`` to our server.
 
 * python ``websockets`` (17, its synchronous client in a worker thread): fast, always run;
-* node's ``ws`` package (``npm install ws`` into ``peers/node_modules``, ignored by
-  git): marked external and slow; skipped when node or npm is missing, unless
-  ``CI=true``, where that fails.
+* node's ``ws`` package (pinned; ``.ci/run`` installs it into ``.ci-peers/``, outside
+  the source tree, and the test never reaches a registry): marked external and slow;
+  skipped when node or the package is missing, unless ``CI=true``, where that fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ from websockets.typing import Origin, Subprotocol
 from tidings.trio import Hub, Server
 
 try:
-    from tests.trio._tools import missing
+    from tests.trio._tools import require_node_package, require_program
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
-    from _tools import missing  # type: ignore[no-redef]
+    from _tools import require_node_package, require_program  # type: ignore[no-redef]
 
 PEERS = Path(__file__).parent / "peers"
 PROTOCOLS = [Subprotocol("tidings.v1")]
@@ -98,29 +98,9 @@ async def test_python_websockets_oversized_message_is_closed_with_1009(server: S
 
 @pytest.fixture(scope="module")
 def node_ws() -> Path:
-    """``peers/node_modules/ws``, installed on first use; skip without node/npm."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        missing("node and npm are needed for the node 'ws' interop test")
-        raise AssertionError("unreachable")
-    module = PEERS / "node_modules" / "ws"
-    if not module.exists():
-        subprocess.run(
-            [
-                npm,
-                "install",
-                "--no-save",
-                "--no-audit",
-                "--no-fund",
-                "--prefix",
-                str(PEERS),
-                "ws@8",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    return module
+    """node's ``ws`` package, as ``.ci/run`` installs it (see ``_tools.NODE_MODULES``)."""
+    require_program("node", reason="node is needed for the node 'ws' interop test")
+    return require_node_package("ws")
 
 
 @pytest.mark.slow
@@ -129,12 +109,14 @@ async def test_node_ws_client_speaks_tidings_v1(server: Server, hub: Hub, node_w
     before = await hub.publish("js", "before")
     node = shutil.which("node")
     assert node is not None
-    result = await trio.run_process(
-        [node, str(PEERS / "ws_client.js"), ws_url(server), "js", "2"],
-        capture_stdout=True,
-        capture_stderr=True,
-        cwd=PEERS,
-    )
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [node, str(PEERS / "ws_client.js"), ws_url(server), "js", "2"],
+            capture_stdout=True,
+            capture_stderr=True,
+            cwd=PEERS,
+            env={**os.environ, "NODE_PATH": str(node_ws.parent)},
+        )
     lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert lines[0] == {"type": "open", "protocol": "tidings.v1"}
     events = [m for m in lines if m["type"] == "event"]

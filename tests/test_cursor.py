@@ -127,3 +127,30 @@ def test_parse_arbitrary_text_gives_position_or_invalid_cursor(text: str) -> Non
     except InvalidCursor:
         return
     assert position.format() == text
+
+
+def test_the_largest_offset_parses_and_one_more_does_not() -> None:
+    assert Position.parse(f"e.{MAX_OFFSET}") == Position("e", MAX_OFFSET)
+    assert Position.parse(f"e.{MAX_OFFSET}".encode()) == Position("e", MAX_OFFSET)
+    with pytest.raises(InvalidCursor):
+        Position.parse(f"e.{MAX_OFFSET + 1}")
+
+
+def test_new_epoch_lengths_at_the_bounds_are_accepted() -> None:
+    assert len(new_epoch(random.Random(1), length=1)) == 1
+    assert len(new_epoch(random.Random(1), length=64)) == 64
+
+
+class _Fixed:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_new_epoch_draws_each_character_uniformly_from_36() -> None:
+    # [0, 1) maps onto 0-9a-z in 36 equal steps: the top of the range is "z".
+    assert new_epoch(_Fixed(0.0), length=3) == "000"
+    assert new_epoch(_Fixed(0.999), length=3) == "zzz"
+    assert new_epoch(_Fixed(10 / 36), length=2) == "aa"

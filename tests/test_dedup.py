@@ -32,3 +32,25 @@ def test_dedup_rejects_bad_limits() -> None:
         PublishDeduplicator(max_entries=0)
     with pytest.raises(LocalProtocolError):
         PublishDeduplicator(max_age=float("inf"))
+
+
+def test_dedup_limits_at_their_bounds_are_accepted() -> None:
+    dedup = PublishDeduplicator(max_entries=1, max_age=0.5)
+    dedup.remember("t", "a", Position("e", 1), 0.0)
+    dedup.remember("t", "b", Position("e", 2), 0.0)
+    assert dedup.lookup("t", "a", 0.0) is None
+    assert dedup.lookup("t", "b", 0.4) == Position("e", 2)
+    assert dedup.lookup("t", "b", 0.5) is None
+    with pytest.raises(LocalProtocolError):
+        PublishDeduplicator(max_age=0)
+
+
+def test_remembering_a_key_again_makes_it_the_newest() -> None:
+    dedup = PublishDeduplicator(max_entries=2)
+    dedup.remember("t", "a", Position("e", 1), 0.0)
+    dedup.remember("t", "b", Position("e", 2), 1.0)
+    dedup.remember("t", "a", Position("e", 3), 2.0)
+    dedup.remember("t", "c", Position("e", 4), 3.0)  # one too many: the oldest goes
+    assert dedup.lookup("t", "b", 3.0) is None
+    assert dedup.lookup("t", "a", 3.0) == Position("e", 3)
+    assert dedup.lookup("t", "c", 3.0) == Position("e", 4)

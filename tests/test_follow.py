@@ -201,6 +201,37 @@ def test_events_before_begin_are_covered_by_the_first_read() -> None:
     assert positions(actions) == ["e.1", ("caught-up", "e.1")]
 
 
+def test_actions_hold_no_empty_delivery() -> None:
+    # Exact actions (positions() would hide an empty Deliver): a run that starts with
+    # a duplicate, a run of duplicates only, a hole straight after the last delivered.
+    follower = started(None, Replay((), Position("e", 2)))
+    assert follower.live_many([ev("e", 2), ev("e", 3)]) == [Deliver([ev("e", 3)])]
+    assert follower.live_many([ev("e", 1), ev("e", 3)]) == []
+    assert follower.live(ev("e", 5)) == [ReadHistory(Position("e", 3), 128)]
+    assert follower.last == Position("e", 3)  # where the read continues from
+
+
+def test_last_is_where_the_follower_stands_at_every_step() -> None:
+    follower: Follower[StoredEvent] = Follower("e.7")
+    assert follower.last is None  # nothing answered yet
+    follower.begin()
+    assert follower.last is None
+    reset = Reset(Position("f", 0), ResetReason.UNKNOWN_EPOCH)
+    assert follower.history(reset) == [reset, ReadHistory(Position("f", 0), 128)]
+    assert follower.last == Position("f", 0)  # the reset's cursor, until the next answer
+    follower.history(Replay((ev("f", 1),), Position("f", 1)))
+    assert follower.last == Position("f", 1)
+
+
+def test_exactly_max_buffered_live_events_are_kept_during_a_read() -> None:
+    follower: Follower[StoredEvent] = Follower("e.1", max_buffered=2)
+    follower.begin()
+    assert follower.live_many([ev("e", 2), ev("e", 3)]) == []
+    assert follower.buffered == 2  # at the bound: kept, no read again
+    actions = follower.history(Replay((), Position("e", 1)))
+    assert actions == [CaughtUp(Position("e", 1)), Deliver([ev("e", 2), ev("e", 3)])]
+
+
 # -- the model check -------------------------------------------------------------------
 
 

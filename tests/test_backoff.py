@@ -348,6 +348,24 @@ def test_tracker_feeds_previous_delay_to_decorrelated_jitter() -> None:
         assert 1.0 <= delay <= min(1000.0, 3 * previous)
         assert backoff.previous == delay
         previous = delay
+    # The bound above holds with or without previous; the chain itself: with a fixed
+    # draw each range starts from the delay before, U(1, 3 * previous).
+    backoff = Backoff(DecorrelatedJitter(base=1.0, cap=1000.0))
+    delays = [backoff.disconnected(float(t), _Fixed(0.5)) for t in range(3)]
+    assert delays == [2.0, 3.5, 5.75]
+
+
+def test_a_fresh_tracker_has_no_progress_and_no_loss() -> None:
+    backoff = Backoff(FullJitter())
+    assert backoff.progressed is False
+    assert backoff.last_loss is None
+    assert backoff.previous is None
+
+
+@pytest.mark.parametrize("factor", [True, False])
+def test_a_bool_is_not_a_factor(factor: bool) -> None:
+    with pytest.raises(LocalProtocolError):
+        FullJitter(factor=factor)
 
 
 def test_tracker_puts_the_floor_under_the_delay() -> None:

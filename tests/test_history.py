@@ -406,3 +406,54 @@ def test_the_total_budget_evicts_the_least_recently_used_topics_first() -> None:
 def test_the_total_budget_must_hold_one_event() -> None:
     with pytest.raises(LocalProtocolError):
         MemoryHistory("ep", max_event_size=1000, max_total_bytes=100)
+
+
+# -- reads across the chunks the events are stored in ----------------------------------
+
+
+def test_reads_across_chunk_boundaries_answer_like_a_plain_list() -> None:
+    # Events are kept in chunks of 256; small histories never leave the first one.
+    # Here: several chunks, the oldest evicted part-way into a chunk and then past
+    # whole chunks, and reads of every length starting at every kind of place.
+    history = MemoryHistory("e", max_events=700)
+    kept: list[tuple[int, str, str | None]] = []
+    for offset in range(1, 1400):
+        event = "tick" if offset % 3 == 0 else None
+        stored = history.append("t", f"d{offset}", event)
+        assert stored.position == Position(history.head("t").epoch, offset)
+        kept.append((offset, f"d{offset}", event))
+        kept = kept[-700:]
+        if offset in (300, 520, 777, 1024, 1399):
+            epoch = stored.position.epoch
+            first = kept[0][0]
+            for after in (first - 1, first, first + 1, 511, 512, 513, 767, 768, offset - 1):
+                if not first - 1 <= after <= offset:
+                    continue
+                for limit in (1, 2, 255, 256, 257, 600, 1000):
+                    answer = history.read("t", Position(epoch, after), limit)
+                    assert isinstance(answer, Replay)
+                    expected = [item for item in kept if item[0] > after][:limit]
+                    assert [(e.position.offset, e.data, e.event) for e in answer.events] == (
+                        expected
+                    )
+                    assert answer.more == (after + len(expected) < offset)
+
+
+def test_each_event_is_charged_its_utf8_size_its_type_and_the_overhead() -> None:
+    history = MemoryHistory("e")
+    history.append("t", "abc")
+    assert history.total_bytes == 64 + 3
+    history.append("t", "\u00e9\u20ac", "tick")  # 2 + 3 bytes of UTF-8, 4 of type
+    assert history.total_bytes == 64 + 3 + 64 + 5 + 4
+    history.append("u", "", "")
+    assert history.total_bytes == 64 + 3 + 64 + 5 + 4 + 64
+
+
+def test_max_bytes_evicts_exactly_what_does_not_fit() -> None:
+    # Room for exactly two events of 64 + 10 bytes: the third evicts the first.
+    history = MemoryHistory("e", max_bytes=2 * 74, max_event_size=10)
+    for n in range(3):
+        history.append("t", f"{n:010d}")
+    answer = history.read("t", EARLIEST, 10)
+    assert isinstance(answer, Replay)
+    assert [e.data for e in answer.events] == ["0000000001", "0000000002"]

@@ -31,10 +31,11 @@ from wsproto.events import (
 )
 
 from tidings.cursor import Position, new_epoch
-from tidings.history import MemoryHistory
+from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
 from tidings.trio import Action, Hub, Refusal, Server, ServerConfig, WebSocketConfig, serve
 from tidings.trio._http import Request as HTTPRequest
-from tidings.trio.hub import Subscription
+from tidings.trio.history import Feed, HistoryUnavailable, LocalHistory
+from tidings.trio.hub import CloseReason, Subscription
 
 from .conftest import HTTP1, Connect, MemoryClient, StartServer
 from .test_server_h2 import H2Client, h2_clients, h2_connect
@@ -577,3 +578,143 @@ async def test_a_slow_session_whose_catch_up_meets_evicted_events_gets_a_reset(
     live = hub.publish_nowait("t", "live")
     with trio.fail_after(10):
         assert (await read_messages_until(raw, live.format()))[-1]["data"] == "live"
+
+
+# -- the session's bookkeeping (what mutation testing found unchecked) -----------------
+
+
+async def test_unsubscribe_and_a_repeated_subscribe_release_hub_subscriptions(
+    server: Server, hub: Hub
+) -> None:
+    with trio.fail_after(10):
+        async with open_ws(server) as ws:
+            for _ in range(3):  # a subscribe replaces the one before
+                await send(ws, type="subscribe", topic="t")
+                assert (await recv(ws))["type"] == "subscribed"
+            assert hub.subscriber_count("t") == 1
+            await send(ws, type="unsubscribe", topic="t")
+            await send(ws, type="subscribe", topic="u")  # a round trip
+            assert (await recv(ws))["type"] == "subscribed"
+            assert hub.subscriber_count("t") == 0
+            assert hub.subscriber_count("u") == 1
+
+
+async def test_a_publish_keeps_its_event_type_and_one_too_large_is_rejected(
+    nursery: trio.Nursery,
+) -> None:
+    hub = Hub(MemoryHistory(new_epoch(random.Random(9)), max_event_size=100))
+    server: Server = await nursery.start(partial(serve, hub, 0))
+    with trio.fail_after(10):
+        async with open_ws(server) as ws:
+            await send(ws, type="subscribe", topic="t")
+            assert (await recv(ws))["type"] == "subscribed"
+            await send(ws, type="publish", topic="t", msg_id="m1", data="x", event="tick")
+            got = [await recv(ws), await recv(ws)]
+            event = next(m for m in got if m["type"] == "event")
+            assert (event["event"], event["data"]) == ("tick", "x")
+            await send(ws, type="publish", topic="t", msg_id="m2", data="y" * 101)
+            error = await recv(ws)
+            assert error["type"] == "error"
+            assert error["code"] == "publish-rejected"
+            assert (error["topic"], error["msg_id"]) == ("t", "m2")
+            assert "100" in error["message"]  # the history's own reason
+    assert hub.history.memory.head("t").offset == 1
+    server.drain()
+
+
+async def test_an_idle_session_on_a_stream_is_woken_by_a_publish(
+    server: Server, hub: Hub, memory_client: MemoryClient
+) -> None:
+    # No socket: nothing is written by the publisher; the session's own task must
+    # be woken (the pings are 20 s away, past fail_after).
+    raw = await open_raw(server, memory_client)
+    with trio.fail_after(5):
+        await raw.send(type="subscribe", topic="t")
+        assert isinstance(await raw.next_event(), TextMessage)
+        await trio.testing.wait_all_tasks_blocked()
+        await hub.publish("t", "wake up")
+        event = await raw.next_event()
+    assert isinstance(event, TextMessage)
+    assert json.loads(event.data)["data"] == "wake up"
+
+
+@pytest.mark.parametrize(("reason", "code"), [(CloseReason.CUT, 1011), (CloseReason.DRAIN, 1001)])
+async def test_a_subscription_closed_by_the_server_closes_the_session(
+    server: Server, memory_client: MemoryClient, reason: CloseReason, code: int
+) -> None:
+    raw = await open_raw(server, memory_client)
+    with trio.fail_after(5):
+        await raw.send(type="subscribe", topic="t")
+        assert isinstance(await raw.next_event(), TextMessage)
+        [subscription] = server.app.subscriptions
+        subscription.close(reason)
+        event = await raw.next_event()
+    assert isinstance(event, CloseConnection)
+    assert (event.code, event.reason) == (
+        code,
+        "cut off by the server" if reason is CloseReason.CUT else "server draining",
+    )
+
+
+class _AwaitedHistory:
+    """A LocalHistory behind the plain (async) History interface only: the hub and
+    the session must await every read and append."""
+
+    def __init__(self, memory: MemoryHistory) -> None:
+        self.local = LocalHistory(memory)
+
+    def bind(self, feed: Feed) -> None:
+        self.local.bind(feed)
+
+    async def append(
+        self, topic: str, data: str, event: str | None = None, *, key: str | None = None
+    ) -> StoredEvent:
+        if len(data) > 100:
+            raise HistoryUnavailable("the store is away")
+        return await self.local.append(topic, data, event, key=key)
+
+    async def read(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+        return await self.local.read(topic, after, limit)
+
+    async def head(self, topic: str) -> Position:
+        return await self.local.head(topic)
+
+    async def watch(self, topic: str) -> None:
+        await self.local.watch(topic)
+
+    def unwatch(self, topic: str) -> None:
+        self.local.unwatch(topic)
+
+
+async def test_with_an_async_history_sessions_replay_publish_and_follow(
+    nursery: trio.Nursery,
+) -> None:
+    history = _AwaitedHistory(MemoryHistory(new_epoch(random.Random(10)), max_event_size=1000))
+    hub = Hub(history)
+    assert hub._immediate is None
+    before = [await hub.publish("t", f"old {n}") for n in range(3)]
+    server: Server = await nursery.start(partial(serve, hub, 0))
+    with trio.fail_after(10):
+        async with open_ws(server) as ws:
+            await send(ws, type="subscribe", topic="t", cursor=before[0].format())
+            assert [(await recv(ws))["id"] for _ in range(2)] == [p.format() for p in before[1:]]
+            assert await recv(ws) == {
+                "type": "subscribed",
+                "topic": "t",
+                "cursor": before[-1].format(),
+            }
+            await send(ws, type="publish", topic="t", msg_id="a", data="new", event="tick")
+            got = [await recv(ws), await recv(ws)]
+            ack = next(m for m in got if m["type"] == "published")
+            event = next(m for m in got if m["type"] == "event")
+            assert ack == {"type": "published", "msg_id": "a", "id": event["id"]}
+            assert (event["event"], event["data"]) == ("tick", "new")
+            await send(ws, type="publish", topic="t", msg_id="b", data="z" * 101)
+            assert await recv(ws) == {
+                "type": "error",
+                "code": "unavailable",
+                "message": "the store is away",
+                "topic": "t",
+                "msg_id": "b",
+            }
+    server.drain()

@@ -19,7 +19,7 @@ from tidings.longpoll import PollLimits
 from tidings.trio import Hub, Server, ServerConfig
 from tidings.trio._http_client import open_request
 from tidings.trio._sync import Waiter
-from tidings.trio.history import Feed, LocalHistory
+from tidings.trio.history import Feed, HistoryUnavailable, LocalHistory
 from tidings.trio.hub import Watch
 
 from .conftest import HTTP1
@@ -774,3 +774,30 @@ async def test_with_an_async_history_an_event_published_during_the_first_read_is
     [document] = got
     assert [e["id"] for e in document["events"]] == [raced.format()]  # type: ignore[attr-defined]
     assert trio.current_time() == start
+
+
+class _AwayHistory(_GatedHistory):
+    """An awaited history whose store cannot be reached for reads."""
+
+    async def read(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+        raise HistoryUnavailable("the store is away")
+
+    async def head(self, topic: str) -> Position:
+        raise HistoryUnavailable("the store is away")
+
+
+@pytest.mark.parametrize("cursor", ["?cursor=e.1", ""])
+async def test_a_poll_the_history_cannot_answer_gets_a_503_with_retry_after(
+    nursery: trio.Nursery, cursor: str
+) -> None:
+    hub = Hub(_AwayHistory(MemoryHistory(new_epoch(random.Random(11)))))
+    server = Server(hub, ServerConfig(retry_after=7))
+    client, remote = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.serve_stream, remote)
+    with trio.fail_after(5):
+        status, headers, body = await HTTP1(client).request("GET", POLL + cursor)
+    assert status == 503
+    assert headers[b"retry-after"] == b"7"
+    assert headers[b"content-type"] == b"application/json"
+    assert answer(body) == {"error": "history unavailable: the store is away"}
+    assert hub.subscriber_count() == 0

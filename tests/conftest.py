@@ -5,7 +5,7 @@ Hypothesis profiles (``HYPOTHESIS_PROFILE`` picks one; the default is ``ci`` whe
 fails tests on a loaded machine without saying anything about the code.
 
 * ``dev``: Hypothesis' defaults otherwise (100 examples unless a test says more);
-* ``ci``: three times the examples for tests that do not fix their own count;
+* ``ci``: twice the examples for tests that do not fix their own count;
 * ``mutation``: fewer examples, derandomized and with no database, so that a mutant
   is judged quickly and by the same examples each time (``.ci/mutate.py``).
 
@@ -32,7 +32,7 @@ from hypothesis import settings
 pytest_plugins = ["pytester"]
 
 settings.register_profile("dev", deadline=None)
-settings.register_profile("ci", deadline=None, max_examples=300, print_blob=True)
+settings.register_profile("ci", deadline=None, max_examples=200, print_blob=True)
 settings.register_profile(
     "mutation", deadline=None, max_examples=30, derandomize=True, database=None
 )

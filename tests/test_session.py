@@ -591,3 +591,27 @@ def test_heartbeat_late_pong_closes_exactly_at_the_timeout(
     assert heartbeat.handle_timer(interval + timeout + extra) == [ClosePeer(1011, "ping timeout")]
     heartbeat.pong_received(ping.payload, interval + timeout + extra)
     assert heartbeat.dead
+
+
+def test_a_1001_from_the_peer_is_retried_and_our_own_is_not() -> None:
+    # The session passes by_peer on: a server going away is retried, a client going
+    # away (its own close) is the end.
+    for by_peer, expected in ((True, Wait), (False, GiveUp)):
+        session = new_session()
+        session.start(0.0)
+        session.connected(0.0)
+        assert isinstance(session.closed(1001, by_peer=by_peer, now=1.0), expected)
+
+
+def test_there_is_a_deadline_only_while_waiting() -> None:
+    session = new_session()
+    assert session.next_deadline() is None
+    session.start(0.0)
+    assert session.next_deadline() is None  # connecting: the caller times the attempt
+    session.connected(0.0)
+    assert session.next_deadline() is None
+    wait = session.network_error(1.0)
+    assert isinstance(wait, Wait)
+    assert session.next_deadline() == wait.until
+    session.stop()
+    assert session.next_deadline() is None

@@ -532,3 +532,59 @@ async def test_closing_or_waking_interrupts_the_sink() -> None:
         subscription.sink = sink
         subscription.close(CloseReason.DRAIN)
         assert sink.interrupted
+
+
+# -- what mutation testing found unchecked ----------------------------------------------
+
+
+async def test_every_way_to_publish_keeps_the_event_type_and_the_key() -> None:
+    hub = make_hub()
+    first = await hub.publish("t", "a", "tick", key="k1")
+    assert await hub.publish("t", "a", "tick", key="k1") == first  # a resend
+    second = hub.publish_nowait("t", "b", "tock", key="k2")
+    assert hub.publish_nowait("t", "b", "tock", key="k2") == second
+    third = hub.append("t", "c", "tack", key="k3")
+    assert hub.append("t", "c", "tack", key="k3") == third
+    answer = memory(hub).read("t", EARLIEST, 10)
+    assert [(e.data, e.event) for e in answer.events] == [  # type: ignore[union-attr]
+        ("a", "tick"),
+        ("b", "tock"),
+        ("c", "tack"),
+    ]
+    for publish in (hub.publish_nowait, hub.append):
+        with pytest.raises(LocalProtocolError):
+            publish("t", "x", "bad\ntype")
+    with pytest.raises(LocalProtocolError):
+        await hub.publish("t", "x", "bad\ntype")
+
+
+def test_a_live_event_is_encoded_once_per_encoder() -> None:
+    calls: list[str] = []
+
+    def upper(stored: StoredEvent) -> str:
+        calls.append("upper")
+        return stored.data.upper()
+
+    def twice(stored: StoredEvent) -> str:
+        calls.append("twice")
+        return stored.data * 2
+
+    def third(stored: StoredEvent) -> str:
+        calls.append("third")
+        return "3" + stored.data
+
+    item = LiveEvent(StoredEvent(Position("e", 1), "ab"))
+    for _ in range(3):
+        assert item.encoded(upper) == "AB"
+        assert item.encoded(twice) == "abab"
+        assert item.encoded(third) == "3ab"
+    assert calls == ["upper", "twice", "third"]
+
+
+def test_hub_limits_of_one_are_valid_and_of_zero_are_not() -> None:
+    Hub(max_pending_events=1, max_pending_bytes=1, replay_page=1)
+    for name in ("max_pending_events", "max_pending_bytes", "replay_page"):
+        with pytest.raises(LocalProtocolError):
+            Hub(**{name: 0})  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError):
+        Hub(object())  # type: ignore[arg-type]

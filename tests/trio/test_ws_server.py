@@ -669,7 +669,7 @@ class _AwaitedHistory:
     async def append(
         self, topic: str, data: str, event: str | None = None, *, key: str | None = None
     ) -> StoredEvent:
-        if len(data) > 100:
+        if 100 < len(data) <= 1000:
             raise HistoryUnavailable("the store is away")
         return await self.local.append(topic, data, event, key=key)
 
@@ -717,4 +717,14 @@ async def test_with_an_async_history_sessions_replay_publish_and_follow(
                 "topic": "t",
                 "msg_id": "b",
             }
+            await send(ws, type="publish", topic="t", msg_id="a", data="new", event="tick")
+            assert await recv(ws) == ack  # a resend: stored once, the first position
+            await send(ws, type="publish", topic="t", msg_id="c", data="z" * 1001)
+            error = await recv(ws)
+            assert (error["code"], error["msg_id"]) == ("publish-rejected", "c")
+    assert history.local.memory.head("t") == Position.parse(event["id"])
+    # The session ended: it follows nothing any more.
+    with trio.fail_after(5):
+        while hub.subscriber_count() or server.app.subscriptions:
+            await trio.testing.wait_all_tasks_blocked()
     server.drain()

@@ -125,6 +125,7 @@ async def raw_answer(stream: trio.abc.Stream) -> bytes:
     while b"\r\n\r\n" not in data:
         data += await stream.receive_some()
     head, _, body = data.partition(b"\r\n\r\n")
+    assert head.lower().count(b"\r\ncontent-length: ") == 1, head
     length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
     while len(body) < length:
         body += await stream.receive_some()

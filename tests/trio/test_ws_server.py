@@ -404,6 +404,7 @@ async def test_draining_server_refuses_new_sessions(
     event = await raw.next_event()
     assert isinstance(event, RejectConnection)
     assert event.status_code == 503
+    assert (b"retry-after", b"%d" % server.app.config.retry_after) in event.headers
     del keep
 
 
@@ -728,3 +729,64 @@ async def test_with_an_async_history_sessions_replay_publish_and_follow(
         while hub.subscriber_count() or server.app.subscriptions:
             await trio.testing.wait_all_tasks_blocked()
     server.drain()
+
+
+async def fragments(raw: RawClient, text: str, size: int) -> None:
+    """Send *text* as one message in fragments of *size* characters."""
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    for n, piece in enumerate(pieces):
+        last = n == len(pieces) - 1
+        await raw.stream.send_all(raw.ws.send(TextMessage(piece, message_finished=last)))
+
+
+async def test_a_message_in_fragments_is_one_message(
+    hub: Hub, start_server: StartServer, memory_client: MemoryClient
+) -> None:
+    config = ServerConfig(websocket=WebSocketConfig(max_message_size=200))
+    server = await start_server(config=config)
+    raw = await open_raw(server, memory_client)
+    with trio.fail_after(5):
+        for msg_id in ("m1", "m2"):  # the second starts from nothing again
+            publish = {"type": "publish", "topic": "t", "msg_id": msg_id, "data": "x" * 100}
+            await fragments(raw, json.dumps(publish), 30)
+            ack = await raw.next_event()
+            assert isinstance(ack, TextMessage)
+            assert json.loads(ack.data)["msg_id"] == msg_id
+    answer = hub.history.memory.read("t", "earliest", 10)
+    assert [e.data for e in answer.events] == ["x" * 100] * 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("size", [200, 201])
+async def test_fragments_are_counted_together_against_the_size_limit(
+    start_server: StartServer, memory_client: MemoryClient, size: int
+) -> None:
+    config = ServerConfig(websocket=WebSocketConfig(max_message_size=200))
+    server = await start_server(config=config)
+    raw = await open_raw(server, memory_client)
+    head = '{"type": "publish", "topic": "t", "msg_id": "m", "data": "'
+    text = head + "x" * (size - len(head) - 2) + '"}'
+    assert len(text) == size
+    with trio.fail_after(5):
+        await fragments(raw, text, 50)
+        event = await raw.next_event()
+    if size <= 200:
+        assert isinstance(event, TextMessage)
+        assert json.loads(event.data)["type"] == "published"
+    else:
+        assert isinstance(event, CloseConnection)
+        assert event.code == 1009
+
+
+async def test_a_message_that_never_ends_is_cut_once_its_fragments_pass_the_limit(
+    start_server: StartServer, memory_client: MemoryClient
+) -> None:
+    # The server does not buffer a message past the limit waiting for its end.
+    config = ServerConfig(websocket=WebSocketConfig(max_message_size=200))
+    server = await start_server(config=config)
+    raw = await open_raw(server, memory_client)
+    with trio.fail_after(5):
+        for _ in range(5):  # 250 characters, and never a last fragment
+            await raw.stream.send_all(raw.ws.send(TextMessage("x" * 50, message_finished=False)))
+        event = await raw.next_event()
+    assert isinstance(event, CloseConnection)
+    assert event.code == 1009

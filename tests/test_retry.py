@@ -43,7 +43,10 @@ def test_the_retried_statuses_are_exactly_the_documented_seven() -> None:
     ("status", "reason"),
     [
         (204, "HTTP 204 No Content: the server asks the client to stop"),
+        (100, "unexpected HTTP 100"),
         (301, "unexpected HTTP 301"),
+        (399, "unexpected HTTP 399"),
+        (400, "HTTP 400 Bad Request"),
         (404, "HTTP 404 Not Found"),
         (501, "HTTP 501 Not Implemented"),
         (505, "HTTP 505"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -11,8 +12,9 @@ import trio.testing
 
 from tidings.cursor import EARLIEST, Position, new_epoch
 from tidings.errors import LocalProtocolError
-from tidings.history import MemoryHistory, ResetReason, StoredEvent
+from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
 from tidings.trio import Batch, CloseReason, Hub, LiveEvent, LocalHistory, Subscription, Waiter
+from tidings.trio.history import Feed, HistoryUnavailable
 
 
 def make_hub(**kwargs: int) -> Hub:
@@ -588,3 +590,95 @@ def test_hub_limits_of_one_are_valid_and_of_zero_are_not() -> None:
             Hub(**{name: 0})  # type: ignore[arg-type]
     with pytest.raises(LocalProtocolError):
         Hub(object())  # type: ignore[arg-type]
+
+
+class _FlakyHistory:
+    """A LocalHistory behind the awaited History interface; reads (and heads) fail
+    while ``failing`` is above zero, counting it down."""
+
+    def __init__(self) -> None:
+        self.local = LocalHistory(MemoryHistory(new_epoch(random.Random(12))))
+        self.failing = 0
+        self.failed_at: list[float] = []
+
+    def _maybe_fail(self) -> None:
+        if self.failing:
+            self.failing -= 1
+            self.failed_at.append(trio.current_time())
+            raise HistoryUnavailable("away")
+
+    def bind(self, feed: Feed) -> None:
+        self.local.bind(feed)
+
+    async def append(
+        self, topic: str, data: str, event: str | None = None, *, key: str | None = None
+    ) -> StoredEvent:
+        return await self.local.append(topic, data, event, key=key)
+
+    async def read(self, topic: str, after: Position | str, limit: int) -> Replay | Reset:
+        self._maybe_fail()
+        return await self.local.read(topic, after, limit)
+
+    async def head(self, topic: str) -> Position:
+        self._maybe_fail()
+        return await self.local.head(topic)
+
+    async def watch(self, topic: str) -> None:
+        await self.local.watch(topic)
+
+    def unwatch(self, topic: str) -> None:
+        self.local.unwatch(topic)
+
+
+async def next_batch(subscription: Subscription) -> Batch:
+    while (batch := subscription.next_batch()) is None:
+        assert await subscription.wait()
+    return batch
+
+
+async def test_reads_of_an_unreachable_history_are_retried_ever_more_slowly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    history = _FlakyHistory()
+    hub = Hub(history)
+    stored = [await hub.publish("t", str(n)) for n in range(3)]
+    history.failing = 8
+    start = trio.current_time()
+    with hub.subscribe("t", after=EARLIEST) as subscription:
+        batch = await next_batch(subscription)
+        assert [e.position for e in batch.events] == stored
+        assert subscription.delivered == 3
+        # 0.25 s after the first failure, then twice as long each time, at most 5 s.
+        assert history.failed_at[0] == start
+        waits = [b - a for a, b in itertools.pairwise(history.failed_at)]
+        assert waits == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+        assert trio.current_time() == start + 22.75  # and 5 s after the last one
+        # Recovered: the next outage starts again from 0.25 s.
+        history.failing = 2
+        history.failed_at.clear()
+        hub.on_lost("t")  # the feed may have missed events: the follower reads again
+        again = trio.current_time()
+        assert subscription.next_batch() is None
+        assert subscription.needs_read  # from the last event delivered
+        while subscription.needs_read:
+            await subscription.wait()
+        assert history.failed_at == [again, again + 0.25]
+        assert trio.current_time() == again + 0.75
+
+
+async def test_live_from_now_on_an_awaited_history_reads_the_head(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    history = _FlakyHistory()
+    hub = Hub(history)
+    head = await hub.publish("t", "before")
+    history.failing = 1
+    with hub.subscribe("t") as subscription:
+        batch = await next_batch(subscription)
+        assert batch.caught_up == head
+        assert list(batch.events) == []
+        assert batch.reset is None
+        live = await hub.publish("t", "after")
+        batch = await next_batch(subscription)
+        assert [e.position for e in batch.events] == [live]
+        assert subscription.delivered == 1

@@ -31,7 +31,7 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.cursor import EARLIEST, Position
     from tidings.errors import LocalProtocolError
     from tidings.follow import CaughtUp, Deliver, Follower, FollowState, ReadHistory

@@ -35,7 +35,7 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.cursor import Position
     from tidings.errors import RemoteProtocolError
     from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
@@ -102,10 +102,15 @@ def _parse(query: bytes | str, headers: Any, limits: PollLimits) -> PollRequest 
         return type(exc).__name__
 
 
-def request(fdp: atheris.FuzzedDataProvider) -> None:
+def request(fdp: atheris.FuzzedDataProvider, raw: bytes | None) -> None:
     limits = _limits(fdp)
-    query = _query(fdp)
-    headers = _headers(fdp)
+    if raw is None:
+        query = _query(fdp)
+        headers = _headers(fdp)
+    else:
+        # A query, then If-None-Match lines: each line of the seed after the first.
+        query, *lines = raw.split(b"\n")
+        headers = [(b"if-none-match", line) for line in lines]
     result = _parse(query, headers, limits)
     text_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
     again = _parse(query.decode("latin-1"), text_headers, limits)
@@ -275,11 +280,16 @@ def client(fdp: atheris.FuzzedDataProvider) -> None:
 
 
 def test_one_input(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    program = fdp.ConsumeIntInRange(0, 2)
+    # The first byte picks the program; with 0 the rest is a raw request (so that a
+    # seed is that byte and a query from the tests).
+    mode = data[0] if data else 0
+    fdp = atheris.FuzzedDataProvider(data[1:])
+    program = mode % 4
     if program == 0:
-        request(fdp)
+        request(atheris.FuzzedDataProvider(b""), data[1:])
     elif program == 1:
+        request(fdp, None)
+    elif program == 2:
         server(fdp)
     else:
         client(fdp)

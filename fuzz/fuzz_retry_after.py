@@ -25,7 +25,7 @@ from email.utils import formatdate
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.retry_after import parse_http_date, parse_retry_after, retry_after_from_headers
 
 _DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Sunday", "Monday", "Xyz", ""]
@@ -75,14 +75,13 @@ def _check_date(value: str) -> float | None:
 
 
 def test_one_input(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    structured = fdp.ConsumeBool()
-    date = _date(fdp) if fdp.ConsumeBool() else None
-    wall_time = fdp.PickValueInList([None, 0.0, 1e9, 1.7e9, math.inf, -1e12])
-    if structured:
-        value: bytes = _date(fdp).encode("latin-1")
-    else:
-        value = fdp.ConsumeBytes(fdp.remaining_bytes())
+    # The first byte picks the mode; in raw mode the rest is the field's value (so
+    # that a seed is that byte and a value from the tests).
+    mode = data[0] if data else 0
+    fdp = atheris.FuzzedDataProvider(data[1:] if mode & 1 else b"")
+    date = _date(fdp) if mode & 2 else None
+    wall_time = [None, 0.0, 1e9, 1.7e9, math.inf, -1e12, None, None][(mode >> 2) & 7]
+    value = _date(fdp).encode("latin-1") if mode & 1 else data[1:]
     text = value.decode("latin-1")
 
     _check_date(text)

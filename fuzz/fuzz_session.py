@@ -37,7 +37,7 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.errors import LocalProtocolError
     from tidings.session import (
         TRANSITIONS,

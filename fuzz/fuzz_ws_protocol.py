@@ -26,16 +26,27 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.errors import RemoteProtocolError
     from tidings.ws.protocol import MessageTooBig, parse_client_message, parse_server_message
 
-_TYPES = ["subscribe", "unsubscribe", "publish", "event", "reset", "subscribed", "published"]
-_TYPES += ["error", "", "Subscribe", "x" * 70]
+# Each type's fields, with values that are right for them (wrong ones come from
+# _value, and from other fields).
+_SCHEMAS: dict[str, dict[str, list[Any]]] = {
+    "subscribe": {"topic": ["t", "a.b-c_d~9"], "cursor": [None, "e.1", "earliest", "x"]},
+    "unsubscribe": {"topic": ["t", "news"]},
+    "publish": {"topic": ["t"], "msg_id": ["m-1", "!~"], "data": ["", "d"], "event": [None, "e"]},
+    "event": {"topic": ["t"], "id": ["e.1", "opaque"], "data": ["d"], "event": [None, "e"]},
+    "reset": {"topic": ["t"], "cursor": ["e.0"], "reason": [None, "evicted"]},
+    "subscribed": {"topic": ["t"], "cursor": ["e.3"]},
+    "published": {"msg_id": ["m-1"], "id": ["e.2"]},
+    "error": {"code": ["malformed"], "message": ["", "m"], "topic": [None, "t"], "msg_id": [None]},
+}
+_TYPES = [*_SCHEMAS, "", "Subscribe", "x" * 70]
 _FIELDS = ["type", "topic", "cursor", "msg_id", "event", "data", "id", "reason", "code"]
 _FIELDS += ["message", "extra", ""]
 _STRINGS = ["t", "news", "a.b-c_d~9", "e.1", "abc.0", "earliest", "m-1", "", " ", "x" * 129]
-_STRINGS += ["\ud800", "caf\u00e9", "a\nb", "a\x00", "..", "W/x", "1e5", "\u2028"]
+_STRINGS += ["\ud800", "caf\u00e9", "a\nb", "a\x00", "..", "W/x", "1e5", "\u2028", "x" * 1025]
 
 
 def _value(fdp: atheris.FuzzedDataProvider) -> Any:
@@ -56,12 +67,16 @@ def _value(fdp: atheris.FuzzedDataProvider) -> Any:
 
 
 def _structured(fdp: atheris.FuzzedDataProvider) -> str:
-    obj: dict[str, Any] = {"type": fdp.PickValueInList(_TYPES)}
-    for _ in range(fdp.ConsumeIntInRange(0, 6)):
+    kind = fdp.PickValueInList(_TYPES)
+    obj: dict[str, Any] = {"type": kind}
+    for name, values in _SCHEMAS.get(kind, {}).items():
+        if fdp.ConsumeIntInRange(0, 7):
+            obj[name] = fdp.PickValueInList(values)
+    for _ in range(fdp.ConsumeIntInRange(0, 3) // 2 * fdp.ConsumeIntInRange(0, 3)):
         obj[fdp.PickValueInList(_FIELDS)] = _value(fdp)
     text = json.dumps(obj, ensure_ascii=fdp.ConsumeBool())
     if fdp.ConsumeIntInRange(0, 7) == 0:
-        # Occasionally duplicate a key or add trailing junk.
+        # Now and then a duplicate key or trailing junk.
         text = text[:-1] + ', "type": "publish"}' if fdp.ConsumeBool() else text + " x"
     return text
 
@@ -74,13 +89,15 @@ def _parse(parser: Any, message: str | bytes, max_size: int) -> Any:
 
 
 def test_one_input(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    parser = parse_client_message if fdp.ConsumeBool() else parse_server_message
-    max_size = fdp.PickValueInList([1, 16, 64, 256, 1 << 20])
-    if fdp.ConsumeBool():
-        raw = _structured(fdp).encode("utf-8", "surrogatepass")
+    # The first byte picks the parser, the limit and the mode; in raw mode the rest
+    # is the message (so that a seed is that byte and a message from the tests).
+    mode = data[0] if data else 0
+    parser = parse_client_message if mode & 2 else parse_server_message
+    max_size = [1 << 20, 16, 64, 256][(mode >> 2) & 3]
+    if mode & 1:
+        raw = _structured(atheris.FuzzedDataProvider(data[1:])).encode("utf-8", "surrogatepass")
     else:
-        raw = fdp.ConsumeBytes(fdp.remaining_bytes())
+        raw = data[1:]
 
     from_bytes = _parse(parser, raw, max_size)
     try:

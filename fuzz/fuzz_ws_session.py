@@ -35,7 +35,7 @@ from typing import Any
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.cursor import Position
     from tidings.errors import InvalidCursor, LocalProtocolError
     from tidings.history import Reset, ResetReason

@@ -309,7 +309,8 @@ def test_one_input(data: bytes) -> None:
     trio.run(_scenario, data, clock=trio.testing.MockClock(autojump_threshold=0))
     if _HANDLER.records:
         record = _HANDLER.records[0]
-        raise AssertionError(f"logged: {record.getMessage()}\n{record.exc_text or ''}")
+        trace = logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
+        raise AssertionError(f"logged: {record.getMessage()}\n{trace}")
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ heartbeats and flood windows pass at once), events are published meanwhile, and
 the client reads everything, then closes.
 
 Invariants: the server task ends within bounded virtual time after the client
-closes, no exception escapes it, nothing is logged at WARNING or above, and the
-connection count goes back to zero.
+closes, no exception escapes it, nothing is logged at WARNING or above, and
+nothing of the connection is left (its count, the hub's subscriptions, the
+server's set of connections all go back to zero).
 
 Run: ``python fuzz/fuzz_server_h2.py -max_total_time=20`` (see fuzz/README.md).
 """
@@ -243,8 +244,10 @@ async def _scenario(data: bytes) -> None:
         with trio.fail_after(60):
             await served.wait()
         nursery.cancel_scope.cancel()  # the publisher
-    if server.connection_count:
-        raise AssertionError(f"{server.connection_count} connections left")
+    # Nothing of the connection is left behind: no count, no subscription, no entry.
+    left = (server.connection_count, hub.subscriber_count(), len(server.app.connections))
+    if left != (0, 0, 0):
+        raise AssertionError(f"left behind (connections, subscriptions, entries): {left}")
 
 
 class _Keep(logging.Handler):

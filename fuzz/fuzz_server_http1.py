@@ -23,8 +23,9 @@ then the client half-closes or not, reads for a while and closes.
 
 Invariants: the server task ends within bounded virtual time after the client
 closes, no exception escapes it, nothing is logged at WARNING or above (the
-server logs any exception it catches that way), the connection count goes back
-to zero, and whatever it sent begins as an HTTP/1.1 response.
+server logs any exception it catches that way), nothing of the connection is left
+(its count, the hub's subscriptions, the server's set of connections all go back
+to zero), and whatever it sent begins as an HTTP/1.1 response.
 
 Run: ``python fuzz/fuzz_server_http1.py -max_total_time=20`` (see fuzz/README.md).
 """
@@ -284,8 +285,10 @@ async def _scenario(data: bytes) -> None:
         with trio.fail_after(60):
             await served.wait()
         nursery.cancel_scope.cancel()  # the publisher
-    if server.connection_count:
-        raise AssertionError(f"{server.connection_count} connections left")
+    # Nothing of the connection is left behind: no count, no subscription, no entry.
+    left = (server.connection_count, hub.subscriber_count(), len(server.app.connections))
+    if left != (0, 0, 0):
+        raise AssertionError(f"left behind (connections, subscriptions, entries): {left}")
     if received and not received.startswith(b"HTTP/1.1 "):
         raise AssertionError(f"not an HTTP/1.1 response: {bytes(received[:60])!r}")
 

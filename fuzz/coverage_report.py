@@ -24,7 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("harness", help="module name in fuzz/, e.g. fuzz_server_h2")
     parser.add_argument("corpus", nargs="+", type=Path, help="corpus or seed directories")
-    parser.add_argument("--include", action="append", default=None, help="file patterns")
+    parser.add_argument(
+        "--include", action="append", default=None, help="file patterns (comma-separated)"
+    )
     parser.add_argument("--missing", action="store_true", help="list the lines not reached")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +42,8 @@ def main() -> None:
                 failed += 1
                 print(f"{path}: {type(exc).__name__}: {exc}", file=sys.stderr)
     cov.stop()
-    cov.report(include=args.include, show_missing=args.missing, skip_covered=False)
+    include = None if args.include is None else [p for i in args.include for p in i.split(",")]
+    cov.report(include=include, show_missing=args.missing, skip_covered=False)
     if failed:
         sys.exit(f"{failed} input(s) failed")
 

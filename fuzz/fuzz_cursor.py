@@ -13,7 +13,7 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.cursor import Position
     from tidings.errors import InvalidCursor
     from tidings.history import MemoryHistory, Replay, Reset

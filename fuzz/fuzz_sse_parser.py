@@ -20,7 +20,7 @@ from itertools import pairwise
 
 import atheris
 
-with atheris.instrument_imports():
+with atheris.instrument_imports(include=["tidings"]):
     from tidings.errors import RemoteProtocolError
     from tidings.sse.parser import EventStreamParser, MessageEvent
 

@@ -166,6 +166,15 @@ def test_a_stop_verdict_gives_up_with_what_decided() -> None:
     )
 
 
+@pytest.mark.parametrize("status", [0, 99, 600, 999])
+def test_a_status_no_http_response_can_have_gives_up(status: int) -> None:
+    # Found by fuzz/fuzz_longpoll.py: h11 reads any three digits as a status, and a
+    # client handing such an answer on raised LocalProtocolError (a caller bug).
+    assert retrier().http_failure(status, 5.0, 0.0) == GiveUp(
+        f"invalid HTTP status {status}", None, status
+    )
+
+
 def test_every_kind_of_retryable_loss_reconnects() -> None:
     r = retrier()
     assert r.network_error(0.0, "refused") == Reconnect(0.5, "network error: refused")

@@ -296,7 +296,14 @@ class Retrier:
     def http_failure(
         self, status: int, retry_after: float | None, now: float
     ) -> Reconnect | GiveUp:
-        """An attempt (or a long poll) was answered with *status* instead of the stream."""
+        """An attempt (or a long poll) was answered with *status* instead of the stream.
+
+        A status no HTTP response can have (outside 100-599; h11 reads any three
+        digits) comes from a broken server: it is final, like an unknown status.
+        """
+        if type(status) is int and not 100 <= status <= 599:
+            verdict = Verdict(False, f"invalid HTTP status {status}")
+            return self._after(verdict, verdict.reason, now, status=status)
         verdict = classify_http(status, retry_after, strict=self.strict)
         return self._after(verdict, verdict.reason, now, status=status)
 

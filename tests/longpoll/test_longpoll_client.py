@@ -401,6 +401,16 @@ def test_other_statuses_stop_with_a_typed_error(status: int) -> None:
     assert c.closed
 
 
+@pytest.mark.parametrize("status", [600, 999])
+def test_a_status_no_http_response_can_have_stops_with_a_typed_error(status: int) -> None:
+    # Found by fuzz/fuzz_longpoll.py: it raised LocalProtocolError from the retry table.
+    c = sent(client())
+    with pytest.raises(PollRejected, match=f"invalid HTTP status {status}") as info:
+        c.receive_response(status, JSON, b"", 0.0)
+    assert info.value.status == status
+    assert c.closed
+
+
 def test_rejection_without_a_json_body_still_names_the_status() -> None:
     c = sent(client())
     with pytest.raises(PollRejected, match="404"):

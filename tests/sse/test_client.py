@@ -145,6 +145,15 @@ def test_a_status_that_retrying_cannot_fix_fails_for_good(status: int) -> None:
     assert client.last_decision.status == status
 
 
+@pytest.mark.parametrize("status", [600, 999])
+def test_a_status_no_http_response_can_have_fails_for_good(status: int) -> None:
+    # Found by fuzz/fuzz_sse_client.py: it raised LocalProtocolError from the retry table.
+    client = make_client()
+    assert client.receive_response(status, SSE, 0.0) is EventSourceState.CLOSED
+    assert client.close_reason is EventSourceCloseReason.FAILED
+    assert f"invalid HTTP status {status}" in client.close_message
+
+
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
 def test_a_busy_or_restarting_server_is_waited_for(status: int) -> None:
     client = make_client(backoff=nojitter())

@@ -108,6 +108,18 @@ async def test_unknown_paths_get_404(server: Server, connect: Connect, path: str
     assert (await client.request("GET", path))[0] == 404
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_target_that_is_no_path_gets_400(
+    server: Server, connect: Connect, method: str
+) -> None:
+    # Found by fuzz/fuzz_server_http1.py: for a HEAD the 400 carried a body, which h11
+    # refused; the connection failed with a logged traceback and no answer.
+    client = await connect(server)
+    status, _, body = await client.request(method, "?")
+    assert (status, body) == (400, b"" if method == "HEAD" else b"Bad request target\n")
+    assert (await client.request("GET", "/healthz"))[0] == 200
+
+
 @pytest.mark.parametrize(
     "topic", ["a%2Fb", "a%20b", "..", ".", "x" * 129, "%zz", "%4", "caf%C3%A9", "a+b", "a%00"]
 )

@@ -168,6 +168,8 @@ class H11Connection:
                 request = self._make_request(event)
                 responder = H11Responder(self, request)
                 if request is None:
+                    # h11 frames the answer by the request's method: none for a HEAD.
+                    responder.is_head = event.method == b"HEAD"
                     await responder.respond(400, [], b"Bad request target\n")
                 else:
                     await self.app.handle(request, responder)

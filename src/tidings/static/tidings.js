@@ -296,8 +296,14 @@ class Client {
     this.#standingFloor = Math.min(ms / 1000, MAX_RETRY_FIELD);
   }
 
-  deliver(state, event) {
-    if (this.topics.get(state.name) !== state) return; // unsubscribed meanwhile
+  // Only the current link speaks for a topic: one the application stopped (from
+  // inside a callback, say) must not move a cursor the next link resumes from.
+  #current(link, state) {
+    return link === this.#link && this.topics.get(state.name) === state;
+  }
+
+  deliver(link, state, event) {
+    if (!this.#current(link, state)) return;
     state.cursor = event.id;
     this.#backoff.progress();
     if (state.onEvent) {
@@ -305,16 +311,16 @@ class Client {
     }
   }
 
-  reset(state, cursor, reason) {
-    if (this.topics.get(state.name) !== state) return;
+  reset(link, state, cursor, reason) {
+    if (!this.#current(link, state)) return;
     state.cursor = cursor;
     if (state.onReset) {
       try { state.onReset({ topic: state.name, cursor, reason: reason ?? null }); } catch (error) { report(error); }
     }
   }
 
-  refused(state, error) {
-    if (this.topics.get(state.name) !== state) return;
+  refused(link, state, error) {
+    if (!this.#current(link, state)) return;
     this.#unsubscribe(state);
     if (state.onError) {
       try { state.onError(error); } catch (e) { report(e); }
@@ -437,7 +443,6 @@ class Client {
     const query = pending.event === null ? "" : `?event=${encodeURIComponent(pending.event)}`;
     let response;
     try {
-      this.#postBackoff.connected(now());
       response = await fetch(`${this.base}/topics/${pending.topic}${query}`, {
         method: "POST",
         headers: { "Content-Type": "text/plain;charset=UTF-8", "Idempotency-Key": pending.key },
@@ -586,10 +591,10 @@ class WsLink extends Link {
     const state = client.topics.get(message.topic);
     switch (message.type) {
       case "event":
-        if (state) client.deliver(state, { topic: state.name, id: message.id, event: message.event ?? "message", data: message.data });
+        if (state) client.deliver(this, state, { topic: state.name, id: message.id, event: message.event ?? "message", data: message.data });
         break;
       case "reset":
-        if (state) client.reset(state, message.cursor, message.reason);
+        if (state) client.reset(this, state, message.cursor, message.reason);
         break;
       case "subscribed":
         // Where a "live from now" subscription resumes, should this link drop
@@ -613,8 +618,8 @@ class WsLink extends Link {
       if (message.code === "unavailable") this.client.publishLater(message.msg_id, this);
       else this.client.publishFailed(message.msg_id, error);
     } else if (state) {
-      this.client.refused(state, error);
-    } else {
+      this.client.refused(this, state, error);
+    } else if (message.topic === undefined) {
       report(error); // a message the server could not read: a bug on this side
     }
   }
@@ -646,7 +651,7 @@ class HttpLink extends Link {
     this.follow(state, abort.signal).catch((error) => {
       if (abort.signal.aborted || this.stopped) return;
       if (error instanceof Loss) this.lost(error);
-      else if (error instanceof Refusal) this.client.refused(state, error.error);
+      else if (error instanceof Refusal) this.client.refused(this, state, error.error);
       else this.lost(new Loss(`${this.kind}: ${error.message}`)); // network error
     });
   }
@@ -755,9 +760,9 @@ class SseLink extends HttpLink {
     if (type === "tidings.reset") {
       let detail = {};
       try { detail = JSON.parse(data); } catch { /* the id is the cursor anyway */ }
-      this.client.reset(state, id || detail.cursor, detail.reason);
+      this.client.reset(this, state, id || detail.cursor, detail.reason);
     } else {
-      this.client.deliver(state, { topic: state.name, id, event: type, data });
+      this.client.deliver(this, state, { topic: state.name, id, event: type, data });
     }
   }
 }
@@ -774,12 +779,12 @@ class PollLink extends HttpLink {
       if (signal.aborted || this.stopped || this.client.topics.get(state.name) !== state) return;
       this.open();
       if (answer.reset) {
-        this.client.reset(state, answer.cursor, answer.reason);
+        this.client.reset(this, state, answer.cursor, answer.reason);
       } else {
         for (const event of answer.events) {
-          if (this.client.topics.get(state.name) !== state) return;
-          this.client.deliver(state, { topic: state.name, id: event.id, event: event.event ?? "message", data: event.data });
+          this.client.deliver(this, state, { topic: state.name, id: event.id, event: event.event ?? "message", data: event.data });
         }
+        if (this.stopped || this.client.topics.get(state.name) !== state) return;
         state.cursor = answer.cursor;
       }
       timeout = POLL_TIMEOUT;

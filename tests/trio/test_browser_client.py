@@ -27,7 +27,16 @@ import trio
 
 from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory, StoredEvent
-from tidings.trio import Hub, Server, ServerConfig, default_router, static
+from tidings.trio import (
+    Action,
+    Hub,
+    Refusal,
+    Request,
+    Server,
+    ServerConfig,
+    default_router,
+    static,
+)
 
 from ._gateway import Gateway
 from ._playwright import Console, in_browser, require_browser
@@ -343,3 +352,59 @@ async def test_the_pacing_is_the_python_clients(nursery: trio.Nursery) -> None:
     delays = await in_browser(chromium, session)
     assert delays == pytest.approx(expected, rel=1e-12)
     assert max(delays[:8]) <= 30
+
+
+async def test_refusals_reach_the_subscription_and_the_publish_on_every_transport(
+    nursery: trio.Nursery,
+) -> None:
+    # The server's authorisation hook refuses to show "secret" and to publish to
+    # "readonly": the subscription's onError and the publish's rejection say so, and
+    # the client goes on with the rest.
+    async def hook(request: Request, action: Action, topic: str | None) -> Refusal | None:
+        if action is Action.SUBSCRIBE and topic == "secret":
+            return Refusal(403, "not for you")
+        if action is Action.PUBLISH and topic == "readonly":
+            return Refusal(403, "read only")
+        return None
+
+    chromium = require_browser()
+    hub = RecordingHub()
+    router = default_router()
+    router.add("/test.html", {"GET": static(PAGE)})
+    server = Server(hub, ServerConfig(auth=hook), router=router)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(partial(server.serve_listeners, listeners))
+
+    def session(page: Page, console: Console) -> dict[str, Any]:
+        results = {}
+        for transport in ("ws", "sse", "poll"):
+            open_page(page, server.url, "earliest", transports=[transport])
+            outcome = page.evaluate(
+                """async () => {
+                    const refused = new Promise((resolve) => client.subscribe("secret", {
+                        onEvent: () => resolve("an event"),
+                        onError: (error) => resolve(error.message),
+                    }));
+                    const results = { refused: await refused };
+                    results.rejected = await client.publish("readonly", "x").then(
+                        (id) => `stored as ${id}`, (error) => error.message);
+                    results.published = await client.publish("news", "fine");
+                    return results;
+                }"""
+            )
+            wait_for_events(page, 1)
+            outcome["events"] = page.evaluate("seen.events")
+            outcome["transport"] = page.evaluate("client.transport")
+            page.evaluate("client.close()")
+            results[transport] = outcome
+        console.check(r"Failed to load resource: the server responded with a status of 403 .*")
+        return results
+
+    results = await in_browser(chromium, session)
+    for transport, outcome in results.items():
+        assert outcome["transport"] == transport
+        assert "403" in outcome["refused"] or "forbidden" in outcome["refused"]
+        assert "403" in outcome["rejected"] or "forbidden" in outcome["rejected"]
+        assert "read only" in outcome["rejected"]
+        assert outcome["events"][-1]["id"] == outcome["published"]
+    assert hub.history.memory.head("readonly").offset == 0  # type: ignore[attr-defined]

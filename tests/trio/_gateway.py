@@ -167,7 +167,8 @@ class Gateway:
             await client.send_all(front.send(response))
             while True:
                 event = await _next(back, upstream)
-                await client.send_all(front.send(event))
+                assert isinstance(event, h11.Data | h11.EndOfMessage), event
+                await client.send_all(front.send(event) or b"")
                 if isinstance(event, h11.EndOfMessage):
                     return
         chunks: list[bytes] = []

@@ -20,10 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-try:
-    from tests.trio._tools import missing, require_program
-except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
-    from _tools import missing, require_program  # type: ignore[no-redef]
+from ._tools import missing, require_program
 
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage, Page

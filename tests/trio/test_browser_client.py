@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 PAGE = (Path(__file__).parent / "pages" / "tidings_client.html").read_bytes()
 TOPIC = "news"
 #: How long the page gives a transport to open (the buffered event stream waits it out).
-OPEN_TIMEOUT_MS = 2000
+OPEN_TIMEOUT_MS = 3000
 #: Chromium's own console line for the WebSocket handshake the proxy refuses.
 WS_REFUSED = r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/ws' failed: .*403.*"
 #: Chromium's own console line for a request the proxy cut (a fetch that failed).

@@ -331,6 +331,8 @@ _SERVE_DESCRIPTION = """Serve every tidings endpoint on one port:
   POST /topics/{topic}          publish: the body is the data, ?event= its type;
                                 answers 201 {"id": ...}
   GET  /ws                      WebSocket sessions (subprotocol tidings.v1)
+  GET  /tidings.js              the browser client (an ES module)
+  GET  /                        a demo page using it
   GET  /healthz                 200 while the process runs
   GET  /readyz                  200, or 503 while draining
 

@@ -101,7 +101,16 @@ async def test_wrong_method_gets_405_with_allow(server: Server, connect: Connect
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/nope", "/topics", "/topics/t/events/x", "/topics/a/b/events", "/healthz/"]
+    "path",
+    [
+        "/nope",
+        "/index.html",
+        "/tidings.js/x",
+        "/topics",
+        "/topics/t/events/x",
+        "/topics/a/b/events",
+        "/healthz/",
+    ],
 )
 async def test_unknown_paths_get_404(server: Server, connect: Connect, path: str) -> None:
     client = await connect(server)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from functools import partial
+from functools import cache, partial
+from importlib.resources import files
 from typing import Protocol
 
 import trio
@@ -21,7 +22,7 @@ from tidings.trio._config import ServerConfig
 from tidings.trio._disconnects import DisconnectWatcher, new_watcher
 from tidings.trio._heartbeat import Heartbeats
 from tidings.trio._http import Headers, Request, Responder
-from tidings.trio._routes import BadParameter, Handler, Router
+from tidings.trio._routes import BadParameter, Handler, Router, static
 from tidings.trio.hub import CloseReason, Hub, Subscription, Watch
 
 __all__ = ["App", "default_router", "origin_allowed"]
@@ -40,12 +41,19 @@ class _Drainable(Protocol):
     def drain(self) -> None: ...
 
 
+@cache
+def _asset(name: str) -> bytes:
+    """A file shipped in ``tidings/static`` (read once per process)."""
+    return files("tidings").joinpath("static", name).read_bytes()
+
+
 def default_router(prefix: str = "") -> Router:
     """A router with the tidings endpoints (DESIGN §7), under *prefix* (``""`` or a
     path such as ``/rt``); add your own routes to it before serving.
 
     ``/healthz`` and ``/readyz`` stay at the root whatever the prefix, where
-    orchestrators look for them.
+    orchestrators look for them.  ``{prefix}/tidings.js`` is the browser client and
+    ``{prefix}/`` the demo page; adding ``/`` again puts your own page there.
     """
     from tidings.trio._endpoints import healthz, publish, readyz
     from tidings.trio._poll_endpoint import long_poll
@@ -61,6 +69,11 @@ def default_router(prefix: str = "") -> Router:
     router.add(f"{prefix}/topics/{{topic}}/poll", {"GET": long_poll})
     router.add(f"{prefix}/topics/{{topic}}", {"POST": publish})
     router.add(f"{prefix}/ws", {"GET": ws_session})
+    router.add(
+        f"{prefix}/tidings.js",
+        {"GET": static(_asset("tidings.js"), "text/javascript; charset=utf-8")},
+    )
+    router.add(f"{prefix}/", {"GET": static(_asset("demo.html"))})
     return router
 
 
@@ -240,7 +253,10 @@ class App:
             return []
         return [
             (b"access-control-allow-methods", b"GET, HEAD, POST, OPTIONS"),
-            (b"access-control-allow-headers", b"last-event-id, if-none-match, content-type"),
+            (
+                b"access-control-allow-headers",
+                b"last-event-id, if-none-match, content-type, idempotency-key",
+            ),
             (b"access-control-max-age", b"600"),
         ]
 

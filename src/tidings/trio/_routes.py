@@ -109,7 +109,12 @@ class Router:
         self._routes: list[Route] = []
 
     def add(self, pattern: str, methods: Mapping[str, Handler]) -> None:
-        """Serve *pattern* (e.g. ``/topics/{topic}/poll``) with *methods*."""
+        """Serve *pattern* (e.g. ``/topics/{topic}/poll``) with *methods*.
+
+        Adding a pattern that is already there replaces its handlers (in its place),
+        so your own page can take ``/`` from the demo page of
+        :func:`~tidings.trio.default_router`.
+        """
         if not pattern.startswith("/"):
             raise ValueError("patterns start with '/'")
         segments = tuple(pattern[1:].split("/"))
@@ -118,7 +123,12 @@ class Router:
                 name = segment.strip("{}")
                 if name not in _CONVERTERS:
                     raise ValueError(f"unknown path parameter {segment}")
-        self._routes.append(Route(pattern, dict(methods), segments))
+        route = Route(pattern, dict(methods), segments)
+        for index, existing in enumerate(self._routes):
+            if existing.pattern == pattern:
+                self._routes[index] = route
+                return
+        self._routes.append(route)
 
     def resolve(self, path: str) -> tuple[Route, dict[str, str]] | None:
         """The route matching *path* and its decoded parameters, or ``None``.

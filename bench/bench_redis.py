@@ -19,33 +19,43 @@ run is printed.  RLIMIT_NOFILE is raised in every process.
       multiplexes concurrent commands on its connections).
 
 (b) Delivery latency with ``--connections`` (default 5000) SSE subscribers, opened
-    from one client process (epoll, non-blocking sockets) on node B.  Every event's
-    data starts with the publisher's ``time.monotonic_ns()`` taken just before the
-    POST is written (CLOCK_MONOTONIC is shared by the processes of one machine);
-    the reader takes the clock when ``recv`` returns the bytes that complete the
-    event.  In-memory: publisher and subscribers on the one node.  Redis: publishes
-    go to node A, the subscribers are on node B, both on the same Redis.
+    from one client process (epoll, non-blocking sockets) on node B, ``--open-rate``
+    (default 500) per second.  Every event's data starts with the publisher's
+    ``time.monotonic_ns()`` taken just before the POST is written (CLOCK_MONOTONIC
+    is shared by the processes of one machine); the reader takes the clock when
+    ``recv`` returns the bytes that complete the event.  In-memory: publisher and
+    subscribers on the one node.  Redis: publishes go to node A, the subscribers are
+    on node B, both on the same Redis.  Before publishing, the bench waits until
+    every subscription had its first answer from the history (``settle``: the server
+    reads the head of the topic for each new stream, on Redis one round trip each;
+    the node reports it on SIGUSR1, see the peer).
 
-    - fan-out: all subscribers follow one topic; ``--rounds`` (default 3) single
-      publishes, one second apart, each waited for by every subscriber.  The same
-      case as ``bench_sse_server.py`` part (b), to compare with it.
+    - fan-out: all subscribers follow one new topic.  The first publish creates it
+      (each subscriber then reads the history once: the first event of a new epoch
+      is never taken on trust), waited for by every subscriber for at most a
+      minute; once no subscription waits for a read any more, ``--rounds`` (default
+      3) single publishes, one second apart.  The same case as
+      ``bench_sse_server.py`` part (b), to compare with it.
     - steady: the subscribers follow ``--topics`` (default 1000) topics, the same
-      number on each; a publisher process sends ``--rate`` (default 1000) publishes
-      per second, round-robin over the topics, on a fixed schedule for ``--steady``
-      seconds (default 10) after a one-second warm-up, through 16 keep-alive
-      connections (the longest idle one for each send).  Every event reaches
-      connections/topics subscribers.  Also reported: the POST answer time, how late
-      the publisher ran behind its schedule, events received against expected, and
-      the CPU share each server process used during the measured seconds.
+      number on each, every topic created (one publish) before they come; a
+      publisher process sends ``--rate`` (default 1000) publishes per second,
+      round-robin over the topics, on a fixed schedule for ``--steady`` seconds
+      (default 10) after a one-second warm-up, through 64 keep-alive connections
+      (the longest idle one for each send).  Also reported: the POST answer times,
+      how far the publisher ran behind its schedule, events received against
+      expected, history reads that failed on B, and the CPU time of each server
+      process per publish.
 
     One topic followed by all 5 000 subscribers at 1 000 publishes/s would be 5 million
     deliveries per second, far beyond any server process on this machine (one event
-    to 5 000 subscribers takes tens of milliseconds of CPU): the steady case spreads
-    them over topics.
+    to 5 000 subscribers takes about a hundred milliseconds of CPU): the steady case
+    spreads them over topics.
 
-    python bench/bench_redis.py                       # everything (about 4 minutes)
-    python bench/bench_redis.py --only a --seconds 2 --repeat 1
-    python bench/bench_redis.py --only b --connections 2000 --steady 5
+    python bench/bench_redis.py                       # everything (about 5 minutes)
+    python bench/bench_redis.py --only a --seconds 1 --repeat 1
+    python bench/bench_redis.py --only b --connections 1000 --topics 200 --steady 3
+
+``BENCH_PROFILE_DIR=DIR`` makes every node write a cProfile file into DIR.
 
 Goals (issue): cross-node p99 <= 50 ms at 1 000 publishes/s; in-memory figures
 unchanged (compare with ``bench_sse_server.py --only b --connections 5000``).
@@ -492,6 +502,7 @@ class Reader:
         self.socks = socks
         self.tails: dict[int, bytes] = dict.fromkeys(socks, b"")
         self.delays: list[tuple[int, int]] = []  # (send ns, delay ns)
+        self.counts: collections.Counter[int] = collections.Counter()  # send ns -> events
         self.resets = 0
         self.closed = 0
         self.stdin = -1
@@ -509,7 +520,7 @@ class Reader:
                 stdin = True
                 continue
             try:
-                data = self.socks[fd].recv(262144)
+                data = self.socks[fd].recv(65536)
             except BlockingIOError:
                 continue
             now = time.monotonic_ns()
@@ -528,6 +539,7 @@ class Reader:
                     continue
                 sent = int(block[at + 6 : block.index(b" ", at + 6)])
                 self.delays.append((sent, now - sent))
+                self.counts[sent] += 1
         return stdin
 
     def close(self) -> None:
@@ -536,11 +548,13 @@ class Reader:
         self.ep.close()
 
 
-def _publish_once(port: int, topic: str, seq: int) -> None:
+def _publish_once(port: int, topic: str, seq: int) -> int:
+    """One publish; its send time (ns)."""
     # A connection per publish: a keep-alive one could time out while we wait.
     with socket.create_connection((HOST, port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(_post(f"/topics/{topic}", port, _payload(seq)))
+        body = _payload(seq)
+        s.sendall(_post(f"/topics/{topic}", port, body))
         buffer = b""
         while not _complete(buffer):
             chunk = s.recv(65536)
@@ -549,36 +563,32 @@ def _publish_once(port: int, topic: str, seq: int) -> None:
             buffer += chunk
     if not buffer.startswith(b"HTTP/1.1 201"):
         raise RuntimeError(f"publish answered {buffer[:200]!r}")
+    return int(body.split(b" ", 1)[0])
 
 
-def client_fanout(pub_port: int, sub_port: int, n: int, rounds: int, open_rate: float) -> None:
-    """*n* subscribers of a new topic on *sub_port*; once told ``GO``, one publish on
-    *pub_port* creates the topic, then *rounds* more, one second apart, each waited
-    for by all (at most a minute)."""
+def client_fanout(pub_port: int, sub_port: int, n: int, open_rate: float) -> None:
+    """*n* subscribers of a new topic on *sub_port*.  On each ``ROUND`` line, one
+    publish on *pub_port* (the first creates the topic), waited for by every
+    subscriber (at most a minute); on ``END``, the delays."""
     _raise_nofile()
     topic = f"fan{os.getpid()}"
     print("OPENING", flush=True)
     reader = _open_subscribers(sub_port, [topic] * n, open_rate)
     print("OPENED", flush=True)
-    if sys.stdin.readline().strip() != "GO":
-        return
-    reader.poll(0)
-    reader.delays.clear()
-    per_round = []
-    for seq in range(rounds + 1):
-        if seq:
-            time.sleep(1.0)
-        before = len(reader.delays)
-        _publish_once(pub_port, topic, seq)
+    per_round: list[list[float]] = []
+    while sys.stdin.readline().strip() == "ROUND":
+        reader.poll(0)
+        sent = _publish_once(pub_port, topic, len(per_round))
         deadline = time.monotonic() + 60
-        while len(reader.delays) - before < n and time.monotonic() < deadline:
-            reader.poll(1.0)
-        per_round.append([d / 1e6 for _, d in reader.delays[before:]])
+        while reader.counts[sent] < n and time.monotonic() < deadline:
+            reader.poll(0.5)
+        per_round.append([d / 1e6 for at, d in reader.delays if at == sent])
+        print("DONE", len(per_round[-1]), flush=True)
     first = _summary(per_round[0])
     later = _summary([d for delays in per_round[1:] for d in delays])
     result = {
         "first": dict(first, expected=n),
-        "next": dict(later, expected=n * rounds),
+        "next": dict(later, expected=n * (len(per_round) - 1)),
         "rounds_p99": [_summary(delays)["p99"] for delays in per_round[1:]],
         "resets": reader.resets,
     }
@@ -750,16 +760,36 @@ def _settle(process: subprocess.Popen[str], node: Node, n: int) -> float:
     raise RuntimeError(f"subscribers not started after 3 minutes: {stats}")
 
 
+def _quiet(node: Node) -> float:
+    """Wait until no subscription of *node* waits for a history read (at most a
+    minute); the seconds waited."""
+    since = time.monotonic()
+    while time.monotonic() < since + 60:
+        if not node.stats()["reading"]:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - since
+
+
 def _fanout(setup: Setup, o: OptionsB) -> dict[str, object]:
     node = setup.subscribe
     before = node.stats()
     with _reader(
-        "_fanout", str(setup.publish.port), str(node.port), str(o.connections), str(o.rounds),
-        str(o.open_rate),
-    ) as reader:  # fmt: skip
+        "_fanout", str(setup.publish.port), str(node.port), str(o.connections), str(o.open_rate)
+    ) as reader:
         settle = _settle(reader, node, o.connections)
-        _tell(reader, "GO")
+        quiet = []
+        for k in range(o.rounds + 1):
+            if k:
+                # The first event of a new topic makes every subscriber read the
+                # history (on Redis, a round trip each): the next round waits.
+                quiet.append(_quiet(node))
+                time.sleep(1.0)
+            _tell(reader, "ROUND")
+            _line(reader)
+        _tell(reader, "END")
         result = dict(json.loads(_line(reader)))
+    result["quiet"] = quiet[0] if quiet else 0.0
     result["settle"] = settle
     _with_stats(node, result, before)
     return result
@@ -857,9 +887,10 @@ def bench_b(redis: RedisServer, o: OptionsB, repeat: int) -> None:
         )
         previous = label
     print(f"fan-out: all subscribers on one topic; its first publish creates it, then {rounds}")
-    print(f"more, 1 s apart.  steady: {rate:g} publishes/s for {seconds:g} s after a 1 s warm-up,")
-    print(f"{per_topic} subscribers per topic ({rate * per_topic:,.0f} deliveries/s), every topic")
-    print("created before the subscribers came.  Goal: Redis steady p99 <= 50 ms.")
+    print("more, 1 s apart, once the history reads the first one caused are over.")
+    print(f"steady: {rate:g} publishes/s for {seconds:g} s after a 1 s warm-up, {per_topic}")
+    print(f"subscribers per topic ({rate * per_topic:,.0f} deliveries/s), every topic created")
+    print("before the subscribers came.  Goal: Redis steady p99 <= 50 ms.")
     print()
     header = (
         f"{'case':34} {'server':10} {'run':>3} {'settle s':>8} {'rate/s':>7} {'POST p50':>8}"
@@ -874,7 +905,8 @@ def bench_b(redis: RedisServer, o: OptionsB, repeat: int) -> None:
         print(
             f"{'fan-out':34} {where[kind]:10} {run + 1:3} {r['settle']:8.1f} {'':7} {'':8}"
             f" {'':8} {'':8} {'':8} {r['resets']:6} {r['failed_reads']:6}"
-            f"  (p99 of each later event: {', '.join(f'{v:.0f}' for v in rounds_p99)} ms)"
+            f"  reads after the first event over {r['quiet']:.1f} s later;"
+            f" p99 of each next event {', '.join(f'{v:.0f}' for v in rounds_p99)} ms"
         )
     for label, kind, run, r in rows:
         if not label.startswith("steady"):
@@ -927,7 +959,7 @@ def main() -> None:
         elif mode == "_inproc":
             print(json.dumps(client_inproc(args[0], int(args[1]), float(args[2]), args[3])))
         elif mode == "_fanout":
-            client_fanout(int(args[0]), int(args[1]), int(args[2]), int(args[3]), float(args[4]))
+            client_fanout(int(args[0]), int(args[1]), int(args[2]), float(args[3]))
         elif mode == "_steady":
             client_steady(
                 int(args[0]), int(args[1]), int(args[2]), int(args[3]), args[4], float(args[5])
@@ -942,7 +974,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds in (a)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds in (a)")
     parser.add_argument("--conns", type=int, default=32, help="connections/tasks in (a)")
     parser.add_argument("--connections", type=int, default=5000, help="subscribers in (b)")
     parser.add_argument("--rounds", type=int, default=3, help="fan-out publishes in (b)")
@@ -952,7 +984,7 @@ def main() -> None:
     parser.add_argument(
         "--open-rate",
         type=float,
-        default=1000.0,
+        default=500.0,
         help="subscribers opened per second in (b), 0: all at once",
     )
     parser.add_argument("--repeat", type=int, default=2, help="runs of everything")

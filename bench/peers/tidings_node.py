@@ -12,7 +12,8 @@ topic, no expiry).  Unlike ``serve`` it picks a free port and can profile itself
 SIGTERM stops it cleanly (and writes the profile).
 
 On SIGUSR1 it prints ``STATS {...}``: the open event streams (``subscriptions``),
-how many of them still wait for their first history answer (``starting``), how many
+how many of them still wait for their first history answer (``starting``) or for
+a history read (``reading``), how many
 history reads of a subscription failed so far (``failed_reads``: the hub retries
 them and logs each at DEBUG, counted here instead of printed) and how many warnings
 ``tidings.redis`` logged.
@@ -87,6 +88,7 @@ async def main(redis: str | None, prefix: str) -> None:
                         COUNTER.counts,
                         subscriptions=len(subscriptions),
                         starting=sum(1 for sub in subscriptions if sub.last is None),
+                        reading=sum(1 for sub in subscriptions if sub.needs_read),
                     )
                     print("STATS", json.dumps(stats), flush=True)
                 nursery.cancel_scope.cancel()

@@ -24,6 +24,7 @@ from tidings.trio._heartbeat import Heartbeats
 from tidings.trio._http import Headers, Request, Responder
 from tidings.trio._routes import BadParameter, Handler, Router, static
 from tidings.trio.hub import CloseReason, Hub, Subscription, Watch
+from tidings.trio.metrics import Metrics
 
 __all__ = ["App", "default_router", "origin_allowed"]
 
@@ -137,6 +138,11 @@ class App:
         self._base: Headers = []
         if config.allow_origin is not None:
             self._base.append((b"access-control-allow-origin", config.allow_origin.encode()))
+
+    @property
+    def metrics(self) -> Metrics:
+        """What this server counted (kept by its hub; see :mod:`tidings.trio.metrics`)."""
+        return self.hub.metrics
 
     def disconnect_watcher(self) -> DisconnectWatcher | None:
         """The watcher of this server's idle sockets (``None`` where unsupported)."""

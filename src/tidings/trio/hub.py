@@ -33,6 +33,7 @@ from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
 from tidings.names import check_event_type, check_topic, is_valid_topic
 from tidings.trio._sync import Waiter
 from tidings.trio.history import History, HistoryUnavailable, ImmediateHistory, LocalHistory
+from tidings.trio.metrics import Metrics
 
 __all__ = [
     "Batch",
@@ -61,10 +62,12 @@ class LiveEvent:
     per wire format (SSE, JSON, ...) no matter how many clients receive it.
     """
 
-    __slots__ = ("_key", "_more", "_value", "position", "size", "stored")
+    __slots__ = ("_key", "_more", "_value", "created", "position", "size", "stored")
 
-    def __init__(self, stored: StoredEvent, size: int = 0) -> None:
+    def __init__(self, stored: StoredEvent, size: int = 0, created: float = -1.0) -> None:
         self.stored = stored
+        #: When the hub got it from the feed (Trio time), or -1 for a replayed one.
+        self.created = created
         #: The event's position (the follow machine's key).
         self.position: Position = stored[0]
         #: Bytes charged against a subscriber's buffer for this event.
@@ -208,6 +211,8 @@ class Hub:
         self.max_pending_events = max_pending_events
         self.max_pending_bytes = max_pending_bytes
         self.replay_page = replay_page
+        #: What this hub (and the servers on it) counted.
+        self.metrics = Metrics()
         self._subscribers: dict[str, set[_Registrant]] = {}
         # Topics whose feed is being set up (History.watch), and those that are fed.
         self._watching: dict[str, trio.Event] = {}
@@ -237,7 +242,12 @@ class Hub:
         _check_event(topic, data, event)
         immediate = self._immediate
         if immediate is None:
-            stored = await self.history.append(topic, data, event, key=key)
+            try:
+                stored = await self.history.append(topic, data, event, key=key)
+            except HistoryUnavailable:
+                self.metrics.store_errors += 1
+                raise
+            self.metrics.published += 1
             return stored.position
         await trio.lowlevel.checkpoint_if_cancelled()
         self._publishing = True
@@ -245,6 +255,7 @@ class Hub:
             stored = immediate.append_nowait(topic, data, event, key=key)
         finally:
             self._publishing = False
+        self.metrics.published += 1
         self._flush()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stored.position
@@ -270,7 +281,9 @@ class Hub:
                 f"{type(self.history).__name__} cannot store without waiting: use publish()"
             )
         _check_event(topic, data, event)
-        return immediate.append_nowait(topic, data, event, key=key)
+        stored = immediate.append_nowait(topic, data, event, key=key)
+        self.metrics.published += 1
+        return stored
 
     # -- the history's feed (tidings.trio.history.Feed) ----------------------------
 
@@ -279,7 +292,7 @@ class Hub:
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return
-        item = LiveEvent(stored, _event_size(stored.data, stored.event))
+        item = LiveEvent(stored, _event_size(stored.data, stored.event), trio.current_time())
         for subscriber in subscribers:
             subscriber._push(item)
         if self._dirty and not self._publishing and not self._flusher_running:
@@ -460,6 +473,7 @@ class Subscription:
         "overflows",
         "sink",
         "topic",
+        "transport",
         "waiter",
     )
 
@@ -488,6 +502,8 @@ class Subscription:
         self.sink: DirectSink | None = None
         #: Events delivered so far (by batches or directly), a cheap progress mark.
         self.delivered = 0
+        #: The transport serving it (``sse``, ``ws``...), for the metrics.
+        self.transport = "other"
         #: Times the buffer overflowed (live events then came from the history).
         self.overflows = 0
         #: Where the initial replay ended, once it has (see :attr:`Batch.caught_up`;
@@ -540,6 +556,7 @@ class Subscription:
             self._ready = []
             self._ready_bytes = 0
             self.delivered += len(ready)
+            self._hub.metrics.observe_delivery(trio.current_time() - ready[0].created, len(ready))
             return Batch(ready)
         follower = self.follower
         actions = self._actions
@@ -586,11 +603,14 @@ class Subscription:
                 if reset is not None or events:
                     break
                 reset = action
+                self._hub.metrics.resets[action.reason.value] += 1
             index += 1
         del actions[:index]
         if reset is None and not events and caught_up is None:
             return None
         self.delivered += len(events)
+        if events and events[0].created >= 0:
+            self._hub.metrics.observe_delivery(trio.current_time() - events[0].created, len(events))
         return Batch(events, reset, caught_up)
 
     async def wait(self, deadline: float = math.inf) -> bool:
@@ -628,6 +648,7 @@ class Subscription:
             else:
                 answer = await hub.history.read(self.topic, action.after, action.limit)
         except HistoryUnavailable as exc:
+            hub.metrics.store_errors += 1
             delay = min(MAX_READ_RETRY_DELAY, 0.25 * 2**self._read_failures)
             self._read_failures += 1
             log.debug("history read for %r failed (%s); again in %.2f s", self.topic, exc, delay)
@@ -659,6 +680,11 @@ class Subscription:
         if sink is not None:
             self.sink = None
             sink.interrupt()
+
+    def count_delivered(self) -> None:
+        """Add what it delivered to the hub's metrics (once, when its consumer ends)."""
+        self._hub.metrics.delivered[self.transport] += self.delivered
+        self.delivered = 0
 
     def __enter__(self) -> Subscription:
         return self
@@ -724,7 +750,9 @@ class Subscription:
             if sink is not None:
                 if not ready and sink.deliver(item):
                     self.delivered += 1
-                    self._hub._dirty[sink] = None
+                    hub = self._hub
+                    hub.metrics.direct_deliveries += 1
+                    hub._dirty[sink] = None
                     return
                 self.sink = None
                 sink.interrupt()
@@ -744,6 +772,7 @@ class Subscription:
             len(raw) + len(ready) > self._max_events
             or self._raw_bytes + self._ready_bytes > self._max_bytes
         ):
+            self._hub.metrics.overflows += 1
             self._lost()
             return
         self.waiter.wake()
@@ -767,7 +796,7 @@ class Watch:
     first.
     """
 
-    __slots__ = ("_hub", "closed", "sink", "topic", "waiter", "woken")
+    __slots__ = ("_hub", "closed", "sink", "topic", "transport", "waiter", "woken")
 
     def __init__(self, hub: Hub, topic: str, waiter: Waiter) -> None:
         self._hub = hub
@@ -781,6 +810,8 @@ class Watch:
         self.sink: DirectSink | None = None
         #: Something was published since :meth:`clear`.
         self.woken = False
+        #: The transport it serves (a held long poll), for the metrics.
+        self.transport = "poll"
 
     @property
     def pending(self) -> int:

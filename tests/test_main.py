@@ -311,3 +311,31 @@ async def test_a_publish_flood_stays_within_the_history_budget(nursery: trio.Nur
     assert too_big == 413  # a single event over the per-event limit
     # 16 MiB retained, plus the allocator's slack: far below the 160 MiB sent.
     assert after - before < 64 * 1024, f"RSS grew by {(after - before) // 1024} MiB"
+
+
+async def test_serve_logs_one_json_line_per_start_and_stop_and_serves_metrics(
+    nursery: trio.Nursery,
+) -> None:
+    pytest.importorskip("prometheus_client")
+    process = await start_cli(nursery, "--log-format", "json", "serve", "--port", "0", "--metrics")
+    assert process.stdout is not None
+    assert process.stderr is not None
+    with trio.fail_after(TIMEOUT):
+        url = await Lines(process.stdout).next()
+        errors = Lines(process.stderr)
+        start = json.loads(await errors.next())
+        async with open_request("POST", url + "/topics/t", body=b"x") as response:
+            assert response.status == 201
+        async with open_request("GET", url + "/metrics") as response:
+            assert response.status == 200
+            exposition = (await response.read()).decode()
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
+        stop = json.loads(await errors.next())
+        rest = await process.stderr.receive_some()
+    assert start["level"] == "info"
+    assert start["logger"] == "tidings"
+    assert start["message"].startswith(f"serving {url} (")
+    assert stop["message"] == "stopped"
+    assert not rest  # nothing else: routine events log below INFO
+    assert "tidings_published_total 1.0" in exposition.splitlines()

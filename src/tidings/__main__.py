@@ -25,14 +25,23 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import trio
 
 from tidings import __version__
+from tidings._jsonlog import JsonFormatter
 from tidings.cursor import new_epoch
 from tidings.errors import LocalProtocolError
 from tidings.history import DEFAULT_MAX_TOTAL_BYTES, MemoryHistory
 from tidings.names import MAX_TOPIC_LENGTH, is_valid_topic
-from tidings.trio import Hub, ServerConfig, publish_token, serve, server_ssl_context
+from tidings.trio import (
+    Hub,
+    ServerConfig,
+    default_router,
+    publish_token,
+    serve,
+    server_ssl_context,
+)
 from tidings.trio._http_client import HTTPTransportError, open_request
 from tidings.trio._tail import TRANSPORTS, TailOptions, tail
 from tidings.trio.history import History, HistoryUnavailable
+from tidings.trio.metrics import metrics_page
 
 __all__ = ["main"]
 
@@ -128,6 +137,18 @@ async def _run_server(args: argparse.Namespace, hub: Hub) -> int:
     except LocalProtocolError as exc:
         print(f"tidings serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    router = None
+    if args.metrics:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            print(
+                "tidings serve: --metrics needs prometheus-client: pip install 'tidings[metrics]'",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        router = default_router()
+        router.add("/metrics", {"GET": metrics_page()})
     ssl_context = None
     if args.certfile is not None:
         try:
@@ -147,6 +168,7 @@ async def _run_server(args: argparse.Namespace, hub: Hub) -> int:
                         config=config,
                         ssl_context=ssl_context,
                         handle_signals=True,
+                        router=router,
                     )
                 )
             except OSError as exc:
@@ -156,6 +178,7 @@ async def _run_server(args: argparse.Namespace, hub: Hub) -> int:
                 )
                 return EXIT_FAILURE
             print(server.url, flush=True)
+            log.info("serving %s (%s)", server.url, _describe_server(args, hub))
 
             async def drain_on_signal() -> None:
                 # The server handles signals itself once serving; this catches the
@@ -168,6 +191,16 @@ async def _run_server(args: argparse.Namespace, hub: Hub) -> int:
             nursery.cancel_scope.cancel()
     log.info("stopped")
     return EXIT_OK
+
+
+def _describe_server(args: argparse.Namespace, hub: Hub) -> str:
+    """What the start line says besides the URL."""
+    versions = "HTTP/1.1 and HTTP/2" if args.http2 else "HTTP/1.1"
+    store = "Redis" if args.redis else "in-memory history"
+    extras = [versions, store]
+    if args.metrics:
+        extras.append("metrics at /metrics")
+    return ", ".join(extras)
 
 
 # -- tail ----------------------------------------------------------------------------
@@ -367,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="print only warnings and errors on stderr"
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="diagnostics on stderr as text lines or one JSON object per line [text]",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p_serve = commands.add_parser(
@@ -443,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="a browser origin (or '*') that may read across sites (CORS), publish and "
         "open WebSocket sessions, besides the server's own origin [none]",
+    )
+    p_serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus metrics at GET /metrics (needs 'tidings[metrics]')",
     )
     default_max = ServerConfig().max_connections
     p_serve.add_argument(
@@ -572,11 +616,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_tail(args)
     if args.command == "serve" and args.keyfile is not None and args.certfile is None:
         parser.error("--keyfile needs --certfile")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="tidings: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("tidings: %(message)s"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     # The Redis client retries and reconnects on its own; tidings reports what matters.
     logging.getLogger("coredis").setLevel(logging.ERROR)
     run = {"serve": _serve, "tail": _tail, "publish": _publish}[args.command]

@@ -154,14 +154,17 @@ async def serve_websocket(app: App, scope: Scope, receive: ASGIReceive, send: AS
     request = build_request(scope, "GET")
     config = app.config.websocket
     if not app.origin_allowed(request):
+        app.metrics.reject(403)
         await _refuse(send, scope, 403, "Origin not allowed", [])
         return
     refusal = await app.authorize(request, Action.CONNECT, None)
     if refusal is not None:
+        app.metrics.rejected["auth"] += 1
         await _refuse(send, scope, refusal.status, refusal.message, refusal.headers)
         return
     offered = list(scope.get("subprotocols", ()))
     if SUBPROTOCOL not in offered and (offered or config.require_subprotocol):
+        app.metrics.reject(400)
         await _refuse(send, scope, 400, f"Subprotocol {SUBPROTOCOL} required", [])
         return
     if app.draining:
@@ -178,6 +181,9 @@ async def serve_websocket(app: App, scope: Scope, receive: ASGIReceive, send: AS
     )
     session = _AsgiSession(app, core, waiter, send)
     app.connections.add(session)
+    in_progress = app.metrics.open_requests
+    key = ("ws", request.http_version)
+    in_progress[key] += 1
     inbox_send, inbox_receive = trio.open_memory_channel[MutableMapping[str, Any]](0)
     try:
         async with trio.open_nursery() as nursery:
@@ -189,5 +195,6 @@ async def serve_websocket(app: App, scope: Scope, receive: ASGIReceive, send: AS
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
+        in_progress[key] -= 1
         app.connections.discard(session)
         core.cleanup()

@@ -66,6 +66,11 @@ class PollAnswer:
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes = b""
+    #: How many events the body carries (for an adapter's metrics).
+    events: int = 0
+    #: The reset's reason (a :class:`~tidings.history.ResetReason` value) when the
+    #: answer is a reset, else ``None``.
+    reset: str | None = None
 
 
 def _event_json(event: StoredEvent) -> str:
@@ -107,7 +112,9 @@ def _ok(
     events: Sequence[StoredEvent], cursor: Position, reset: bool, reason: str | None = None
 ) -> PollAnswer:
     body = encode_poll_body(events, cursor, reset, reason)
-    return PollAnswer(200, _headers_200(cursor, len(body)), body)
+    return PollAnswer(
+        200, _headers_200(cursor, len(body)), body, len(events), reason if reset else None
+    )
 
 
 def _answer(actions: Sequence[object], cursor: Position | None) -> PollAnswer | None:

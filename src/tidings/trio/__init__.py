@@ -30,6 +30,7 @@ from tidings.trio.history import (
 )
 from tidings.trio.hub import Batch, CloseReason, DirectSink, Hub, LiveEvent, Subscription, Watch
 from tidings.trio.longpoll_client import LongPoll, open_long_poll
+from tidings.trio.metrics import DELIVERY_BUCKETS, Metrics, TidingsCollector, metrics_page
 from tidings.trio.server import Server, serve, serve_stream, server_ssl_context
 from tidings.trio.session_client import (
     PublishRejected,
@@ -39,6 +40,10 @@ from tidings.trio.session_client import (
 )
 
 __all__ = [
+    "DELIVERY_BUCKETS",
+    "Metrics",
+    "TidingsCollector",
+    "metrics_page",
     "static",
     "Router",
     "Route",

@@ -134,6 +134,16 @@ class App:
         self.h11_caches = H11Caches()
         #: What this server's WebSocket sessions share.
         self.websocket = WebSocketState(config.websocket)
+        from tidings.trio._poll_endpoint import long_poll
+        from tidings.trio._sse_endpoint import sse_events
+        from tidings.trio._ws_endpoint import ws_session
+
+        # The transport label of the endpoints' requests (tidings_connections).
+        self._transports: dict[Handler, str] = {
+            sse_events: "sse",
+            long_poll: "poll",
+            ws_session: "ws",
+        }
         self._disconnects: DisconnectWatcher | bool | None = False
         self._base: Headers = []
         if config.allow_origin is not None:
@@ -190,8 +200,9 @@ class App:
             return Refusal(500, "Internal server error")
 
     async def refuse(self, responder: Responder, refusal: Refusal) -> None:
-        """Answer with *refusal*'s status, message and headers."""
-        await self.error(responder, refusal.status, refusal.message, *refusal.headers)
+        """Answer with *refusal*'s status, message and headers (counted as ``auth``)."""
+        self.metrics.rejected["auth"] += 1
+        await self._error(responder, refusal.status, refusal.message, refusal.headers)
 
     async def error(
         self,
@@ -200,14 +211,29 @@ class App:
         message: str,
         *extra: tuple[bytes, bytes],
     ) -> None:
-        """Answer *status* with a one-line plain-text *message*."""
+        """Answer *status* with a one-line plain-text *message* (a refusal of the
+        client counts in :attr:`Metrics.rejected <tidings.trio.metrics.Metrics>`)."""
+        self.metrics.reject(status)
+        await self._error(responder, status, message, extra)
+
+    async def _error(
+        self,
+        responder: Responder,
+        status: int,
+        message: str,
+        extra: tuple[tuple[bytes, bytes], ...] | list[tuple[bytes, bytes]],
+    ) -> None:
         body = (message + "\n").encode("utf-8", "replace")
         await responder.respond(status, self.headers(_TEXT, _NO_STORE, *extra), body)
 
     async def handle(self, request: Request, responder: Responder) -> None:
         """Answer one request; never raises for a client's fault or disappearance."""
+        handler = self._resolve(request)
+        in_progress = self.hub.metrics.open_requests
+        key = (self._transports.get(handler, "http"), request.http_version)
+        in_progress[key] += 1
         try:
-            await self._resolve(request)(self, request, responder)
+            await handler(self, request, responder)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
@@ -215,6 +241,8 @@ class App:
             if not responder.started:
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.error(responder, 500, "Internal server error")
+        finally:
+            in_progress[key] -= 1
 
     def _resolve(self, request: Request) -> Handler:
         """The handler for *request*: its route's, or one that answers an error.
@@ -225,6 +253,7 @@ class App:
         if request.connection.rejecting and not (
             request.path in _HEALTH_PATHS and request.method in ("GET", "HEAD")
         ):
+            self.metrics.rejected["limit"] += 1
             return partial(
                 _answer,
                 503,

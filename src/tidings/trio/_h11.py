@@ -170,6 +170,7 @@ class H11Connection:
                 if request is None:
                     # h11 frames the answer by the request's method: none for a HEAD.
                     responder.is_head = event.method == b"HEAD"
+                    self.app.metrics.reject(400)
                     await responder.respond(400, [], b"Bad request target\n")
                 else:
                     await self.app.handle(request, responder)
@@ -407,6 +408,7 @@ class H11Connection:
         """Answer a request we could not parse (or did not get in time), then close."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        self.app.metrics.reject(status)
         body = _REASONS.get(status, b"Error") + b"\n"
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),

@@ -422,6 +422,7 @@ class H2Connection:
             with suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             self._count(_RESETS)
+            self.app.metrics.rejected["limit"] += 1
             return
         raw = event.headers or []
         complete = event.stream_ended is not None
@@ -445,6 +446,7 @@ class H2Connection:
 
     def _refuse(self, stream_id: int, status: int, body: bytes, request_complete: bool) -> None:
         """Answer a request refused before any handler saw it, on its stream alone."""
+        self.app.metrics.reject(status)
         head = [
             (b":status", str(status).encode()),
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -494,11 +496,13 @@ class H2Connection:
         try:
             with stream.scope:
                 if stream.request is None:
+                    self.app.metrics.reject(400)
                     await stream.respond(400, [], b"Bad request\n")
                 else:
                     await self.app.handle(stream.request, stream)
                     if not stream.started:
                         if stream._body_late:
+                            self.app.metrics.reject(408)
                             await stream.respond(408, [_TEXT], b"Request Timeout\n")
                         else:
                             await stream.respond(500, [], b"Internal server error\n")

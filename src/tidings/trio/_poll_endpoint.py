@@ -126,6 +126,10 @@ async def _long_poll(app: App, request: Request, responder: Responder, limits: P
             app.subscriptions.discard(watch)
     if answer is None:
         return  # the client went away
+    metrics = app.metrics
+    metrics.delivered["poll"] += answer.events
+    if answer.reset is not None:
+        metrics.resets[answer.reset] += 1
     if isinstance(responder, H11Responder) and responder.nowait_pending:
         # Answered from the publisher's task (see _AnswerSink).
         await responder.finish_nowait(answer.status, _headers(app, answer), answer.body)

@@ -83,6 +83,7 @@ async def sse_events(app: App, request: Request, responder: Responder) -> None:
         max_pending_events=config.subscriber_max_events,
         max_pending_bytes=config.subscriber_max_bytes,
     )
+    subscription.transport = "sse"
     # One frame for the whole stream (it lives as long as the connection).
     beat = Beat(subscription, trio.current_time())
     app.subscriptions.add(subscription)
@@ -118,5 +119,6 @@ async def sse_events(app: App, request: Request, responder: Responder) -> None:
                 await out.send(_retry(config.drain_retry))
     finally:
         subscription.close()
+        subscription.count_delivered()
         app.heartbeats.discard(beat)
         app.subscriptions.discard(subscription)

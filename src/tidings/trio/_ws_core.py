@@ -177,6 +177,7 @@ class SessionCore(Generic[T]):
             if refusal is None:
                 self.apply(self.server.admit(authorize))
             else:
+                self.app.metrics.rejected["auth"] += 1
                 self.apply(self.server.deny(authorize, refusal.status, refusal.message))
         publishes, self.publishes = self.publishes, []
         for publish in publishes:
@@ -267,6 +268,7 @@ class SessionCore(Generic[T]):
             max_pending_bytes=config.subscriber_max_bytes,
             follower=follow.follower,
         )
+        subscription.transport = "ws"
         self.subscriptions[follow.topic] = subscription
         self.app.subscriptions.add(subscription)
         if subscription.caught_up is not None:
@@ -284,4 +286,5 @@ class SessionCore(Generic[T]):
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         subscription.close()
+        subscription.count_delivered()
         self.app.subscriptions.discard(subscription)

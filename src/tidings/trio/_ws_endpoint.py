@@ -126,7 +126,13 @@ def _tokens(request: Request, name: bytes) -> list[str]:
     return values
 
 
-async def _refuse(app: App, responder: Responder, refusal: Refusal) -> None:
+async def _refuse(
+    app: App, responder: Responder, refusal: Refusal, *, by_hook: bool = False
+) -> None:
+    if by_hook:
+        app.metrics.rejected["auth"] += 1
+    else:
+        app.metrics.reject(refusal.status)
     body = (refusal.message + "\n").encode("utf-8", "replace")
     headers = app.headers(_TEXT, (b"cache-control", b"no-store"), *refusal.headers)
     await responder.respond(refusal.status, headers, body)
@@ -151,7 +157,7 @@ async def ws_session(app: App, request: Request, responder: Responder) -> None:
         return
     refusal = await app.authorize(request, Action.CONNECT, None)
     if refusal is not None:
-        await _refuse(app, responder, refusal)
+        await _refuse(app, responder, refusal, by_hook=True)
         return
     if request.header(b"sec-websocket-version") != b"13":
         await _refuse(

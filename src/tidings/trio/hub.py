@@ -457,6 +457,7 @@ class Subscription:
 
     __slots__ = (
         "_actions",
+        "_counted",
         "_dropped",
         "_hub",
         "_max_bytes",
@@ -502,6 +503,7 @@ class Subscription:
         self.sink: DirectSink | None = None
         #: Events delivered so far (by batches or directly), a cheap progress mark.
         self.delivered = 0
+        self._counted = 0
         #: The transport serving it (``sse``, ``ws``...), for the metrics.
         self.transport = "other"
         #: Times the buffer overflowed (live events then came from the history).
@@ -682,9 +684,11 @@ class Subscription:
             sink.interrupt()
 
     def count_delivered(self) -> None:
-        """Add what it delivered to the hub's metrics (once, when its consumer ends)."""
-        self._hub.metrics.delivered[self.transport] += self.delivered
-        self.delivered = 0
+        """Add what it delivered since the last call to the hub's metrics, under its
+        :attr:`transport` (servers call it when the stream ends, and a scrape)."""
+        delivered = self.delivered
+        self._hub.metrics.delivered[self.transport] += delivered - self._counted
+        self._counted = delivered
 
     def __enter__(self) -> Subscription:
         return self
@@ -772,18 +776,21 @@ class Subscription:
             len(raw) + len(ready) > self._max_events
             or self._raw_bytes + self._ready_bytes > self._max_bytes
         ):
-            self._hub.metrics.overflows += 1
+            if not self._dropped:
+                self._hub.metrics.overflows += 1
             self._lost()
             return
         self.waiter.wake()
 
     def _lost(self) -> None:
         """Live events did not fit (or the feed lost some): drop what the follower has
-        not seen; it reads them from the history."""
+        not seen; it reads them from the history.  Losses before the consumer
+        noticed the first count once."""
         self._raw = []
         self._raw_bytes = 0
-        self._dropped = True
-        self.overflows += 1
+        if not self._dropped:
+            self._dropped = True
+            self.overflows += 1
         self.wake()
 
 

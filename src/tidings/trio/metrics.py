@@ -26,11 +26,24 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tidings.trio._app import App
     from tidings.trio._http import Request, Responder
+    from tidings.trio._routes import Handler
 
 __all__ = ["DELIVERY_BUCKETS", "Metrics", "TidingsCollector", "metrics_page"]
 
 #: Upper bounds (seconds) of the publish-to-delivery histogram's buckets.
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+_REJECTIONS = {
+    401: "auth",
+    403: "auth",
+    400: "bad_request",
+    408: "bad_request",
+    411: "bad_request",
+    413: "bad_request",
+    414: "bad_request",
+    426: "bad_request",
+    431: "bad_request",
+}
 
 
 class Metrics:
@@ -78,15 +91,19 @@ class Metrics:
         self.delivery_sum = 0.0
         self.direct_deliveries = 0
 
+    def reject(self, status: int) -> None:
+        """Count an error answer by its *status*: ``401``/``403`` as ``auth``, a
+        malformed, oversized or too slow request as ``bad_request``, ``503`` for a
+        full server as ``limit``; other statuses are not refusals of the client."""
+        reason = _REJECTIONS.get(status)
+        if reason is not None:
+            self.rejected[reason] += 1
+
     def observe_delivery(self, seconds: float, events: int) -> None:
         """*events* left the server *seconds* after they were published."""
         self.delivery_buckets[bisect.bisect_left(DELIVERY_BUCKETS, seconds)] += events
         self.delivery_count += events
         self.delivery_sum += seconds * events
-
-
-def _transport_of(subscription: object) -> str:
-    return getattr(subscription, "transport", "other")
 
 
 class TidingsCollector:
@@ -111,6 +128,8 @@ class TidingsCollector:
             HistogramMetricFamily,
         )
 
+        from tidings.trio.hub import Subscription
+
         app = self.app
         metrics = app.metrics
 
@@ -124,11 +143,11 @@ class TidingsCollector:
         yield connections
 
         live: Counter[str] = Counter()
-        delivered = Counter(metrics.delivered)
         for subscription in list(app.subscriptions):
-            transport = _transport_of(subscription)
-            live[transport] += 1
-            delivered[transport] += getattr(subscription, "delivered", 0)
+            live[subscription.transport] += 1
+            if isinstance(subscription, Subscription):
+                subscription.count_delivered()
+        delivered = metrics.delivered
         subscribers = GaugeMetricFamily(
             "tidings_subscribers",
             "Topics followed now (a WebSocket session counts once per topic).",
@@ -194,21 +213,18 @@ class TidingsCollector:
         yield errors
 
 
-def metrics_page() -> Any:
-    """The ``GET /metrics`` handler of ``tidings serve --metrics``."""
+def metrics_page() -> Handler:
+    """The ``GET /metrics`` handler (what ``tidings serve --metrics`` adds): the
+    server's metrics in the Prometheus text format.  Needs ``prometheus-client``."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    registries: dict[int, CollectorRegistry] = {}
+    content_type = (b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
 
-    async def handler(app: App, request: Request, responder: Responder) -> None:
-        registry = registries.get(id(app))
-        if registry is None:
-            registry = registries[id(app)] = CollectorRegistry()
-            registry.register(TidingsCollector(app))
+    async def metrics(app: App, request: Request, responder: Responder) -> None:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(TidingsCollector(app))
         body = generate_latest(registry)
-        headers = app.headers(
-            (b"content-type", CONTENT_TYPE_LATEST.encode()), (b"cache-control", b"no-store")
-        )
-        await responder.respond(200, headers, body)
+        headers = app.headers(content_type, (b"cache-control", b"no-store"))
+        await responder.respond(200, headers, b"" if request.method == "HEAD" else body)
 
-    return handler
+    return metrics

@@ -128,7 +128,7 @@ class Server:
         """
         if self.app.draining:
             return
-        log.info("draining")
+        log.debug("draining")
         self.app.drain()
         self._accept_scope.cancel()
         self._stop.set()
@@ -201,10 +201,10 @@ class Server:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 if not self.app.draining:
-                    log.info("received signal %s", signal.Signals(signum).name)
+                    log.debug("received signal %s", signal.Signals(signum).name)
                     self.drain()
                 elif self._conn_scope is not None:
-                    log.info("second signal: closing every connection now")
+                    log.warning("second signal: closing every connection now")
                     self._conn_scope.cancel()
 
     async def _accept_loop(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:

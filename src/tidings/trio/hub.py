@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -66,7 +67,8 @@ class LiveEvent:
 
     def __init__(self, stored: StoredEvent, size: int = 0, created: float = -1.0) -> None:
         self.stored = stored
-        #: When the hub got it from the feed (Trio time), or -1 for a replayed one.
+        #: When the hub got it from the feed (``time.perf_counter()``: real time, for
+        #: the delivery histogram), or -1 for a replayed one.
         self.created = created
         #: The event's position (the follow machine's key).
         self.position: Position = stored[0]
@@ -292,7 +294,7 @@ class Hub:
         subscribers = self._subscribers.get(topic)
         if not subscribers:
             return
-        item = LiveEvent(stored, _event_size(stored.data, stored.event), trio.current_time())
+        item = LiveEvent(stored, _event_size(stored.data, stored.event), perf_counter())
         for subscriber in subscribers:
             subscriber._push(item)
         if self._dirty and not self._publishing and not self._flusher_running:
@@ -558,7 +560,7 @@ class Subscription:
             self._ready = []
             self._ready_bytes = 0
             self.delivered += len(ready)
-            self._hub.metrics.observe_delivery(trio.current_time() - ready[0].created, len(ready))
+            self._hub.metrics.observe_delivery(perf_counter() - ready[0].created, len(ready))
             return Batch(ready)
         follower = self.follower
         actions = self._actions
@@ -612,7 +614,7 @@ class Subscription:
             return None
         self.delivered += len(events)
         if events and events[0].created >= 0:
-            self._hub.metrics.observe_delivery(trio.current_time() - events[0].created, len(events))
+            self._hub.metrics.observe_delivery(perf_counter() - events[0].created, len(events))
         return Batch(events, reset, caught_up)
 
     async def wait(self, deadline: float = math.inf) -> bool:

@@ -4,7 +4,7 @@
 import pytest
 
 from tidings.cursor import Position
-from tidings.dedup import PublishDeduplicator
+from tidings.dedup import PublishDeduplicator, bind_key
 from tidings.errors import LocalProtocolError
 
 
@@ -54,3 +54,18 @@ def test_remembering_a_key_again_makes_it_the_newest() -> None:
     assert dedup.lookup("t", "b", 3.0) is None
     assert dedup.lookup("t", "a", 3.0) == Position("e", 3)
     assert dedup.lookup("t", "c", 3.0) == Position("e", 4)
+
+
+def test_a_bound_key_matches_only_the_same_key_data_and_type() -> None:
+    base = bind_key("k", "data", None)
+    assert bind_key("k", "data", None) == base
+    assert base.startswith("k#")
+    others = {
+        bind_key("k2", "data", None),
+        bind_key("k", "data2", None),
+        bind_key("k", "data", "message"),
+        bind_key("k", "", "data"),  # no ambiguity between the type and the data
+        bind_key("k", "data\x00", None),
+    }
+    assert base not in others
+    assert len(others) == 5

@@ -8,23 +8,48 @@ the window must outlast a client's reconnect time (the defaults allow 10 minutes
 
 One :class:`PublishDeduplicator` is shared by every connection of a server (a client
 reconnects on a *new* connection), and is owned by the server or hub, not by a
-connection.
+connection.  So that one client cannot use the shared window against another -- by
+sending another client's ``msg_id`` first, with other data, to have the real publish
+taken for a repeat and dropped -- a key is only ever matched together with what was
+published under it (:func:`bind_key`): a repeat must carry the same data and type, and
+a reused key with new content is simply a new event.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 
 from tidings.cursor import Position
 from tidings.errors import LocalProtocolError
 
-__all__ = ["DEFAULT_DEDUP_MAX_AGE", "DEFAULT_DEDUP_MAX_ENTRIES", "PublishDeduplicator"]
+__all__ = [
+    "DEFAULT_DEDUP_MAX_AGE",
+    "DEFAULT_DEDUP_MAX_ENTRIES",
+    "PublishDeduplicator",
+    "bind_key",
+]
 
 #: Default number of ``(topic, msg_id)`` pairs remembered.
 DEFAULT_DEDUP_MAX_ENTRIES = 100_000
 #: Default age after which a pair is forgotten, in seconds.
 DEFAULT_DEDUP_MAX_AGE = 600.0
+
+
+def bind_key(key: str, data: str, event: str | None) -> str:
+    """The de-duplication key of a publish: the client's *key* (``msg_id``,
+    ``Idempotency-Key``) bound to a digest of the *event* type and *data* it carries.
+
+    Two publishes share it only when all three match, which is what a resend is; a
+    client that sends someone else's key with other content gets its own event.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    if event is not None:
+        digest.update(event.encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00" if event is None else b"\x01")
+    digest.update(data.encode("utf-8", "surrogatepass"))
+    return f"{key}#{digest.hexdigest()}"
 
 
 class PublishDeduplicator:

@@ -180,6 +180,23 @@ async def test_an_idempotency_key_makes_a_resent_post_store_once(
     assert bad[0] == 400
 
 
+async def test_another_clients_idempotency_key_cannot_suppress_its_post(
+    server: Server, connect: Connect, hub: Hub
+) -> None:
+    # Someone who learnt (or guessed) a client's key posts first, with other data.
+    key = [("idempotency-key", "a-key-someone-else-uses")]
+    with trio.fail_after(10):
+        attacker = await (await connect(server)).request("POST", "/topics/t", key, b"forged")
+        victim = await connect(server)
+        real = await victim.request("POST", "/topics/t", key, b"real")
+        resent = await victim.request("POST", "/topics/t", key, b"real")
+    assert attacker[0] == real[0] == resent[0] == 201
+    assert json.loads(real[2]) != json.loads(attacker[2])
+    assert json.loads(resent[2]) == json.loads(real[2])
+    replay = hub.history.memory.read("t", "earliest")  # type: ignore[attr-defined]
+    assert [event.data for event in replay.events] == ["forged", "real"]
+
+
 def test_refusals_are_checked() -> None:
     with pytest.raises(LocalProtocolError, match=r"400\.\.599"):
         Refusal(200, "ok")

@@ -148,6 +148,22 @@ async def test_publish_is_acknowledged_and_a_repeat_is_stored_once(
     assert hub.history.memory.head("t").offset == 1
 
 
+async def test_another_sessions_msg_id_cannot_suppress_its_publish(
+    server: Server, hub: Hub
+) -> None:
+    async with open_ws(server) as attacker, open_ws(server) as victim:
+        await send(attacker, type="publish", topic="t", msg_id="m-1", data="forged")
+        forged = await recv(attacker)
+        await send(victim, type="publish", topic="t", msg_id="m-1", data="real")
+        real = await recv(victim)
+        await send(victim, type="publish", topic="t", msg_id="m-1", data="real")
+        resent = await recv(victim)
+    assert forged["type"] == real["type"] == "published"
+    assert real["id"] != forged["id"]
+    assert resent == real
+    assert [e.data for e in hub.history.memory.read("t", "earliest").events] == ["forged", "real"]
+
+
 async def test_ws_publishes_reach_sse_and_http_publishes_reach_ws(
     server: Server, connect: Connect
 ) -> None:

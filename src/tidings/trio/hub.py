@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar, cast
 import trio
 
 from tidings.cursor import Position
+from tidings.dedup import bind_key
 from tidings.errors import LocalProtocolError
 from tidings.follow import CaughtUp, Deliver, FollowAction, Follower, ReadHistory
 from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
@@ -233,7 +234,9 @@ class Hub:
 
         *key* (an idempotency key, such as a WebSocket ``msg_id`` or an HTTP
         ``Idempotency-Key``) makes a resend store nothing: within the history's
-        de-duplication window it returns the position of the first publish.
+        de-duplication window it returns the position of the first publish with the
+        same key, data and type (:func:`~tidings.dedup.bind_key`: a key reused for
+        other content stores a new event, so no client can suppress another's).
 
         Never waits for subscribers: a slow one catches up from the history instead.
         Raises :class:`~tidings.errors.LocalProtocolError` for a non-string *data*,
@@ -242,6 +245,8 @@ class Hub:
         cannot be reached.
         """
         _check_event(topic, data, event)
+        if key is not None:
+            key = bind_key(key, data, event)
         immediate = self._immediate
         if immediate is None:
             try:
@@ -283,6 +288,8 @@ class Hub:
                 f"{type(self.history).__name__} cannot store without waiting: use publish()"
             )
         _check_event(topic, data, event)
+        if key is not None:
+            key = bind_key(key, data, event)
         stored = immediate.append_nowait(topic, data, event, key=key)
         self.metrics.published += 1
         return stored

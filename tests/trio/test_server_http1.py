@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -12,9 +13,11 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from tidings.cursor import Position
+from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory, Replay
 from tidings.trio import Hub, Server, ServerConfig, Subscription, serve
+
+from .test_longpoll_endpoint import _GatedHistory
 
 if TYPE_CHECKING:
     from conftest import HTTP1, Connect, MemoryClient, StartServer
@@ -1002,3 +1005,28 @@ def test_a_prefix_must_be_a_path() -> None:
     for prefix in ("rt", "/rt/"):
         with pytest.raises(ValueError, match="prefix"):
             default_router(prefix=prefix)
+
+
+async def test_a_live_stream_answers_once_it_knows_where_now_is(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, memory_client: MemoryClient
+) -> None:
+    # On a history the hub must ask where "now" is (Redis, say), the response head
+    # waits for the answer: a client holding it is subscribed, and what it
+    # publishes next comes back to it.
+    history = _GatedHistory(MemoryHistory(new_epoch(random.Random(9))))
+    hub = Hub(history)
+    http = await memory_client(Server(hub, ServerConfig()))
+
+    async def release_when_idle() -> None:
+        await history.reading.wait()
+        await trio.testing.wait_all_tasks_blocked()  # a head sent now would be early
+        history.release.set()
+
+    nursery.start_soon(release_when_idle)
+    with trio.fail_after(30):
+        await http.send("GET", "/topics/t/events")
+        assert (await http.response()).status_code == 200
+        assert history.release.is_set()
+        stored = await hub.publish("t", "after the head")
+        [event] = await http.events(1)
+    assert event.last_event_id == stored.format()

@@ -89,6 +89,12 @@ async def sse_events(app: App, request: Request, responder: Responder) -> None:
     app.subscriptions.add(subscription)
     app.heartbeats.add(beat)
     try:
+        if after is None and subscription.needs_read:
+            # Live from now, on a history that must be asked where "now" is: ask before
+            # answering, so that a client holding the response head is subscribed --
+            # what it publishes next, it receives.  (Should the store be away, the
+            # stream opens anyway and keeps asking.)
+            await subscription.read()
         async with responder.open_stream(200, headers) as out:
             chunks = [_retry(config.sse_retry) if config.sse_retry is not None else _HEARTBEAT]
             while True:

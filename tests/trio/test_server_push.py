@@ -121,9 +121,8 @@ class Client:
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             self.answers[event.stream_id].ended = True
-        elif isinstance(event, h2.events.StreamReset):
-            if event.stream_id in self.answers:
-                self.answers[event.stream_id].reset = True
+        elif isinstance(event, h2.events.StreamReset) and event.stream_id in self.answers:
+            self.answers[event.stream_id].reset = True
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -135,9 +134,8 @@ def same_answer(pushed: Answer, fetched: Answer) -> bool:
     def comparable(headers: dict[bytes, bytes]) -> dict[bytes, bytes]:
         return {k: v for k, v in headers.items() if k != b"date"}
 
-    return bytes(pushed.body) == bytes(fetched.body) and comparable(
-        pushed.headers
-    ) == comparable(fetched.headers)
+    same_body = bytes(pushed.body) == bytes(fetched.body)
+    return same_body and comparable(pushed.headers) == comparable(fetched.headers)
 
 
 async def test_a_client_that_allows_push_gets_the_client_script_with_the_page(
@@ -168,7 +166,8 @@ async def test_a_client_that_allows_push_gets_the_client_script_with_the_page(
     assert client.answers[page].headers[b":status"] == b"200"
     assert b"tidings.js" in client.answers[page].body
     pushed = client.answers[promised]
-    assert pushed.ended and not pushed.reset
+    assert pushed.ended
+    assert not pushed.reset
     assert pushed.headers[b":status"] == b"200"
     assert pushed.headers[b"content-type"] == b"text/javascript; charset=utf-8"
     assert pushed.body.startswith(b"// tidings.js")
@@ -279,7 +278,7 @@ async def test_no_push_over_http1(start_server: StartServer) -> None:
     [["tidings.js"], ["/a b"], ["/a#b"], ["/caf\u00e9"]],
 )
 def test_pushed_paths_must_be_request_targets(push: Sequence[str]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="pushed paths"):
         Router().add("/", {"GET": static("x")}, push=push)
 
 

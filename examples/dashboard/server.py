@@ -3,8 +3,8 @@
     python examples/dashboard/server.py --port 8002    # then open http://127.0.0.1:8002/
 
 A stand-in for real instruments produces bursts of metric readings (a few to a few
-dozen within milliseconds, every second or so); "Spike" on the page asks for a burst
-of 100.  Readings go through a memory channel to :func:`coalesce.publish_coalesced`,
+dozen within milliseconds, every second or so); "Spike" on the page asks it for a
+burst of 100.  Readings go through a memory channel to :func:`coalesce.publish_coalesced`,
 which publishes at most one snapshot per 500 ms to the topic ``metrics``.  The topic
 keeps only its latest snapshot, so a page that opens (or comes back) asks for
 ``cursor: "earliest"`` and gets the current state at once, then every new one.
@@ -46,28 +46,43 @@ METRICS = {
 SPIKE = 100  # readings in the burst the page's "Spike" button asks for
 
 Updates = trio.MemorySendChannel[tuple[str, float]]
+Spikes = trio.MemoryReceiveChannel[None]
 
 
-async def instruments(updates: Updates, rng: random.Random) -> None:
-    """Bursts of readings now and then, as real instruments would send them."""
+async def instruments(updates: Updates, spikes: Spikes, rng: random.Random) -> None:
+    """Bursts of readings now and then, as real instruments would send them; a spike
+    (asked for on *spikes*) is :data:`SPIKE` request-rate readings at once, climbing."""
     values = {name: (low + high) / 4 for name, (low, high) in METRICS.items()}
-    async with updates:
+
+    async def read(name: str, change: float) -> None:
+        low, high = METRICS[name]
+        values[name] = round(min(high, max(low, values[name] + change)), 1)
+        await updates.send((name, values[name]))
+
+    async with updates, spikes:
         while True:
-            await trio.sleep(rng.uniform(0.2, 1.5))
+            asked = False
+            with trio.move_on_after(rng.uniform(0.2, 1.5)):
+                await spikes.receive()
+                asked = True
+            if asked:
+                for _ in range(SPIKE):
+                    await read("requests", 10.0)
+                continue
             for _ in range(rng.randint(3, 40)):
                 name = rng.choice(list(METRICS))
                 low, high = METRICS[name]
-                values[name] = min(high, max(low, values[name] + rng.gauss(0, (high - low) / 20)))
-                await updates.send((name, round(values[name], 1)))
+                # A random step, pulled back towards a quarter of the range.
+                pull = ((low + high) / 4 - values[name]) / 10
+                await read(name, rng.gauss(pull, (high - low) / 40))
                 await trio.sleep(rng.uniform(0, 0.005))
 
 
-def spike(updates: Updates) -> Handler:
-    """``POST /spike``: a burst of :data:`SPIKE` request-rate readings at once."""
+def spike(spikes: trio.MemorySendChannel[None]) -> Handler:
+    """``POST /spike``: ask the instruments for a burst of :data:`SPIKE` readings."""
 
     async def handler(app: App, request: Request, responder: Responder) -> None:
-        for step in range(1, SPIKE + 1):
-            await updates.send(("requests", 1000.0 + step * 1000.0 / SPIKE))
+        await spikes.send(None)
         body = json.dumps({"readings": SPIKE}).encode()
         await responder.respond(202, app.headers((b"content-type", b"application/json")), body)
 
@@ -77,10 +92,11 @@ def spike(updates: Updates) -> Handler:
 async def main(host: str, port: int, seed: int | None) -> None:
     # One snapshot per topic is all a dashboard needs: the latest is the whole state.
     hub = Hub(MemoryHistory(new_epoch(random.SystemRandom()), max_events=1))
-    send, receive = trio.open_memory_channel[tuple[str, float]](1000)
+    readings, to_publish = trio.open_memory_channel[tuple[str, float]](1000)
+    ask_spike, spikes = trio.open_memory_channel[None](0)
     router = default_router()
     router.add("/", {"GET": static(PAGE.read_text(encoding="utf-8"))}, push=["/tidings.js"])
-    router.add("/spike", {"POST": spike(send.clone())})
+    router.add("/spike", {"POST": spike(ask_spike)})
     async with trio.open_nursery() as nursery:
 
         async def run_server(task_status: trio.TaskStatus[Server]) -> None:
@@ -91,8 +107,8 @@ async def main(host: str, port: int, seed: int | None) -> None:
 
         server: Server = await nursery.start(run_server)
         print(f"{server.url}/", flush=True)
-        nursery.start_soon(publish_coalesced, hub, TOPIC, receive)
-        nursery.start_soon(instruments, send, random.Random(seed))
+        nursery.start_soon(publish_coalesced, hub, TOPIC, to_publish)
+        nursery.start_soon(instruments, readings, spikes, random.Random(seed))
 
 
 if __name__ == "__main__":

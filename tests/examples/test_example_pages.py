@@ -276,3 +276,56 @@ async def test_board_edits_made_offline_are_sent_on_reconnect_and_stored_once(
     assert texts == ["buy milk", "buy oat milk", "buy oat milk and bread"]  # each once
     assert gateway.cuts == 2
     check_screenshots(tmp_path / "board-offline.png", tmp_path / "board-bob.png")
+
+
+# -- chat on two processes sharing Redis ---------------------------------------------
+
+
+@pytest.mark.redis
+async def test_chat_on_two_processes_sharing_redis(tmp_path: Path) -> None:
+    from ..redis._redis import RedisServer
+    from ..trio._tools import missing
+
+    chromium = require_browser()
+    try:
+        import coredis  # noqa: F401
+    except ImportError:
+        missing("coredis is not installed (pip install -e '.[redis]')")
+    redis = RedisServer(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    await trio.to_thread.run_sync(redis.start)
+    try:
+        async with (
+            example("chat", "--redis", redis.url) as first,
+            example("chat", "--redis", redis.url) as second,
+        ):
+            assert first != second
+
+            def session(page: Page, console: Console) -> None:
+                from playwright.sync_api import expect
+
+                page.goto(first + "/?room=ops")
+                other = another_page(page, console)
+                other.goto(second + "/?room=ops")
+                for each in (page, other):
+                    expect(each.locator("#transport")).to_have_text("ws")
+                    expect(each.locator("#room-title")).to_have_text("#ops")
+                say(page, "Ada", "from the first process")
+                expect(messages(other, "from the first process")).to_contain_text("Ada")
+                say(other, "Bob", "from the second process")
+                expect(messages(page, "from the second process")).to_contain_text("Bob")
+                for each in (page, other):
+                    expect(each.locator("#messages li")).to_have_count(2)
+                # A third page, on the first process, gets the history of both.
+                third = another_page(page, console)
+                third.goto(first + "/?room=ops")
+                expect(third.locator("#messages li")).to_have_text(
+                    [re.compile("from the first process"), re.compile("from the second process")]
+                )
+                screenshot(other, tmp_path / "chat-redis.png")
+                console.check()
+
+            await in_browser(chromium, session, time_limit=60)
+    finally:
+        await trio.to_thread.run_sync(redis.kill)
+    check_screenshots(tmp_path / "chat-redis.png")

@@ -235,6 +235,53 @@ async def test_declined_pushes_cost_nothing_and_the_connection_goes_on(
     assert client.answers[script].headers[b":status"] == b"200"
 
 
+async def test_declining_pushes_not_yet_answered_is_not_a_reset_flood(
+    start_server: StartServer,
+) -> None:
+    # The pushed path is a long poll, held until an event: each reset reaches a
+    # stream that has not answered yet, which from a client's own stream would be
+    # a "rapid reset" counted against the budget of 2.
+    router: Router = default_router()
+    router.add("/app", {"GET": static("<p>app</p>")}, push=["/topics/news/poll"])
+    server = await start_server(config=ServerConfig(max_stream_resets=2), router=router)
+    with trio.fail_after(10):
+        client = await Client.open(server.port, push=True, refuse_pushes=True)
+        try:
+            pages = []
+            for _ in range(5):
+                pages.append(await client.get("/app"))
+                await client.until(pages[-1])
+            health = await client.get("/healthz")
+            await client.until(health)
+        finally:
+            await client.aclose()
+    assert len(client.promises) == 5
+    assert all(client.answers[page].body == b"<p>app</p>" for page in pages)
+    assert client.answers[health].headers[b":status"] == b"200"
+
+
+async def test_pushed_streams_leave_the_client_its_concurrent_streams(
+    start_server: StartServer,
+) -> None:
+    router: Router = default_router()
+    router.add("/app", {"GET": static("<p>app</p>")}, push=["/topics/news/poll"])
+    server = await start_server(config=ServerConfig(max_concurrent_streams=1), router=router)
+    with trio.fail_after(10):
+        client = await Client.open(server.port, push=True)
+        try:
+            page = await client.get("/app")
+            await client.until(page)
+            # The pushed poll is held open; the client's one stream is free again.
+            health = await client.get("/healthz")
+            await client.until(health)
+        finally:
+            await client.aclose()
+    [(held, _, _)] = client.promises
+    assert not client.answers[held].ended
+    assert not client.answers[held].reset
+    assert client.answers[health].headers[b":status"] == b"200"
+
+
 async def test_a_route_pushes_its_paths_through_the_router(start_server: StartServer) -> None:
     router: Router = default_router()
     router.add("/app", {"GET": static("<p>app</p>")}, push=["/style.css?v=2", "/missing"])

@@ -54,7 +54,8 @@ def default_router(prefix: str = "") -> Router:
 
     ``/healthz`` and ``/readyz`` stay at the root whatever the prefix, where
     orchestrators look for them.  ``{prefix}/tidings.js`` is the browser client and
-    ``{prefix}/`` the demo page; adding ``/`` again puts your own page there.
+    ``{prefix}/`` the demo page (which pushes the client to HTTP/2 clients that allow
+    server push); adding ``/`` again puts your own page there.
     """
     from tidings.trio._endpoints import healthz, publish, readyz
     from tidings.trio._poll_endpoint import long_poll
@@ -74,7 +75,7 @@ def default_router(prefix: str = "") -> Router:
         f"{prefix}/tidings.js",
         {"GET": static(_asset("tidings.js"), "text/javascript; charset=utf-8")},
     )
-    router.add(f"{prefix}/", {"GET": static(_asset("demo.html"))})
+    router.add(f"{prefix}/", {"GET": static(_asset("demo.html"))}, push=[f"{prefix}/tidings.js"])
     return router
 
 
@@ -228,11 +229,14 @@ class App:
 
     async def handle(self, request: Request, responder: Responder) -> None:
         """Answer one request; never raises for a client's fault or disappearance."""
-        handler = self._resolve(request)
+        handler, push = self._resolve(request)
         in_progress = self.hub.metrics.open_requests
         key = (self._transports.get(handler, "http"), request.http_version)
         in_progress[key] += 1
         try:
+            if push and request.method == "GET":
+                for path in push:
+                    responder.push(path)
             await handler(self, request, responder)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -244,8 +248,9 @@ class App:
         finally:
             in_progress[key] -= 1
 
-    def _resolve(self, request: Request) -> Handler:
-        """The handler for *request*: its route's, or one that answers an error.
+    def _resolve(self, request: Request) -> tuple[Handler, tuple[str, ...]]:
+        """The handler for *request* (its route's, or one that answers an error) and
+        the paths its route pushes.
 
         On a connection beyond the limit every request but the health probes is
         answered ``503`` (the connection closes after the answer either way).
@@ -254,23 +259,16 @@ class App:
             request.path in _HEALTH_PATHS and request.method in ("GET", "HEAD")
         ):
             self.metrics.rejected["limit"] += 1
-            return partial(
-                _answer,
-                503,
-                "Server busy, retry later",
-                (
-                    self.retry_after_header(),
-                    (b"connection", b"close"),
-                ),
-            )
+            busy = (self.retry_after_header(), (b"connection", b"close"))
+            return partial(_answer, 503, "Server busy, retry later", busy), ()
         if request.path == "*" and request.method == "OPTIONS":
-            return partial(_answer, 204, "", ((b"allow", b"GET, HEAD, POST, OPTIONS"),))
+            return partial(_answer, 204, "", ((b"allow", b"GET, HEAD, POST, OPTIONS"),)), ()
         try:
             match = self.router.resolve(request.path)
         except BadParameter as exc:
-            return partial(_answer, 400, str(exc), ())
+            return partial(_answer, 400, str(exc), ()), ()
         if match is None:
-            return partial(_answer, 404, "Not found", ())
+            return partial(_answer, 404, "Not found", ()), ()
         route, params = match
         handler = route.methods.get(request.method)
         if handler is None and request.method == "HEAD":
@@ -278,10 +276,10 @@ class App:
         if handler is None:
             allow = (b"allow", ", ".join(route.allowed).encode())
             if request.method == "OPTIONS":
-                return partial(_answer, 204, "", (allow, *self._preflight()))
-            return partial(_answer, 405, "Method not allowed", (allow,))
+                return partial(_answer, 204, "", (allow, *self._preflight())), ()
+            return partial(_answer, 405, "Method not allowed", (allow,)), ()
         request.params = params
-        return handler
+        return handler, route.push
 
     def _preflight(self) -> list[tuple[bytes, bytes]]:
         if self.config.allow_origin is None:

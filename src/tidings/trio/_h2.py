@@ -128,6 +128,8 @@ class H2Connection:
         # The file descriptor of a plain TCP stream, for the writer's fast path.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.streams: dict[int, H2Stream] = {}
+        # How many of them are pushed streams (ours, even ids: not the client's to count).
+        self._pushed = 0
         self._nursery: trio.Nursery | None = None
         self._writer_waiter = Waiter()
         self._flushed = trio.lowlevel.ParkingLot()
@@ -345,7 +347,14 @@ class H2Connection:
             if stream is not None:
                 # Rapid reset: the stream cost a task, but not an answer.  Resets
                 # of streams answered (or refused: counted then) are not counted.
-                if event.remote_reset and not stream._started and not stream._gone:
+                # A pushed stream the client declines (it has the resource) is not
+                # counted either: the stream was our idea.
+                if (
+                    event.remote_reset
+                    and not stream._started
+                    and not stream._gone
+                    and stream.stream_id % 2
+                ):
                     self._count(_RESETS)
                 stream._peer_reset()
         elif isinstance(event, h2.events.WindowUpdated):
@@ -415,7 +424,7 @@ class H2Connection:
         if (
             self._draining
             or self._nursery is None
-            or len(self.streams) >= self.config.max_concurrent_streams
+            or len(self.streams) - self._pushed >= self.config.max_concurrent_streams
         ):
             # The client may have reset it already (later in this batch of frames):
             # then h2 has closed it, and there is nothing left to refuse.
@@ -511,10 +520,68 @@ class H2Connection:
         finally:
             stream._finish()
             del self.streams[stream.stream_id]
+            if not stream.stream_id % 2:
+                self._pushed -= 1
             if self.info.rejecting:
                 self.drain()
             self.wake_writer()
             self._maybe_stop_reading()
+
+    def push(self, stream: H2Stream, path: str) -> bool:
+        """Promise ``GET path`` on *stream* (a client's request) and serve it on the
+        promised stream; see :meth:`H2Stream.push`."""
+        conn = self.h2
+        request = stream.request
+        if (
+            request is None
+            or self._nursery is None
+            or self._draining
+            or self._closing
+            or self._broken
+            or self._peer_done
+            or self.info.rejecting
+            or not conn.remote_settings.enable_push
+            or conn.open_outbound_streams >= conn.remote_settings.max_concurrent_streams
+        ):
+            return False
+        authority = request.header(b"host")
+        if authority is None:
+            return False
+        target = path.encode("ascii")
+        try:
+            promised = conn.get_next_available_stream_id()
+            conn.push_stream(
+                stream.stream_id,
+                promised,
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", self.info.scheme.encode("ascii")),
+                    (b":authority", authority),
+                    (b":path", target),
+                ],
+            )
+        except h2.exceptions.ProtocolError:
+            return False  # the client's stream ended meanwhile, no stream ids left...
+        path_part, _, query = path.partition("?")
+        pushed = H2Stream(
+            self,
+            promised,
+            Request(
+                method="GET",
+                path=path_part,
+                query=query,
+                headers=[(b"host", authority)],
+                http_version="2",
+                connection=self.info,
+            ),
+            trio.current_time(),
+        )
+        pushed._body_done = True  # a promised request has no body
+        self.streams[promised] = pushed
+        self._pushed += 1
+        self._nursery.start_soon(self._run_stream, pushed)
+        self.wake_writer()
+        return True
 
     # -- writing -------------------------------------------------------------------
 
@@ -810,6 +877,14 @@ class H2Stream(Responder):
     @property
     def started(self) -> bool:
         return self._started
+
+    def push(self, path: str) -> bool:
+        # Only on a client's stream (no push from a pushed one, RFC 9113 §8.4) that
+        # is still open, before the response: the promise must precede what refers
+        # to the promised resource.
+        if not self.stream_id % 2 or self._started or self._gone or self._aborted:
+            return False
+        return self.connection.push(self, path)
 
     @property
     def client_gone(self) -> bool:

@@ -193,6 +193,17 @@ class Responder(abc.ABC):
     def watch_disconnect(self) -> AbstractAsyncContextManager[None]:
         """A block that is cancelled when the client goes away (for held requests)."""
 
+    def push(self, path: str) -> bool:
+        """Promise the client the answer to ``GET path`` (HTTP/2 server push), and
+        answer it through the router as if the client had asked.
+
+        Call it before the response starts.  Returns whether a promise was made:
+        ``False`` on HTTP/1.1, when the client disabled push (every current
+        browser), on a pushed stream, or when the client allows no more streams.
+        A client may still reset the promised stream; nothing fails then.
+        """
+        return False
+
     @property
     def can_upgrade(self) -> bool:
         """Whether :meth:`upgrade` is possible (HTTP/1.1 with ``Upgrade``)."""

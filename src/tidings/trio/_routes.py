@@ -13,7 +13,7 @@ does not serve gets ``405`` with ``Allow``.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
@@ -65,6 +65,8 @@ class Route:
     pattern: str
     methods: Mapping[str, Handler]
     segments: tuple[str, ...] = ()
+    #: Paths to push (HTTP/2 server push) with the answer to a ``GET``.
+    push: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> list[str]:
@@ -108,22 +110,37 @@ class Router:
     def __init__(self) -> None:
         self._routes: list[Route] = []
 
-    def add(self, pattern: str, methods: Mapping[str, Handler]) -> None:
+    def add(
+        self, pattern: str, methods: Mapping[str, Handler], *, push: Iterable[str] = ()
+    ) -> None:
         """Serve *pattern* (e.g. ``/topics/{topic}/poll``) with *methods*.
 
         Adding a pattern that is already there replaces its handlers (in its place),
         so your own page can take ``/`` from the demo page of
         :func:`~tidings.trio.default_router`.
+
+        *push* names paths (``/tidings.js``, ``/style.css?v=2``) that an HTTP/2
+        client which allows server push gets pushed with the answer to a ``GET`` of
+        this route: the server promises them (``PUSH_PROMISE``) and answers each as
+        if the client had asked, through this router.  Elsewhere (HTTP/1.1, push
+        disabled, as in every current browser) nothing is pushed and the client
+        fetches them itself.
         """
         if not pattern.startswith("/"):
             raise ValueError("patterns start with '/'")
+        pushed = tuple(push)
+        for path in pushed:
+            if not path.startswith("/") or not path.isascii() or not path.isprintable():
+                raise ValueError(f"pushed paths are printable ASCII starting with '/': {path!r}")
+            if " " in path or "#" in path:
+                raise ValueError(f"pushed paths are request targets: {path!r}")
         segments = tuple(pattern[1:].split("/"))
         for segment in segments:
             if segment.startswith("{"):
                 name = segment.strip("{}")
                 if name not in _CONVERTERS:
                     raise ValueError(f"unknown path parameter {segment}")
-        route = Route(pattern, dict(methods), segments)
+        route = Route(pattern, dict(methods), segments, pushed)
         for index, existing in enumerate(self._routes):
             if existing.pattern == pattern:
                 self._routes[index] = route

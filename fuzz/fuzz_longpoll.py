@@ -127,6 +127,8 @@ def request(fdp: atheris.FuzzedDataProvider, raw: bytes | None) -> None:
 def _check_answer_in_client(answer: Any, request: PollRequest, now: float) -> None:
     """The client takes every answer the server gives."""
     cursor = request.cursor_text
+    if isinstance(request.cursor, str) and request.cursor != "earliest":
+        cursor = None  # a malformed cursor: the client refuses to start from one
     client = LongPollClient(
         "http://h/topics/t/poll",
         rng=random.Random(0),
@@ -149,8 +151,11 @@ def server(fdp: atheris.FuzzedDataProvider) -> None:
         history.append("t", "x")
     head = history.head("t")
     cursor = fdp.PickValueInList(
-        [None, "earliest", Position("h_0", 0), Position("other", 1), head, Position(head[0], 9)]
-    )
+        [
+            None, "earliest", Position("h_0", 0), Position("other", 1), head,
+            Position(head[0], 9), "malformed",
+        ]
+    )  # fmt: skip
     if isinstance(cursor, Position) and fdp.ConsumeBool():
         cursor = Position(head.epoch, fdp.ConsumeIntInRange(0, head.offset))
     poll = PollRequest(

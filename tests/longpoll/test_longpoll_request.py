@@ -1,3 +1,5 @@
+from urllib.parse import unquote
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,15 +53,24 @@ def test_percent_encoded_cursor_is_decoded() -> None:
         "cursor=ep.99999999999999999999",
     ],
 )
-def test_malformed_cursor_is_a_400_invalid_cursor(query: str) -> None:
-    with pytest.raises(InvalidCursor) as info:
-        parse_poll_request(query)
+def test_malformed_cursor_is_kept_as_text_not_refused(query: str) -> None:
+    """Answered with a ``malformed`` reset (see test_longpoll_server), like a garbage
+    ``Last-Event-ID`` on SSE or resume cursor on WebSocket."""
+    request = parse_poll_request(query)
+    assert request.cursor == unquote(query.removeprefix("cursor="))
+    assert request.cursor_text == request.cursor
+    with pytest.raises(InvalidCursor):
+        Position.parse(request.cursor)
+
+
+def test_non_utf8_percent_escape_in_cursor_is_a_malformed_cursor() -> None:
+    assert parse_poll_request("cursor=%C3%28").cursor == "\ufffd("
+
+
+def test_non_utf8_percent_escape_in_other_parameters_is_rejected() -> None:
+    with pytest.raises(RemoteProtocolError, match="UTF-8") as info:
+        parse_poll_request("limit=%C3%28")
     assert info.value.error_status_hint == 400
-
-
-def test_non_utf8_percent_escape_in_cursor_is_rejected() -> None:
-    with pytest.raises(RemoteProtocolError, match="UTF-8"):
-        parse_poll_request("cursor=%C3%28")
 
 
 def test_repeated_parameter_is_rejected() -> None:
@@ -134,14 +145,19 @@ def test_if_none_match_list_naming_one_cursor_is_accepted() -> None:
         (b'"ep.3', "malformed entity tag"),
         (b'w/"ep.3"', "malformed entity tag"),
         (b" , ", "empty"),
-        (b'""', "malformed cursor"),
-        (b'"nodot"', "malformed cursor"),
     ],
 )
 def test_bad_if_none_match_is_rejected(value: bytes, message: str) -> None:
     with pytest.raises(RemoteProtocolError, match=message) as info:
         parse_poll_request(b"", [(b"if-none-match", value)])
     assert info.value.error_status_hint == 400
+
+
+@pytest.mark.parametrize("tag", ["", "nodot", "ep.01"])
+def test_if_none_match_naming_no_cursor_is_a_malformed_cursor(tag: str) -> None:
+    request = parse_poll_request(b"", [(b"if-none-match", f'"{tag}"'.encode())])
+    assert request.cursor == tag
+    assert request.conditional
 
 
 def test_cursor_in_query_and_header_must_agree() -> None:
@@ -179,7 +195,7 @@ def test_poll_request_checks_its_fields() -> None:
     with pytest.raises(LocalProtocolError):
         PollRequest(timeout=-1)
     with pytest.raises(LocalProtocolError):
-        PollRequest(cursor="ep.1")  # type: ignore[arg-type]
+        PollRequest(cursor=b"ep.1")  # type: ignore[arg-type]
 
 
 @given(st.binary(max_size=200), st.lists(st.binary(max_size=60), max_size=3))

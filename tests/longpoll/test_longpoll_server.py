@@ -247,12 +247,39 @@ def test_limit_caps_the_events_in_one_answer() -> None:
     assert document["cursor"] == document["events"][-1]["id"]
 
 
-def test_malformed_cursor_becomes_a_400_json_error() -> None:
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [("cursor=bogus", []), ("", [(b"if-none-match", b'"bogus"')])],
+)
+def test_malformed_cursor_gets_a_malformed_reset_to_the_head_at_once(
+    query: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    history = history_with(3)
+    head = history.head("t").format()
+    server = LongPollServer("t", parse_poll_request(query, headers), now=0.0)
+    answer = answered(server.poll(history, 0.0))
+    assert answer.status == 200
+    assert body(answer) == {
+        "events": [],
+        "cursor": head,
+        "reset": True,
+        "reason": ResetReason.MALFORMED.value,
+    }
+    assert header(answer, b"etag") == f'"{head}"'.encode()
+    # Polling on from the reset's cursor follows the topic.
+    server = LongPollServer("t", parse_poll_request(f"cursor={head}"), now=0.0)
+    assert server.poll(history, 0.0) is None
+    history.append("t", "event 4")
+    assert [e["data"] for e in body(answered(server.poll(history, 0.0)))["events"]] == ["event 4"]
+
+
+def test_a_bad_request_becomes_a_400_json_error() -> None:
     with pytest.raises(RemoteProtocolError) as info:
-        parse_poll_request("cursor=bogus")
+        parse_poll_request("limit=0")
     answer = error_answer(str(info.value), info.value.error_status_hint)
     assert answer.status == 400
-    assert json.loads(answer.body) == {"error": "query parameter 'cursor': malformed cursor"}
+    error = "query parameter 'limit' must be a positive integer"
+    assert json.loads(answer.body) == {"error": error}
     assert header(answer, b"content-type") == b"application/json"
     assert header(answer, b"content-length") == str(len(answer.body)).encode()
 

@@ -117,6 +117,8 @@ def test_refuses_bad_options() -> None:
         {"operation_timeout": float("inf")},
         {"dedup_window": -1},
         {"prefix": "a{b"},
+        {"max_calls": 0},
+        {"max_calls": 1.5},
     ]:
         with pytest.raises(LocalProtocolError):
             RedisHistory(client, **options)

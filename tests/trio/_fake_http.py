@@ -42,6 +42,8 @@ class Reply:
     ``hold`` keeps the response open after ``chunks`` until the client goes away;
     otherwise the response ends (and the connection closes) after them.
     ``length`` sends a Content-Length header of that value (HTTP/1.1).
+    ``h2_head`` (HTTP/2 only) replaces the response's header block, pseudo-header
+    fields included, and is sent unchecked: a hostile server's.
     """
 
     status: int = 200
@@ -50,6 +52,7 @@ class Reply:
     hold: bool = False
     raw: bytes | None = None
     length: int | None = None
+    h2_head: Sequence[tuple[str, str]] | None = None
 
 
 Respond = Callable[[Seen, int], Reply]
@@ -186,7 +189,12 @@ class FakeServer:
             trio.current_time(),
         )
         reply = self._record(seen)
-        conn.send_headers(stream_id, [(":status", str(reply.status)), *reply.headers])
+        if reply.h2_head is not None:
+            conn.config.validate_outbound_headers = False
+            conn.config.normalize_outbound_headers = False
+            conn.send_headers(stream_id, list(reply.h2_head))
+        else:
+            conn.send_headers(stream_id, [(":status", str(reply.status)), *reply.headers])
         for chunk in reply.chunks:
             view = chunk
             while view:

@@ -212,6 +212,35 @@ async def test_a_busy_server_is_waited_for_with_retry_after_as_a_floor(
     assert 2.0 <= gap <= 3.0
 
 
+async def test_a_hostile_http2_status_is_a_network_error_and_retried(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    def respond(seen: Seen, index: int) -> Reply:
+        if index == 0:
+            return Reply(h2_head=[(":status", "abc"), SSE])
+        return sse_reply(b"id: 1\ndata: here\n\n", hold=True)
+
+    server = await FakeServer(respond).start(nursery)
+    async with open_event_stream(server.url(), connect_timeout=None, http2=True) as events:
+        assert await take(events, 1) == [event("here", "1")]
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("http2", [False, True])
+@pytest.mark.parametrize("status", [600, 999])
+async def test_a_status_beyond_599_ends_the_stream(
+    nursery: trio.Nursery, http2: bool, status: int
+) -> None:
+    server = await FakeServer(lambda s, i: Reply(status=status)).start(nursery)
+    if http2:
+        server.respond = lambda s, i: Reply(h2_head=[(":status", str(status)), SSE])
+    async with open_event_stream(server.url(), http2=http2) as events:
+        with pytest.raises(EventStreamFailed, match=str(status)) as info:
+            await events.__anext__()
+    assert info.value.status == status
+    assert len(server.requests) == 1
+
+
 async def test_max_retries_ends_the_stream(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -182,6 +182,82 @@ async def test_http2_stream_cut_short_is_a_transport_error(nursery: trio.Nursery
             await response.receive_some()
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        [(":status", "abc")],
+        [(":status", "+20")],
+        [(":status", " 200")],
+        [(":status", "2_0")],
+        [(":status", "2000")],
+        [(":status", "20")],
+        [(":status", "")],
+        [(":status", "099")],
+        [(":status", "200"), (":status", "200")],
+        [("content-type", "text/plain")],
+        [(":status", "200"), ("content-length", "abc")],
+        [(":status", "200"), ("content-length", "-1")],
+        [(":status", "200"), ("content-length", "1"), ("content-length", "2")],
+    ],
+)
+async def test_http2_hostile_response_head_is_a_transport_error(
+    nursery: trio.Nursery, head: list[tuple[str, str]]
+) -> None:
+    server = await FakeServer(lambda s, i: Reply(h2_head=head, chunks=[b"x"])).start(nursery)
+    with pytest.raises(HTTPTransportError, match="invalid HTTP from peer"):
+        async with open_request("GET", server.url(), http2=True):
+            pass  # pragma: no cover
+
+
+async def test_http2_body_longer_than_its_content_length_is_a_transport_error(
+    nursery: trio.Nursery,
+) -> None:
+    head = [(":status", "200"), ("content-length", "1")]
+    server = await FakeServer(lambda s, i: Reply(h2_head=head, chunks=[b"abc"])).start(nursery)
+    with pytest.raises(HTTPTransportError, match="invalid HTTP from peer"):
+        async with open_request("GET", server.url(), http2=True) as response:
+            await response.read()
+
+
+@pytest.mark.parametrize("status", [200, 204, 599, 600, 999])
+async def test_both_versions_hand_over_the_same_statuses(
+    nursery: trio.Nursery, status: int
+) -> None:
+    """h11 reads any three digits from 200 up: HTTP/2 gives the same, the callers judge
+    (:mod:`tidings.retry` makes a status beyond 599 final)."""
+    line = f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode()
+    head = [(":status", str(status)), ("content-length", "0")]
+    h1 = await FakeServer(lambda s, i: Reply(raw=line)).start(nursery)
+    h2 = await FakeServer(lambda s, i: Reply(h2_head=head)).start(nursery)
+    for server, http2 in ((h1, False), (h2, True)):
+        async with open_request("GET", server.url(), http2=http2) as response:
+            assert response.status == status
+            assert await response.read() == b""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 20 OK\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 +20 OK\r\n\r\n",
+        b"HTTP/1.1 099 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+    ],
+)
+async def test_http11_hostile_response_head_is_a_transport_error(
+    nursery: trio.Nursery, raw: bytes
+) -> None:
+    server = await FakeServer(lambda s, i: Reply(raw=raw)).start(nursery)
+    with pytest.raises(HTTPTransportError):
+        async with open_request("GET", server.url()) as response:
+            await response.read()
+
+
 # -- TLS and ALPN ---------------------------------------------------------------------
 
 

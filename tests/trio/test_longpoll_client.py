@@ -19,8 +19,10 @@ from tidings.longpoll import AdaptivePoller, PollRejected
 from tidings.trio import Hub, LongPoll, Server, ServerConfig, open_long_poll, serve
 
 try:
+    from tests.trio._fake_http import FakeServer, Reply, Seen
     from tests.trio._proxy import ChaosProxy
 except ImportError:  # tests/ is not a package: pytest put this directory on sys.path
+    from _fake_http import FakeServer, Reply, Seen  # type: ignore[no-redef]
     from _proxy import ChaosProxy  # type: ignore[no-redef]
 
 POLL = "/topics/t/poll"
@@ -157,6 +159,42 @@ async def test_a_404_ends_the_poll_with_poll_rejected(server: Server) -> None:
             with pytest.raises(PollRejected) as info:
                 await take(poll, 1)
     assert info.value.status == 404
+
+
+async def test_a_hostile_http2_status_is_a_network_error_and_retried(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    answer = (
+        b'{"events": [{"id": "e.1", "event": "message", "data": "x"}], '
+        b'"cursor": "e.1", "reset": false}'
+    )
+    json = ("content-type", "application/json")
+
+    def respond(seen: Seen, index: int) -> Reply:
+        if index == 0:
+            return Reply(h2_head=[(":status", "2x0"), json])
+        return Reply(headers=[json], chunks=[answer], hold=index > 1)
+
+    server = await FakeServer(respond).start(nursery)
+    async with open_long_poll(server.url(POLL), http2=True, backoff=FAST) as poll:
+        assert await take(poll, 1) == [Event("t", "e.1", "message", "x")]
+        assert poll.failures == 1
+
+
+@pytest.mark.parametrize("http2", [False, True])
+@pytest.mark.parametrize("status", [600, 999])
+async def test_a_status_beyond_599_ends_the_poll_with_poll_rejected(
+    nursery: trio.Nursery, http2: bool, status: int
+) -> None:
+    server = await FakeServer(lambda s, i: Reply(status=status)).start(nursery)
+    if http2:
+        server.respond = lambda s, i: Reply(h2_head=[(":status", str(status))])
+    with trio.fail_after(5):
+        async with open_long_poll(server.url(POLL), http2=http2) as poll:
+            with pytest.raises(PollRejected) as info:
+                await take(poll, 1)
+    assert info.value.status == status
+    assert len(server.requests) == 1
 
 
 async def test_a_200_that_is_not_a_poll_answer_is_a_protocol_error(server: Server) -> None:

@@ -342,14 +342,14 @@ async def test_a_client_leaving_a_held_poll_is_noticed_at_once(
 @pytest.mark.parametrize(
     ("query", "headers"),
     [
-        ("cursor=not%20a%20cursor", []),
-        ("cursor=abc.-1", []),
         ("timeout=-1", []),
         ("limit=0", []),
+        ("limit=%C3%28", []),
         ("cursor=earliest&cursor=earliest", []),
         ("", [("if-none-match", "*")]),
+        ("", [("if-none-match", "no-quotes")]),
     ],
-    ids=["cursor-space", "cursor-negative", "timeout", "limit", "repeated", "inm-star"],
+    ids=["timeout", "limit", "limit-not-utf8", "repeated", "inm-star", "inm-syntax"],
 )
 async def test_a_malformed_request_is_a_400_with_a_json_error(
     server: Server, hub: Hub, connect: Connect, query: str, headers: list[tuple[str, str]]
@@ -360,6 +360,40 @@ async def test_a_malformed_request_is_a_400_with_a_json_error(
     assert status == 400
     assert response_headers[b"content-type"] == b"application/json"
     assert isinstance(answer(body)["error"], str)
+    assert hub.subscriber_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("cursor=not%20a%20cursor", []),
+        ("cursor=abc.-1", []),
+        ("cursor=%C3%28", []),
+        ("cursor=" + "a" * 300, []),
+        ("", [("if-none-match", '"garbage"')]),
+    ],
+    ids=["space", "negative", "not-utf8", "long", "if-none-match"],
+)
+async def test_a_malformed_cursor_gets_a_reset_to_the_head(
+    server: Server, hub: Hub, connect: Connect, query: str, headers: list[tuple[str, str]]
+) -> None:
+    """As on SSE (a garbage Last-Event-ID) and WebSocket (a garbage resume cursor):
+    an explicit ``malformed`` reset to the head, then live from there."""
+    head = await hub.publish("t", "before")
+    client = await connect(server)
+    with trio.fail_after(5):
+        status, response_headers, body = await client.request("GET", f"{POLL}?{query}", headers)
+        assert status == 200
+        assert answer(body) == {
+            "events": [],
+            "cursor": head.format(),
+            "reset": True,
+            "reason": "malformed",
+        }
+        assert response_headers[b"etag"] == f'"{head}"'.encode()
+        after = await hub.publish("t", "after")
+        _, _, body = await client.request("GET", f"{POLL}?cursor={head}")
+    assert answer(body)["events"] == [{"id": after.format(), "event": None, "data": "after"}]
     assert hub.subscriber_count() == 0
 
 

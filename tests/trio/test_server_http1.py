@@ -651,6 +651,37 @@ async def test_cors_header_when_configured(start_server: StartServer, connect: C
     assert b"last-event-id" in headers[b"access-control-allow-headers"]
 
 
+async def test_cors_exposes_retry_after_and_etag(
+    start_server: StartServer, connect: Connect, hub: Hub
+) -> None:
+    """Neither is CORS-safelisted: a page of another origin reads them only when
+    exposed (Retry-After paces its retries, a poll's ETag is its cursor)."""
+    config = ServerConfig(allow_origin="https://app.example", max_connections=1)
+    server = await start_server(config=config)
+    client = await connect(server)
+    origin = [("origin", "https://app.example")]
+    with trio.fail_after(10):
+        status, headers, _ = await client.request("GET", "/topics/t/poll?timeout=0", origin)
+        assert status == 200
+        assert b"etag" in headers
+        exposed = {name.strip() for name in headers[b"access-control-expose-headers"].split(b",")}
+        assert {b"retry-after", b"etag"} <= exposed
+        # A second connection is one too many: 503 with Retry-After.
+        second = await connect(server)
+        status, headers, _ = await second.request("GET", "/topics/t/poll?timeout=0", origin)
+    assert status == 503
+    assert b"retry-after" in headers
+    assert headers[b"access-control-expose-headers"] == b"retry-after, etag"
+
+
+async def test_no_cors_headers_without_allow_origin(server: Server, connect: Connect) -> None:
+    client = await connect(server)
+    with trio.fail_after(10):
+        _, headers, _ = await client.request("GET", "/topics/t/poll?timeout=0")
+    assert b"access-control-allow-origin" not in headers
+    assert b"access-control-expose-headers" not in headers
+
+
 async def test_no_event_is_lost_or_repeated_while_publishing_during_replays(
     hub: Hub, server: Server, connect: Connect
 ) -> None:

@@ -11,7 +11,10 @@ Rules (also in ``docs/longpoll.rst``):
 
 * ``cursor``: a position's wire form (:mod:`tidings.cursor`) or ``earliest``
   (everything retained).  Absent or empty means *live from now*: the server reads
-  from the topic's current head.
+  from the topic's current head.  Anything else is a *malformed cursor*: not an
+  error but a place the history cannot find, answered with a ``malformed`` reset to
+  the head, as the other transports answer a garbage ``Last-Event-ID`` or resume
+  cursor (see :doc:`/positions`).
 * ``timeout``: seconds to hold the request, a plain decimal (``25``, ``0.5``; no sign,
   no exponent).  Absent or empty means :attr:`PollLimits.default_timeout`; larger
   values are clamped to :attr:`PollLimits.max_timeout`.  ``0`` answers at once (a
@@ -24,7 +27,8 @@ Rules (also in ``docs/longpoll.rst``):
 * ``If-None-Match``: a list of entity tags.  A weak tag ``W/"c"`` counts like ``"c"``
   (If-None-Match compares weakly, and proxies that compress weaken tags).  Every tag
   in the list must name the same cursor (repeats are fine); two different cursors,
-  ``*``, or an unparsable list are errors.  A request with an ``If-None-Match`` is
+  ``*``, or an unparsable list are errors; a well-formed tag that is not a cursor is
+  a malformed cursor, as above.  A request with an ``If-None-Match`` is
   *conditional*: when it times out with nothing new, it gets ``304 Not Modified``.
 * A request may carry the cursor in both places only if they agree.
 """
@@ -35,7 +39,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 from urllib.parse import unquote_plus
 
 from tidings._checks import header_text as _text
@@ -63,8 +67,10 @@ DEFAULT_LIMIT = 100
 #: The largest ``limit`` a server grants by default.
 MAX_LIMIT = 1000
 
-#: Where a poll starts reading: a position, ``"earliest"``, or ``None`` for the head.
-Cursor: TypeAlias = Position | Literal["earliest"] | None
+#: Where a poll starts reading: a position, ``"earliest"``, ``None`` for the head, or
+#: any other string: a malformed cursor as the client sent it (the history answers a
+#: read after it with a ``malformed`` reset).
+Cursor: TypeAlias = Position | str | None
 
 _TIMEOUT_RE = re.compile(r"[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9}")
 _LIMIT_RE = re.compile(r"[0-9]{1,32}")
@@ -111,7 +117,8 @@ class PollRequest:
     cursor is still current.
     """
 
-    #: Where to read from; ``None`` means the topic's head when the poll starts.
+    #: Where to read from; ``None`` means the topic's head when the poll starts; a
+    #: string other than ``"earliest"`` is a malformed cursor (a reset to the head).
     cursor: Cursor = None
     #: How long to hold the request when nothing is waiting, in seconds.
     timeout: float = DEFAULT_TIMEOUT
@@ -122,8 +129,8 @@ class PollRequest:
 
     def __post_init__(self) -> None:
         cursor = self.cursor
-        if not (cursor is None or cursor == EARLIEST or isinstance(cursor, Position)):
-            raise LocalProtocolError(f"cursor must be a Position, 'earliest' or None: {cursor!r}")
+        if not (cursor is None or isinstance(cursor, Position | str)):
+            raise LocalProtocolError(f"cursor must be a Position, a str or None: {cursor!r}")
         if (
             not isinstance(self.timeout, int | float)
             or not math.isfinite(self.timeout)
@@ -157,6 +164,10 @@ def _query_params(query: str) -> dict[str, str]:
             continue
         if name in found:
             raise RemoteProtocolError(f"query parameter {name!r} given more than once")
+        if name == "cursor":
+            # Not UTF-8 is just one more way to be a malformed cursor (cursors are ASCII).
+            found[name] = unquote_plus(raw_value, errors="replace")
+            continue
         try:
             found[name] = unquote_plus(raw_value, errors="strict")
         except UnicodeDecodeError:
@@ -164,13 +175,14 @@ def _query_params(query: str) -> dict[str, str]:
     return found
 
 
-def _parse_cursor(text: str, where: str) -> Position | Literal["earliest"]:
+def _parse_cursor(text: str) -> Position | str:
+    """*text* as a position, or as it is (``earliest``, or a malformed cursor)."""
     if text == EARLIEST:
-        return "earliest"
+        return EARLIEST
     try:
         return Position.parse(text)
-    except InvalidCursor as exc:
-        raise InvalidCursor(f"{where}: {exc}") from None
+    except InvalidCursor:
+        return text
 
 
 def _if_none_match(values: list[str]) -> str:
@@ -220,9 +232,9 @@ def parse_poll_request(
     *query* is the part of the request target after ``?`` (without a fragment; pass
     ``b""`` when there is none).  *headers* are ``(name, value)`` pairs as h11 or h2
     give them; only ``If-None-Match`` is read, with names compared case-insensitively.
-    Raises :class:`~tidings.errors.RemoteProtocolError` (``error_status_hint`` 400; an
-    :class:`~tidings.errors.InvalidCursor` for a malformed cursor) on anything the
-    module rules reject.
+    Raises :class:`~tidings.errors.RemoteProtocolError` (``error_status_hint`` 400) on
+    anything the module rules reject.  A malformed cursor is not rejected: it is the
+    request's :attr:`~PollRequest.cursor`, as a string, and the answer is a reset.
     """
     if limits is None:
         limits = PollLimits()
@@ -235,10 +247,10 @@ def parse_poll_request(
     conditional = False
     query_cursor = params.get("cursor", "")
     if query_cursor:
-        cursor = _parse_cursor(query_cursor, "query parameter 'cursor'")
+        cursor = _parse_cursor(query_cursor)
     if match_values:
         tag = _if_none_match(match_values)
-        tag_cursor = _parse_cursor(tag, "If-None-Match")
+        tag_cursor = _parse_cursor(tag)
         if cursor is not None and cursor != tag_cursor:
             raise RemoteProtocolError("query parameter 'cursor' and If-None-Match disagree")
         cursor = tag_cursor

@@ -13,6 +13,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("tidings.redis needs coredis: pip install 'tidings[redis]'") from exc
 
 from tidings.redis.history import (
+    DEFAULT_MAX_CALLS,
     DEFAULT_MAX_EVENT_SIZE,
     DEFAULT_MAX_EVENTS,
     DEFAULT_PREFIX,
@@ -24,6 +25,7 @@ from tidings.redis.history import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_CALLS",
     "DEFAULT_MAX_EVENTS",
     "DEFAULT_MAX_EVENT_SIZE",
     "DEFAULT_PREFIX",

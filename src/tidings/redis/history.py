@@ -62,6 +62,7 @@ from tidings.names import TOPIC_RULE, is_valid_topic
 from tidings.trio.history import Feed, HistoryUnavailable
 
 __all__ = [
+    "DEFAULT_MAX_CALLS",
     "DEFAULT_MAX_EVENTS",
     "DEFAULT_MAX_EVENT_SIZE",
     "DEFAULT_PREFIX",
@@ -80,9 +81,11 @@ DEFAULT_PREFIX = "tidings:"
 DEFAULT_MAX_EVENTS = 1000
 #: The largest event accepted by default, in bytes of UTF-8 (data plus event type).
 DEFAULT_MAX_EVENT_SIZE = 1024 * 1024
-#: Seconds an operation may take, retries included, before it raises
+#: Seconds an operation may take talking to Redis, retries included, before it raises
 #: :class:`~tidings.trio.history.HistoryUnavailable`.
 DEFAULT_TIMEOUT = 3.0
+#: Commands a history has in flight at most by default; the others wait their turn.
+DEFAULT_MAX_CALLS = 64
 
 #: A coredis client a :class:`RedisHistory` can use (``decode_responses=False``).
 RedisClient = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
@@ -317,6 +320,18 @@ def _answer(
     return Replay(tuple(events), cursor, cursor.offset < last)
 
 
+class _SharedRead:
+    """One ``read.lua`` call, shared by every caller that asked the same of the same
+    topic before it was sent (see ``RedisHistory._read``)."""
+
+    __slots__ = ("done", "error", "state")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.state: _State | None = None
+        self.error: HistoryUnavailable | None = None
+
+
 class RedisHistory:
     """The :class:`~tidings.trio.history.History` of topics kept in Redis (see the module).
 
@@ -330,6 +345,18 @@ class RedisHistory:
     :class:`~tidings.trio.history.HistoryUnavailable` when Redis cannot answer within
     *operation_timeout* seconds (retries included); none hangs.
 
+    At most *max_calls* commands are in flight at once; the others wait their turn
+    (first come, first served), and *operation_timeout* starts when a command's turn
+    comes, so that thousands of streams opening together are served one batch after
+    another instead of all timing out together.  Waiting for a turn is local work,
+    not Redis failing: it never makes the history unhealthy.  But once Redis has
+    failed to answer, calls waiting for a turn fail at once (and so do new ones that
+    find no free turn), so that publishes still get their ``503`` promptly.
+    Identical reads of one topic waiting together (streams opening on a topic ask
+    for its head, followers of a new topic for its first events) share one command:
+    a call joins a read only until that read is sent, so every answer is one Redis
+    gave after its call began.
+
     *max_events* is the number of events retained per topic; *ttl* the idle expiry
     of a topic in seconds (refreshed by each append; ``None``: topics never expire);
     *max_event_size* the largest event accepted (bytes of UTF-8, data plus event
@@ -338,6 +365,7 @@ class RedisHistory:
     """
 
     __slots__ = (
+        "_answered_at",
         "_append_script",
         "_client",
         "_closing",
@@ -345,16 +373,21 @@ class RedisHistory:
         "_connected",
         "_failing",
         "_feed",
+        "_limiter",
         "_lock",
         "_pubsub",
+        "_queued",
         "_read_script",
+        "_reads",
         "_restart",
         "_rng",
         "_stopped",
+        "_unreachable",
         "_unwatched",
         "_unwatched_wakeup",
         "_watched",
         "dedup_window",
+        "max_calls",
         "max_event_size",
         "max_events",
         "operation_timeout",
@@ -372,12 +405,15 @@ class RedisHistory:
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         dedup_window: float = DEFAULT_DEDUP_MAX_AGE,
         operation_timeout: float = DEFAULT_TIMEOUT,
+        max_calls: int = DEFAULT_MAX_CALLS,
     ) -> None:
         client = connect()
         if client.decode_responses:
             raise LocalProtocolError("the coredis client must have decode_responses=False")
         if type(max_events) is not int or max_events < 1:
             raise LocalProtocolError("max_events must be an int >= 1")
+        if type(max_calls) is not int or max_calls < 1:
+            raise LocalProtocolError("max_calls must be an int >= 1")
         if type(max_event_size) is not int or max_event_size < 1:
             raise LocalProtocolError("max_event_size must be an int >= 1")
         for name, value in (
@@ -401,8 +437,11 @@ class RedisHistory:
         self.max_event_size = max_event_size
         #: How long an idempotency key is remembered, in seconds.
         self.dedup_window = dedup_window
-        #: The most an operation may take before it raises ``HistoryUnavailable``.
+        #: The most an operation may take talking to Redis before it raises
+        #: ``HistoryUnavailable`` (its wait for a turn not counted).
         self.operation_timeout = operation_timeout
+        #: Commands in flight at most.
+        self.max_calls = max_calls
         self._client = client
         self._connect = connect
         self._append_script: Script[bytes] = client.register_script(_script("append.lua"))
@@ -417,6 +456,16 @@ class RedisHistory:
         self._restart: trio.CancelScope | None = None
         self._connected = False
         self._failing = False
+        # Whether the last command that ended did not reach Redis (no answer, lost
+        # connection): calls then fail rather than wait for a turn.
+        self._unreachable = False
+        # When Redis last answered a command (trio time).
+        self._answered_at = -math.inf
+        self._limiter = trio.CapacityLimiter(max_calls)
+        # The cancel scopes of the calls waiting for a turn.
+        self._queued: set[trio.CancelScope] = set()
+        # Reads not sent yet, which identical reads may join.
+        self._reads: dict[tuple[bytes, str, int, int], _SharedRead] = {}
         self._closing = False
         self._stopped = trio.Event()
 
@@ -435,7 +484,9 @@ class RedisHistory:
     @property
     def healthy(self) -> bool:
         """Whether the history works right now: the PUB/SUB connection is up and the
-        last operation that reached Redis succeeded.  For a ``/readyz`` check."""
+        last operation that reached Redis succeeded (one that timed out while Redis
+        answered others does not count: that was this process being busy).  For a
+        ``/readyz`` check."""
         return self._connected and not self._failing
 
     @property
@@ -607,13 +658,79 @@ class RedisHistory:
     # -- Redis calls -------------------------------------------------------------------
 
     async def _read(self, keys: _Keys, epoch: str, offset: int, limit: int) -> _State:
-        reply = await self._call(
-            "read",
-            self._read_script,
-            (keys.meta, keys.stream),
-            (epoch.encode(), offset, limit),
-        )
-        return _parse_state(reply)
+        """What ``read.lua`` answers for these arguments.
+
+        Identical reads share one command while it waits for its turn: a read joins
+        only one that has not been sent yet, so that its answer still reflects
+        everything stored before it began.  When the caller that sends a shared read
+        is cancelled before it is answered, the others read again themselves.
+        """
+        key = (keys.meta, epoch, offset, limit)
+        while (shared := self._reads.get(key)) is not None:
+            await shared.done.wait()
+            if shared.state is not None:
+                return shared.state
+            if shared.error is not None:
+                raise HistoryUnavailable(str(shared.error)) from shared.error
+        shared = self._reads[key] = _SharedRead()
+
+        def sent() -> None:
+            if self._reads.get(key) is shared:
+                del self._reads[key]
+
+        try:
+            reply = await self._call(
+                "read",
+                self._read_script,
+                (keys.meta, keys.stream),
+                (epoch.encode(), offset, limit),
+                sent=sent,
+            )
+            state = shared.state = _parse_state(reply)
+        except HistoryUnavailable as exc:
+            shared.error = exc
+            raise
+        finally:
+            sent()
+            shared.done.set()
+        return state
+
+    async def _turn(self, what: str) -> None:
+        """Wait for a turn to send a command (see the class).
+
+        Raises :class:`HistoryUnavailable` when Redis was found unreachable before
+        the turn came.
+        """
+        limiter = self._limiter
+        if self._unreachable:
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                raise HistoryUnavailable(
+                    f"Redis is unavailable for the {what}: it did not answer the last command"
+                ) from None
+            return
+        with trio.CancelScope() as scope:
+            self._queued.add(scope)
+            try:
+                await limiter.acquire()
+            finally:
+                self._queued.discard(scope)
+        if scope.cancelled_caught:
+            raise HistoryUnavailable(
+                f"Redis is unavailable for the {what}: another command found it unreachable"
+            )
+
+    def _reached(self) -> None:
+        """Redis answered a command."""
+        self._failing = self._unreachable = False
+        self._answered_at = trio.current_time()
+
+    def _not_reached(self) -> None:
+        """Redis did not answer a command: the calls waiting for a turn fail too."""
+        self._failing = self._unreachable = True
+        for scope in self._queued:
+            scope.cancel()
 
     async def _call(
         self,
@@ -621,14 +738,33 @@ class RedisHistory:
         script: Script[bytes],
         keys: Sequence[bytes],
         args: Sequence[bytes | int],
+        *,
+        sent: Callable[[], None] | None = None,
     ) -> object:
-        """Run *script*, retrying after a lost connection, within *operation_timeout*.
+        """Run *script* in its turn, retrying after a lost connection, within
+        *operation_timeout* from the moment the turn came; *sent* is called then.
 
         Retrying is safe for both scripts: reading has no effect, and an append
         carries an idempotency record, so a retry of one that was stored returns
         the first position.
         """
-        deadline = trio.current_time() + self.operation_timeout
+        await self._turn(what)
+        try:
+            if sent is not None:
+                sent()
+            return await self._send(what, script, keys, args)
+        finally:
+            self._limiter.release()
+
+    async def _send(
+        self,
+        what: str,
+        script: Script[bytes],
+        keys: Sequence[bytes],
+        args: Sequence[bytes | int],
+    ) -> object:
+        start = trio.current_time()
+        deadline = start + self.operation_timeout
         # A connection attempt cut off by this deadline rather than by coredis's own
         # connect timeout could leak a slot of its pool: no retry starts that late.
         connect = self.operation_timeout / 2
@@ -642,16 +778,25 @@ class RedisHistory:
                 except RedisError as exc:
                     # Out of memory, a read-only replica after a failover, ACLs...
                     _log.warning("Redis refused the %s: %s", what, _describe(exc))
+                    self._answered_at = trio.current_time()
                     self._failing = True
                     raise HistoryUnavailable(f"Redis refused the {what}: {exc}") from exc
                 else:
-                    self._failing = False
+                    self._reached()
                     return reply
                 if attempt + 1 < _ATTEMPTS:
                     await trio.sleep(_RETRY_DELAY.next(attempt, self._rng))
             if deadline - trio.current_time() < connect:
                 break
-        self._failing = True
+        if (failure is None or isinstance(failure, TimeoutError)) and self._answered_at > start:
+            # No answer in time, but Redis answered other commands meanwhile: this
+            # process was too busy to read the answer (or one connection is stuck,
+            # which its own timeout will tell).  Not Redis being unreachable.
+            raise HistoryUnavailable(
+                f"no answer to the {what} within {self.operation_timeout} s "
+                "(Redis answered other commands meanwhile)"
+            )
+        self._not_reached()
         reason = (
             _describe(failure)
             if failure is not None
@@ -788,7 +933,7 @@ class RedisHistory:
                         subscribed |= todo
                     self._pubsub = pubsub
                     self._connected = True
-                    self._failing = False
+                    self._failing = self._unreachable = False
                     self._unwatched = subscribed - self._watched
                     if self._unwatched:
                         self._unwatched_wakeup.set()
@@ -840,6 +985,7 @@ async def open_redis_history(
     max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
     dedup_window: float = DEFAULT_DEDUP_MAX_AGE,
     operation_timeout: float = DEFAULT_TIMEOUT,
+    max_calls: int = DEFAULT_MAX_CALLS,
 ) -> AsyncIterator[RedisHistory]:
     """Open a :class:`RedisHistory` on the Redis at *url*, for the ``async with`` block::
 
@@ -869,6 +1015,7 @@ async def open_redis_history(
         max_event_size=max_event_size,
         dedup_window=dedup_window,
         operation_timeout=operation_timeout,
+        max_calls=max_calls,
     )
     try:
         async with history.client, trio.open_nursery() as nursery:

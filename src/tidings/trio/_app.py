@@ -149,6 +149,9 @@ class App:
         self._base: Headers = []
         if config.allow_origin is not None:
             self._base.append((b"access-control-allow-origin", config.allow_origin.encode()))
+            # Not CORS-safelisted: without this a page of another origin cannot read
+            # them (pacing by Retry-After; a poll's ETag, its cursor).
+            self._base.append((b"access-control-expose-headers", b"retry-after, etag"))
 
     @property
     def metrics(self) -> Metrics:

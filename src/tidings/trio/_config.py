@@ -88,7 +88,8 @@ class ServerConfig:
     #: the remaining connections.
     drain_timeout: float = 10.0
     #: Value of ``Access-Control-Allow-Origin`` on every answer, or ``None`` for no
-    #: CORS header (browsers then refuse cross-origin EventSource).
+    #: CORS header (browsers then refuse cross-origin EventSource).  With it, every
+    #: answer also exposes ``Retry-After`` and ``ETag`` to that origin.
     allow_origin: str | None = None
     #: Bytes asked from the network per read.
     receive_size: int = 64 * 1024

@@ -204,6 +204,19 @@ def _request_headers(
     return out
 
 
+def _final_status(value: bytes) -> int:
+    """The status code of a final HTTP/2 response, from its ``:status`` field.
+
+    Exactly three ASCII digits (``int()`` alone would take ``+20``, `` 200`` or
+    ``2_00``), 200 to 999: what h11 accepts on HTTP/1.1, so that both versions hand
+    the same statuses to the callers (a status beyond 599 comes from a broken
+    server; :mod:`tidings.retry` makes it final).
+    """
+    if len(value) != 3 or not value.isdigit() or not b"200" <= value <= b"999":
+        raise HTTPTransportError(f"invalid HTTP from peer: :status {value[:20]!r}")
+    return int(value)
+
+
 class _H11Exchange:
     """One HTTP/1.1 request/response on a stream."""
 
@@ -358,15 +371,19 @@ class _H2Exchange:
         await self._flush_while_reading()
 
     def _on_head(self, raw: list[tuple[bytes, bytes]] | list[tuple[str, str]]) -> None:
-        status = 0
+        status: int | None = None
         headers: list[tuple[bytes, bytes]] = []
         for name, value in raw:
             key = name.encode("ascii") if isinstance(name, str) else name
             val = value.encode("utf-8") if isinstance(value, str) else value
             if key == b":status":
-                status = int(val)
+                if status is not None:
+                    raise HTTPTransportError("invalid HTTP from peer: two :status fields")
+                status = _final_status(val)
             elif not key.startswith(b":"):
                 headers.append((key, val))
+        if status is None:
+            raise HTTPTransportError("invalid HTTP from peer: response without :status")
         self._head = (status, headers)
 
     async def receive_response(self) -> HTTPResponse:

@@ -401,7 +401,6 @@ async def _hold(
         else:
             wait = partial(_wait_on_socket, connection, watch)
         return await _hold_loop(app, responder, server, watch, wait)
-    # Cancelled (and left with answer None) when the client goes away.
     # The block is cancelled (answer left None) when the client goes away.
     answer: PollAnswer | None = None
     async with responder.watch_disconnect():

@@ -62,7 +62,7 @@ from pathlib import Path
 import trio
 
 from tidings.trio import open_event_stream, open_long_poll, open_session
-from tidings.trio._http_client import open_request
+from tidings.trio.client._http import open_request
 
 TOPIC = "storm"
 BUCKET = 0.1

@@ -40,7 +40,7 @@ import trio.testing
 with atheris.instrument_imports(include=["tidings"]):
     from tidings.history import MemoryHistory
     from tidings.trio import Hub, Server, ServerConfig
-    from tidings.trio._h2 import PREFACE
+    from tidings.trio.server._h2 import PREFACE
 
 _PATHS = [
     "/healthz",

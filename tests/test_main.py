@@ -17,7 +17,7 @@ from tidings.__main__ import build_parser, main
 from tidings.cursor import new_epoch
 from tidings.history import MemoryHistory
 from tidings.trio import Hub, Server, serve
-from tidings.trio._http_client import open_request
+from tidings.trio.client._http import open_request
 
 try:
     from tests.trio._cli import TIMEOUT, Lines, replay_then_live, run_cli, start_cli

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from tidings.cursor import Position
-from tidings.trio._http_client import open_request
+from tidings.trio.client._http import open_request
 
 try:
     from tests.trio._cli import TIMEOUT, Lines, start_cli

@@ -38,8 +38,8 @@ from tidings.trio import (
     serve,
     server_ssl_context,
 )
-from tidings.trio._http_client import HTTPTransportError, open_request
-from tidings.trio._tail import TRANSPORTS, TailOptions, tail
+from tidings.trio.client._http import HTTPTransportError, open_request
+from tidings.trio.client._tail import TRANSPORTS, TailOptions, tail
 from tidings.trio.history import History, HistoryUnavailable
 from tidings.trio.metrics import metrics_page
 

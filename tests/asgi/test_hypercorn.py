@@ -13,7 +13,7 @@ import trio
 from tidings.backoff import Backoff, NoJitter
 from tidings.events import Event, ResetNotice
 from tidings.trio import open_event_stream, open_long_poll, open_session
-from tidings.trio._http_client import open_request
+from tidings.trio.client._http import open_request
 
 from ..trio._proxy import ChaosProxy
 from ..trio._tools import hypercorn_app

@@ -13,7 +13,7 @@ import trio
 
 from tidings.events import Event, ResetNotice
 from tidings.trio import open_event_stream
-from tidings.trio._http_client import open_request
+from tidings.trio.client._http import open_request
 
 from ..trio._cli import ENV, Lines
 

@@ -28,7 +28,7 @@ from tidings.trio import (
     open_session,
     serve,
 )
-from tidings.trio._http_client import open_request
+from tidings.trio.client._http import open_request
 
 from ..trio._cli import TIMEOUT, Lines, start_cli
 from ..trio._proxy import ChaosProxy

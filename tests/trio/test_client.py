@@ -26,7 +26,7 @@ from tidings.errors import LocalProtocolError
 from tidings.events import Event, ResetNotice
 from tidings.history import MemoryHistory
 from tidings.trio import Hub, Server, ServerConfig, serve
-from tidings.trio.client import (
+from tidings.trio.client.sse import (
     EventStream,
     EventStreamClosed,
     EventStreamFailed,

@@ -10,7 +10,7 @@ import trio
 import trustme
 
 from tidings.errors import LocalProtocolError
-from tidings.trio._http_client import URL, HTTPTransportError, open_request
+from tidings.trio.client._http import URL, HTTPTransportError, open_request
 
 try:
     from tests.trio._fake_http import FakeServer, Reply, Seen

@@ -37,9 +37,9 @@ import trustme
 from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory
 from tidings.trio import CloseReason, Hub, Server, ServerConfig, Subscription
-from tidings.trio._http import Request, Responder
-from tidings.trio._routes import Handler, Router
-from tidings.trio._sse_endpoint import sse_events
+from tidings.trio.server._http import Request, Responder
+from tidings.trio.server._routes import Handler, Router
+from tidings.trio.server._sse_endpoint import sse_events
 
 try:
     from tests.trio._tools import require_program
@@ -47,7 +47,7 @@ except ImportError:  # tests/ is not a package: pytest put this directory on sys
     from _tools import require_program  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(120)]
 

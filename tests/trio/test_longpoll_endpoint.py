@@ -17,8 +17,8 @@ from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
 from tidings.longpoll import PollLimits
 from tidings.trio import Hub, Server, ServerConfig
-from tidings.trio._http_client import open_request
 from tidings.trio._sync import Waiter
+from tidings.trio.client._http import open_request
 from tidings.trio.history import Feed, HistoryUnavailable, LocalHistory
 from tidings.trio.hub import Watch
 
@@ -568,9 +568,9 @@ async def test_held_requests_count_toward_the_connection_limit(
 
 
 async def test_a_custom_router_can_grant_other_limits(nursery: trio.Nursery) -> None:
-    from tidings.trio._app import default_router
-    from tidings.trio._poll_endpoint import make_long_poll_handler
-    from tidings.trio._routes import Router
+    from tidings.trio.server._app import default_router
+    from tidings.trio.server._poll_endpoint import make_long_poll_handler
+    from tidings.trio.server._routes import Router
 
     hub = Hub(MemoryHistory(new_epoch(random.Random(3))))
     router = Router()

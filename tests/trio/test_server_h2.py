@@ -29,7 +29,7 @@ from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory, Replay
 from tidings.sse.parser import EventStreamParser, MessageEvent
 from tidings.trio import Hub, Server, ServerConfig
-from tidings.trio._h2 import PREFACE, H2Connection, H2Stream, _H2Sink
+from tidings.trio.server._h2 import PREFACE, H2Connection, H2Stream, _H2Sink
 
 if TYPE_CHECKING:
     from conftest import StartServer

@@ -11,7 +11,7 @@ import trio.testing
 from tidings.cursor import new_epoch
 from tidings.history import MemoryHistory
 from tidings.trio import Hub
-from tidings.trio._heartbeat import Beat, Heartbeats
+from tidings.trio.server._heartbeat import Beat, Heartbeats
 
 
 def ticker_tasks() -> int:

@@ -781,8 +781,8 @@ async def test_pipelined_requests_are_answered_in_order(server: Server, connect:
 async def test_a_handler_can_take_over_the_connection_with_an_upgrade(
     hub: Hub, nursery: trio.Nursery, connect: Connect
 ) -> None:
-    from tidings.trio._app import App, default_router
-    from tidings.trio._http import Request, Responder
+    from tidings.trio.server._app import App, default_router
+    from tidings.trio.server._http import Request, Responder
 
     async def echo_upgrade(app: App, request: Request, responder: Responder) -> None:
         if not responder.can_upgrade:

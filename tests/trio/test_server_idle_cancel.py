@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from tidings.trio import Hub, Server
-from tidings.trio._h11 import _DirectSink
+from tidings.trio.server._h11 import _DirectSink
 
 if TYPE_CHECKING:
     from conftest import Connect

@@ -28,7 +28,7 @@ from tidings.trio import (
     WebSocketSession,
     open_session,
 )
-from tidings.trio._http import Request as HTTPRequest
+from tidings.trio.server._http import Request as HTTPRequest
 from tidings.ws import EventMessage
 
 from ._proxy import ChaosProxy

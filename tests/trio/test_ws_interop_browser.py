@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from tidings.trio import Hub, ServerConfig
-from tidings.trio._app import default_router
-from tidings.trio._http import Request, Responder
-from tidings.trio._routes import Handler, Router
+from tidings.trio.server._app import default_router
+from tidings.trio.server._http import Request, Responder
+from tidings.trio.server._routes import Handler, Router
 
 from .test_interop_browser import (
     BROWSER_TIME_LIMIT,
@@ -33,7 +33,7 @@ from .test_interop_browser import (
 )
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["chromium"]  # the fixture, shared with test_interop_browser
 

@@ -33,9 +33,9 @@ from wsproto.events import (
 from tidings.cursor import Position, new_epoch
 from tidings.history import MemoryHistory, Replay, Reset, StoredEvent
 from tidings.trio import Action, Hub, Refusal, Server, ServerConfig, WebSocketConfig, serve
-from tidings.trio._http import Request as HTTPRequest
 from tidings.trio.history import Feed, HistoryUnavailable, LocalHistory
 from tidings.trio.hub import CloseReason, Subscription
+from tidings.trio.server._http import Request as HTTPRequest
 
 from .conftest import HTTP1, Connect, MemoryClient, StartServer
 from .test_server_h2 import H2Client, h2_clients, h2_connect

@@ -11,10 +11,10 @@ import trio
 
 from tidings.asgi._http import ASGIReceive, AsgiResponder, ASGISend, Scope, build_request
 from tidings.asgi._websocket import serve_websocket
-from tidings.trio._app import App
-from tidings.trio._config import ServerConfig
-from tidings.trio._routes import Router
 from tidings.trio.hub import Hub
+from tidings.trio.server._app import App
+from tidings.trio.server._config import ServerConfig
+from tidings.trio.server._routes import Router
 
 __all__ = ["ASGIApp", "TidingsASGI", "create_app", "mount"]
 

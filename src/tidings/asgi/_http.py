@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import trio
 
-from tidings.trio._http import (
+from tidings.trio.server._http import (
     BodyTooLarge,
     ConnectionInfo,
     Headers,

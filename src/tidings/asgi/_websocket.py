@@ -2,7 +2,7 @@
 
 The handshake checks are the built-in endpoint's (Origin, the authorisation hook,
 the subprotocol, draining); the session's protocol work is the same
-:class:`~tidings.trio._ws_core.SessionCore`, carrying text messages instead of
+:class:`~tidings.trio.server._ws_core.SessionCore`, carrying text messages instead of
 frames.  Pings are the ASGI server's business (hypercorn: ``--websocket-ping-interval``).
 
 One task reads the client's messages into a rendezvous channel; the session's task
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tidings.asgi._http import ASGIReceive, ASGISend, Scope, build_request
-from tidings.trio._auth import Action
 from tidings.trio._sync import Waiter
-from tidings.trio._ws_core import SessionCore
+from tidings.trio.server._auth import Action
+from tidings.trio.server._ws_core import SessionCore
 from tidings.ws import SUBPROTOCOL
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["serve_websocket"]
 

@@ -7,19 +7,20 @@ is :func:`open_event_stream` (SSE), :func:`open_long_poll` and :func:`open_sessi
 (WebSocket), which all yield :class:`tidings.Event` and :class:`tidings.ResetNotice`.
 """
 
-from tidings.trio._app import App, default_router
-from tidings.trio._auth import Action, AuthHook, Refusal, publish_token
-from tidings.trio._config import ServerConfig
-from tidings.trio._http import Request, Responder, StreamWriter
-from tidings.trio._routes import Handler, Route, Router, static
 from tidings.trio._sync import Waiter
-from tidings.trio._ws_config import WebSocketConfig
-from tidings.trio.client import (
+from tidings.trio.client.longpoll import LongPoll, open_long_poll
+from tidings.trio.client.sse import (
     EventStream,
     EventStreamClosed,
     EventStreamError,
     EventStreamFailed,
     open_event_stream,
+)
+from tidings.trio.client.websocket import (
+    PublishRejected,
+    SessionClosed,
+    WebSocketSession,
+    open_session,
 )
 from tidings.trio.history import (
     Feed,
@@ -29,15 +30,14 @@ from tidings.trio.history import (
     LocalHistory,
 )
 from tidings.trio.hub import Batch, CloseReason, DirectSink, Hub, LiveEvent, Subscription, Watch
-from tidings.trio.longpoll_client import LongPoll, open_long_poll
 from tidings.trio.metrics import DELIVERY_BUCKETS, Metrics, TidingsCollector, metrics_page
-from tidings.trio.server import Server, serve, serve_stream, server_ssl_context
-from tidings.trio.session_client import (
-    PublishRejected,
-    SessionClosed,
-    WebSocketSession,
-    open_session,
-)
+from tidings.trio.server._app import App, default_router
+from tidings.trio.server._auth import Action, AuthHook, Refusal, publish_token
+from tidings.trio.server._config import ServerConfig
+from tidings.trio.server._http import Request, Responder, StreamWriter
+from tidings.trio.server._routes import Handler, Route, Router, static
+from tidings.trio.server._serve import Server, serve, serve_stream, server_ssl_context
+from tidings.trio.server._ws_config import WebSocketConfig
 
 __all__ = [
     "DELIVERY_BUCKETS",

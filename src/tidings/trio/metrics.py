@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
-    from tidings.trio._http import Request, Responder
-    from tidings.trio._routes import Handler
+    from tidings.trio.server._app import App
+    from tidings.trio.server._http import Request, Responder
+    from tidings.trio.server._routes import Handler
 
 __all__ = ["DELIVERY_BUCKETS", "Metrics", "TidingsCollector", "metrics_page"]
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from tidings.errors import LocalProtocolError
 from tidings.longpoll.request import PollLimits
-from tidings.trio._auth import AuthHook
-from tidings.trio._ws_config import WebSocketConfig
+from tidings.trio.server._auth import AuthHook
+from tidings.trio.server._ws_config import WebSocketConfig
 
 __all__ = ["ServerConfig"]
 
@@ -100,7 +100,7 @@ class ServerConfig:
     #: ``GET /ws`` (WebSocket sessions): limits, heartbeats, Origin check.
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     #: The authorisation hook asked before every subscribe and publish, on every
-    #: transport (see :mod:`tidings.trio._auth`), or ``None`` to admit everyone.
+    #: transport (see :mod:`tidings.trio.server._auth`), or ``None`` to admit everyone.
     auth: AuthHook | None = None
 
     def __post_init__(self) -> None:

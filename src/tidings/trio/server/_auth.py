@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tidings.errors import LocalProtocolError
-from tidings.trio._http import Headers, Request
+from tidings.trio.server._http import Headers, Request
 
 __all__ = ["Action", "AuthHook", "Refusal", "publish_token"]
 

@@ -15,7 +15,7 @@ supplies the clock, the wake-ups, the history reads and the socket:
 
 Noticing the client leaving: on a plain HTTP/1.1 socket the request waits on its
 subscription's :class:`~tidings.trio.Waiter` (a publish wakes it in microseconds)
-while the server's :class:`~tidings.trio._disconnects.DisconnectWatcher` watches its
+while the server's :class:`~tidings.trio.server._disconnects.DisconnectWatcher` watches its
 socket; elsewhere (TLS, HTTP/2) it uses ``Responder.watch_disconnect``.  Waking
 thousands of held requests that wait on their sockets would cost a cancellation
 each, an order of magnitude more.
@@ -50,16 +50,16 @@ from tidings.follow import ReadHistory
 from tidings.history import Replay, Reset
 from tidings.longpoll.request import PollLimits, parse_poll_request
 from tidings.longpoll.server import LongPollServer, PollAnswer, answer_read, error_answer
-from tidings.trio._auth import Action
-from tidings.trio._disconnects import DisconnectWatcher
-from tidings.trio._h11 import H11Connection, H11Responder
-from tidings.trio._http import Request, Responder
-from tidings.trio._routes import Handler
 from tidings.trio.history import HistoryUnavailable
 from tidings.trio.hub import Hub, LiveEvent, Watch
+from tidings.trio.server._auth import Action
+from tidings.trio.server._disconnects import DisconnectWatcher
+from tidings.trio.server._h11 import H11Connection, H11Responder
+from tidings.trio.server._http import Request, Responder
+from tidings.trio.server._routes import Handler
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["SharedReads", "long_poll", "make_long_poll_handler"]
 
@@ -86,7 +86,7 @@ def make_long_poll_handler(limits: PollLimits | None = None) -> Handler:
         grant = app.config.poll_limits if limits is None else limits
         await _long_poll(app, request, responder, grant)
 
-    handler.__doc__ = "Serve one long poll (see :mod:`tidings.trio._poll_endpoint`)."
+    handler.__doc__ = "Serve one long poll (see :mod:`tidings.trio.server._poll_endpoint`)."
     return handler
 
 
@@ -220,7 +220,7 @@ class SharedReads:
     (:func:`~tidings.longpoll.server.answer_read` is a pure function of the read):
     the first one's read is made and answered, the others reuse both.  Valid only
     while that event is being fanned out (the history does not change meanwhile).
-    One per server (:class:`~tidings.trio._app.App`).
+    One per server (:class:`~tidings.trio.server._app.App`).
     """
 
     __slots__ = ("answers", "item")

@@ -2,7 +2,7 @@
 
 :func:`open_event_stream` is the pump around :class:`~tidings.sse.client.EventSourceClient`:
 it opens HTTP connections (HTTP/1.1 or HTTP/2, see
-:mod:`tidings.trio._http_client`), feeds the machine, sleeps when it says to wait
+:mod:`tidings.trio.client._http`), feeds the machine, sleeps when it says to wait
 and hands out what it parses.  Every decision -- which headers, whether a response
 opens the stream, how long to wait, which ``Last-Event-ID`` to send -- is the
 machine's.
@@ -41,8 +41,8 @@ from tidings.sse.client import (
 )
 from tidings.sse.parser import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_LINE_LENGTH, MessageEvent
 from tidings.sse.reset import parse_reset
-from tidings.trio._client_args import check_headers, check_timeout, topic_from_path
-from tidings.trio._http_client import URL, HTTPResponse, HTTPTransportError, open_request
+from tidings.trio.client._args import check_headers, check_timeout, topic_from_path
+from tidings.trio.client._http import URL, HTTPResponse, HTTPTransportError, open_request
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",

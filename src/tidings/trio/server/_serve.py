@@ -28,13 +28,13 @@ from contextlib import nullcontext, suppress
 
 import trio
 
-from tidings.trio._app import App
-from tidings.trio._config import ServerConfig
-from tidings.trio._h2 import PREFACE, H2Connection
-from tidings.trio._h11 import H11Connection
-from tidings.trio._http import ConnectionInfo
-from tidings.trio._routes import Router
 from tidings.trio.hub import Hub
+from tidings.trio.server._app import App
+from tidings.trio.server._config import ServerConfig
+from tidings.trio.server._h2 import PREFACE, H2Connection
+from tidings.trio.server._h11 import H11Connection
+from tidings.trio.server._http import ConnectionInfo
+from tidings.trio.server._routes import Router
 
 __all__ = ["Server", "ServerConfig", "serve", "serve_stream", "server_ssl_context"]
 

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from tidings.errors import LocalProtocolError
 from tidings.names import EVENT_TYPE_RULE, is_valid_event_type
-from tidings.trio._auth import Action
-from tidings.trio._http import BodyTooLarge, Request, Responder
 from tidings.trio.history import HistoryUnavailable
+from tidings.trio.server._auth import Action
+from tidings.trio.server._http import BodyTooLarge, Request, Responder
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["healthz", "publish", "readyz"]
 

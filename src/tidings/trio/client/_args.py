@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 
 from tidings.errors import LocalProtocolError
-from tidings.trio._routes import parse_topic
+from tidings.trio.server._routes import parse_topic
 
 __all__ = ["check_headers", "check_timeout", "topic_from_path"]
 

@@ -2,7 +2,7 @@
 
 :func:`open_long_poll` is the pump around :class:`~tidings.longpoll.LongPollClient`:
 it sleeps until the machine says to send, performs the request the machine built
-(HTTP/1.1 or HTTP/2, see :mod:`tidings.trio._http_client`), and hands the complete
+(HTTP/1.1 or HTTP/2, see :mod:`tidings.trio.client._http`), and hands the complete
 answer back.  Every decision -- the request's URL and headers, what an answer
 means, how long to back off, whether ``Retry-After`` applies, when to stop -- is
 the machine's.
@@ -42,8 +42,8 @@ from tidings.longpoll.client import (
     PollReset,
 )
 from tidings.retry import GiveUp
-from tidings.trio._client_args import check_headers, check_timeout, topic_from_path
-from tidings.trio._http_client import URL, HTTPTransportError, open_request
+from tidings.trio.client._args import check_headers, check_timeout, topic_from_path
+from tidings.trio.client._http import URL, HTTPTransportError, open_request
 
 __all__ = ["DEFAULT_POLL_CONNECT_TIMEOUT", "LongPoll", "open_long_poll"]
 

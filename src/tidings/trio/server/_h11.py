@@ -26,7 +26,8 @@ import h11
 import trio
 
 from tidings.history import StoredEvent
-from tidings.trio._http import (
+from tidings.trio.hub import LiveEvent, Subscription
+from tidings.trio.server._http import (
     BodyTooLarge,
     ConnectionInfo,
     Headers,
@@ -36,11 +37,10 @@ from tidings.trio._http import (
     UpgradeNotSupported,
     content_length,
 )
-from tidings.trio._socket_sink import SocketSink, write_some
-from tidings.trio.hub import LiveEvent, Subscription
+from tidings.trio.server._socket_sink import SocketSink, write_some
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["H11Connection", "H11Responder"]
 

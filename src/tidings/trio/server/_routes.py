@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from tidings.names import is_valid_topic
-from tidings.trio._http import Request, Responder
+from tidings.trio.server._http import Request, Responder
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = [
     "BadParameter",

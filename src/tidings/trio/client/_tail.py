@@ -24,9 +24,9 @@ import trio
 
 from tidings.errors import LocalProtocolError, RemoteProtocolError
 from tidings.events import Event, ResetNotice
-from tidings.trio.client import EventStreamClosed, EventStreamFailed, open_event_stream
-from tidings.trio.longpoll_client import open_long_poll
-from tidings.trio.session_client import SessionClosed, open_session
+from tidings.trio.client.longpoll import open_long_poll
+from tidings.trio.client.sse import EventStreamClosed, EventStreamFailed, open_event_stream
+from tidings.trio.client.websocket import SessionClosed, open_session
 
 __all__ = [
     "TRANSPORTS",

@@ -24,13 +24,13 @@ import trio
 from tidings.history import Reset, StoredEvent
 from tidings.sse.encoder import ServerSentEvent, encode_comment, encode_event
 from tidings.sse.reset import RESET_EVENT_TYPE, encode_reset_data
-from tidings.trio._auth import Action
-from tidings.trio._heartbeat import Beat
-from tidings.trio._http import Request, Responder
 from tidings.trio.hub import CloseReason
+from tidings.trio.server._auth import Action
+from tidings.trio.server._heartbeat import Beat
+from tidings.trio.server._http import Request, Responder
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["SSE_HEADERS", "encode_reset", "encode_stored", "sse_events"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tidings.errors import LocalProtocolError
 from tidings.session import DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT
-from tidings.trio._http import Request
+from tidings.trio.server._http import Request
 from tidings.ws.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from tidings.ws.server import DEFAULT_MAX_ERRORS, DEFAULT_MAX_TOPICS
 

@@ -46,17 +46,17 @@ from wsproto.utilities import generate_accept_token
 
 from tidings.history import StoredEvent
 from tidings.session import ClosePeer, HeartbeatPolicy
-from tidings.trio._auth import Action, Refusal
-from tidings.trio._http import Request, Responder
-from tidings.trio._socket_sink import SocketSink, write_some
 from tidings.trio._sync import Waiter
-from tidings.trio._ws_config import WebSocketConfig
-from tidings.trio._ws_core import SessionCore
 from tidings.trio.hub import LiveEvent
+from tidings.trio.server._auth import Action, Refusal
+from tidings.trio.server._http import Request, Responder
+from tidings.trio.server._socket_sink import SocketSink, write_some
+from tidings.trio.server._ws_config import WebSocketConfig
+from tidings.trio.server._ws_core import SessionCore
 from tidings.ws import SUBPROTOCOL, EventMessage
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["WebSocketState", "ws_session"]
 
@@ -266,7 +266,7 @@ class _Waker(Waiter):
 class _Session:
     """One upgraded connection, served by one task.
 
-    The protocol work is its :class:`~tidings.trio._ws_core.SessionCore`'s; this
+    The protocol work is its :class:`~tidings.trio.server._ws_core.SessionCore`'s; this
     class carries it over wsproto.  The task sends what there is to send (answers,
     live events, pings, the close frame), then waits for the client *or* a wake-up
     (hub, drain, heartbeat deadline), and starts over.  While it waits on a plain

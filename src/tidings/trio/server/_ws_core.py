@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from tidings.errors import LocalProtocolError
 from tidings.history import StoredEvent
-from tidings.trio._auth import Action
-from tidings.trio._http import Request
 from tidings.trio._sync import Waiter
 from tidings.trio.history import HistoryUnavailable
 from tidings.trio.hub import CloseReason, Subscription
+from tidings.trio.server._auth import Action
+from tidings.trio.server._http import Request
 from tidings.ws import CloseConnection as CloseInstruction
 from tidings.ws import ServerOutput, SessionServer
 from tidings.ws.server import Authorize, Follow, Publish, Unfollow
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["SessionCore"]
 

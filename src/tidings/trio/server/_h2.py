@@ -42,7 +42,9 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 
 from tidings.errors import LocalProtocolError
 from tidings.history import StoredEvent
-from tidings.trio._http import (
+from tidings.trio._sync import Waiter
+from tidings.trio.hub import LiveEvent, Subscription
+from tidings.trio.server._http import (
     BodyTooLarge,
     ConnectionInfo,
     Headers,
@@ -51,12 +53,10 @@ from tidings.trio._http import (
     StreamWriter,
     content_length,
 )
-from tidings.trio._socket_sink import SocketSink, write_some
-from tidings.trio._sync import Waiter
-from tidings.trio.hub import LiveEvent, Subscription
+from tidings.trio.server._socket_sink import SocketSink, write_some
 
 if TYPE_CHECKING:
-    from tidings.trio._app import App
+    from tidings.trio.server._app import App
 
 __all__ = ["PREFACE", "H2Connection"]
 

@@ -60,7 +60,7 @@ from tidings.session import (
     SessionAction,
     Wait,
 )
-from tidings.trio._client_args import check_headers
+from tidings.trio.client._args import check_headers
 from tidings.ws import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OUTBOX,

@@ -17,14 +17,14 @@ from typing import Protocol
 
 import trio
 
-from tidings.trio._auth import Action, Refusal
-from tidings.trio._config import ServerConfig
-from tidings.trio._disconnects import DisconnectWatcher, new_watcher
-from tidings.trio._heartbeat import Heartbeats
-from tidings.trio._http import Headers, Request, Responder
-from tidings.trio._routes import BadParameter, Handler, Router, static
 from tidings.trio.hub import CloseReason, Hub, Subscription, Watch
 from tidings.trio.metrics import Metrics
+from tidings.trio.server._auth import Action, Refusal
+from tidings.trio.server._config import ServerConfig
+from tidings.trio.server._disconnects import DisconnectWatcher, new_watcher
+from tidings.trio.server._heartbeat import Heartbeats
+from tidings.trio.server._http import Headers, Request, Responder
+from tidings.trio.server._routes import BadParameter, Handler, Router, static
 
 __all__ = ["App", "default_router", "origin_allowed"]
 
@@ -57,10 +57,10 @@ def default_router(prefix: str = "") -> Router:
     ``{prefix}/`` the demo page (which pushes the client to HTTP/2 clients that allow
     server push); adding ``/`` again puts your own page there.
     """
-    from tidings.trio._endpoints import healthz, publish, readyz
-    from tidings.trio._poll_endpoint import long_poll
-    from tidings.trio._sse_endpoint import sse_events
-    from tidings.trio._ws_endpoint import ws_session
+    from tidings.trio.server._endpoints import healthz, publish, readyz
+    from tidings.trio.server._poll_endpoint import long_poll
+    from tidings.trio.server._sse_endpoint import sse_events
+    from tidings.trio.server._ws_endpoint import ws_session
 
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ValueError("prefix must start with '/' and not end with it")
@@ -124,20 +124,20 @@ class App:
         self.subscriptions: set[Subscription | Watch] = set()
         #: The heartbeat ticker of this server's event streams.
         self.heartbeats = Heartbeats(config.heartbeat_interval)
-        from tidings.trio._poll_endpoint import SharedReads
-        from tidings.trio._ws_endpoint import WebSocketState
+        from tidings.trio.server._poll_endpoint import SharedReads
+        from tidings.trio.server._ws_endpoint import WebSocketState
 
         #: Held polls' reads shared while one publish is fanned out.
         self.poll_reads = SharedReads()
-        from tidings.trio._h11 import H11Caches
+        from tidings.trio.server._h11 import H11Caches
 
         #: What this server's HTTP/1.1 connections share.
         self.h11_caches = H11Caches()
         #: What this server's WebSocket sessions share.
         self.websocket = WebSocketState(config.websocket)
-        from tidings.trio._poll_endpoint import long_poll
-        from tidings.trio._sse_endpoint import sse_events
-        from tidings.trio._ws_endpoint import ws_session
+        from tidings.trio.server._poll_endpoint import long_poll
+        from tidings.trio.server._sse_endpoint import sse_events
+        from tidings.trio.server._ws_endpoint import ws_session
 
         # The transport label of the endpoints' requests (tidings_connections).
         self._transports: dict[Handler, str] = {

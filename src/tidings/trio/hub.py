@@ -47,6 +47,9 @@ __all__ = [
 
 # Accounting overhead per buffered event, so that empty events are bounded too.
 _ITEM_OVERHEAD = 64
+#: Work (publishes, plus events handed to direct sinks) that :meth:`Hub.publish` may
+#: do between two scheduling rounds while it wakes no task; see there.
+PUBLISH_BATCH = 128
 #: The longest wait between two tries of a history read that failed, in seconds.
 MAX_READ_RETRY_DELAY = 5.0
 
@@ -220,6 +223,9 @@ class Hub:
         self._dirty: dict[DirectSink, None] = {}
         self._flusher_running = False
         self._publishing = False
+        # Work done since the sinks were last flushed (see publish); a publish that
+        # woke a task adds PUBLISH_BATCH, so that its publisher yields at once.
+        self._unflushed = 0
         self.history.bind(self)
 
     # -- publishing ----------------------------------------------------------------
@@ -234,12 +240,17 @@ class Hub:
         de-duplication window it returns the position of the first publish.
 
         Never waits for subscribers: a slow one catches up from the history instead.
+        Always a cancellation point; with a history that answers at once, a
+        scheduling point only when the publish woke a task (a subscriber that was
+        not idle on a direct sink), or every :data:`PUBLISH_BATCH` publishes or
+        direct deliveries: in between, the events wait in the idle subscribers'
+        sinks and go out together, in one write each, when the publisher yields.
         Raises :class:`~tidings.errors.LocalProtocolError` for a non-string *data*,
         a bad *event* type or an event larger than the history accepts, and
         :class:`~tidings.trio.history.HistoryUnavailable` when the history's store
         cannot be reached.
         """
-        _check_event(topic, data, event)
+        _check_event(topic, data, event, self._subscribers)
         immediate = self._immediate
         if immediate is None:
             try:
@@ -256,6 +267,16 @@ class Hub:
         finally:
             self._publishing = False
         self.metrics.published += 1
+        unflushed = self._unflushed = self._unflushed + 1
+        if unflushed < PUBLISH_BATCH:
+            # Every subscriber took the event into its sink, and nobody was woken:
+            # no task is waiting for this publish, so no scheduling round now.  The
+            # sinks are written when the publisher yields (here, once PUBLISH_BATCH
+            # is reached, or by the flusher), one write for the whole run.
+            if self._dirty and not self._flusher_running:
+                self._flusher_running = True
+                trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")
+            return stored.position
         self._flush()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stored.position
@@ -280,7 +301,7 @@ class Hub:
             raise LocalProtocolError(
                 f"{type(self.history).__name__} cannot store without waiting: use publish()"
             )
-        _check_event(topic, data, event)
+        _check_event(topic, data, event, self._subscribers)
         stored = immediate.append_nowait(topic, data, event, key=key)
         self.metrics.published += 1
         return stored
@@ -293,8 +314,14 @@ class Hub:
         if not subscribers:
             return
         item = LiveEvent(stored, _event_size(stored.data, stored.event), trio.current_time())
+        metrics = self.metrics
+        direct = metrics.direct_deliveries
         for subscriber in subscribers:
             subscriber._push(item)
+        count = metrics.direct_deliveries - direct
+        # A subscriber that did not take the event into its sink was woken (or is
+        # busy): a publisher that awaits yields at once, so that it can run.
+        self._unflushed += count if count == len(subscribers) else PUBLISH_BATCH
         if self._dirty and not self._publishing and not self._flusher_running:
             self._flusher_running = True
             trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")
@@ -302,11 +329,13 @@ class Hub:
     def on_lost(self, topic: str | None) -> None:
         """The feed may have missed events of *topic* (all topics for ``None``)."""
         topics = list(self._subscribers) if topic is None else [topic]
+        self._unflushed += PUBLISH_BATCH
         for name in topics:
             for subscriber in list(self._subscribers.get(name, ())):
                 subscriber._lost()
 
     def _flush(self) -> None:
+        self._unflushed = 0
         dirty = self._dirty
         if dirty:
             self._dirty = {}
@@ -415,8 +444,9 @@ class Hub:
             await ready.wait()
 
 
-def _check_event(topic: str, data: object, event: str | None) -> None:
-    if not is_valid_topic(topic):
+def _check_event(topic: str, data: object, event: str | None, known: dict[str, Any]) -> None:
+    # A topic someone subscribes to passed check_topic already (in subscribe/watch).
+    if not (type(topic) is str and topic in known) and not is_valid_topic(topic):
         check_topic(topic)
     if not isinstance(data, str):
         raise LocalProtocolError(f"data must be a str, not {type(data).__name__}")

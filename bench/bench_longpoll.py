@@ -20,6 +20,9 @@ topic wakes its held requests).  RLIMIT_NOFILE is raised in every process.
     complete; every poll has one event waiting (``cursor`` = the event before it),
     so it is answered at once with a one-event body.  Answers per second over
     ``--seconds`` (after a one-second warm-up).  Goal: tidings >= the peer.
+    Floors, in the same run (``bench/peers/h11_floor.py``): an epoll loop with no
+    framework answering each request with a constant answer of the same size,
+    through h11 (parse, serialise, next cycle) and with no HTTP parsing at all.
 
     python bench/bench_longpoll.py                           # both parts (~1 minute)
     python bench/bench_longpoll.py --only a --held 2000 --rounds 1
@@ -48,7 +51,12 @@ HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 SERVER_START_TIMEOUT = 30.0
 CLIENT_TIMEOUT = 300.0
-NAMES = {"tidings": "tidings (trio, h11)", "uvicorn": "Starlette on uvicorn"}
+NAMES = {
+    "tidings": "tidings (trio, h11)",
+    "uvicorn": "Starlette on uvicorn",
+    "h11-floor": "floor: h11 echo, epoll",
+    "raw-floor": "floor: raw socket echo",
+}
 
 
 def _raise_nofile() -> None:
@@ -108,8 +116,13 @@ class Running:
 @contextlib.contextmanager
 def _server(name: str) -> Iterator[Running]:
     port = _free_port()
-    mode = "_serve-tidings" if name == "tidings" else "_serve-starlette"
-    process = subprocess.Popen([sys.executable, __file__, mode, str(port)])
+    if name in ("h11-floor", "raw-floor"):
+        command = [sys.executable, str(PEERS / "h11_floor.py"), str(port)]
+        command += ["--raw"] if name == "raw-floor" else []
+    else:
+        mode = "_serve-tidings" if name == "tidings" else "_serve-starlette"
+        command = [sys.executable, __file__, mode, str(port)]
+    process = subprocess.Popen(command)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
@@ -369,7 +382,7 @@ def bench_a(held: int, rounds: int, settle: float) -> None:
 
 def bench_b(conns: int, seconds: float, repeat: int) -> None:
     rows = []
-    for name in ("tidings", "uvicorn"):
+    for name in ("tidings", "uvicorn", "h11-floor", "raw-floor"):
         with _server(name) as running:
             best: dict[str, float] | None = None
             for _ in range(repeat):
@@ -382,13 +395,18 @@ def bench_b(conns: int, seconds: float, repeat: int) -> None:
         print(f"  ... {name} done", file=sys.stderr, flush=True)
     print()
     print(f"(b) immediately answered polls: {conns} keep-alive connections, one event each")
-    header = f"{'server':24} {'answers/s':>10} {'ratio':>7}"
+    header = f"{'server':24} {'answers/s':>10} {'x peer':>7} {'of h11 floor':>13}"
     print(header)
     print("-" * len(header))
-    peer = rows[-1][1]["rate"]
+    rates = {name: r["rate"] for name, r in rows}
     for name, r in rows:
-        print(f"{NAMES[name]:24} {r['rate']:10.0f} {r['rate'] / peer:6.2f}x")
+        print(
+            f"{NAMES[name]:24} {r['rate']:10.0f} {r['rate'] / rates['uvicorn']:6.2f}x"
+            f" {100 * r['rate'] / rates['h11-floor']:12.1f}%"
+        )
     print(f"Best of {repeat} runs of {seconds:g} s each.  Goal: tidings >= the peer.")
+    print("Floors (bench/peers/h11_floor.py): one epoll loop answering every request with")
+    print("a constant of the same size, through h11 or with no HTTP parsing at all.")
 
 
 def main() -> None:

@@ -392,6 +392,17 @@ async def test_only_one_task_may_wait_on_a_waiter() -> None:
         waiter.wake()
 
 
+async def test_wake_says_whether_it_woke_a_waiting_task() -> None:
+    waiter = Waiter()
+    assert waiter.wake() is False  # nobody waits: the flag is set
+    assert await waiter.wait() is True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiter.wake() is True
+        assert waiter.wake() is False  # rescheduled already
+
+
 def test_hub_rejects_bad_limits_and_topics() -> None:
     with pytest.raises(LocalProtocolError):
         Hub(max_pending_events=0)
@@ -527,17 +538,47 @@ async def test_publish_into_idle_sinks_yields_once_per_batch_and_flushes_then() 
         assert sink.written == [str(n) for n in range(half + 3)]
 
 
-async def test_a_publish_that_wakes_a_subscriber_is_a_scheduling_point() -> None:
+async def test_a_publish_that_wakes_a_waiting_consumer_is_a_scheduling_point() -> None:
     hub = make_hub()
+    got: list[str] = []
     with hub.subscribe("t") as subscription:
-        drain_batches(subscription)  # no sink: each publish wakes its waiter
+
+        async def consume() -> None:
+            while True:
+                got.extend(drain_batches(subscription)[0])
+                await subscription.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            for n in range(3):
+                await trio.testing.wait_all_tasks_blocked()  # it waits
+                with trio.testing.assert_checkpoints():
+                    await hub.publish("t", str(n))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert got == ["0", "1", "2"]
+
+
+async def test_events_for_a_busy_consumer_are_buffered_without_a_round_each() -> None:
+    hub = make_hub(max_pending_events=32)
+    with hub.subscribe("t") as subscription:
+        drain_batches(subscription)  # nobody waits: its consumer is busy elsewhere
 
         async def publish_all() -> None:
             for n in range(10):
                 await hub.publish("t", str(n))
 
-        assert await _rounds_during(publish_all()) >= 9
-        assert drain_batches(subscription) == ([str(n) for n in range(10)], [])
+        assert await _rounds_during(publish_all()) <= 2
+        # Taken in one batch (one write) once the consumer looks.
+        assert data_of(subscription.next_batch()) == [str(n) for n in range(10)]
+        # Half its buffer: from then on each publish yields, so that a busy
+        # consumer overflows only when it is slow, not because of a batch.
+        for n in range(16):
+            await hub.publish("t", str(n))
+        with trio.testing.assert_checkpoints():
+            await hub.publish("t", "16")
+        assert subscription.pending == 17
+        assert subscription.overflows == 0
 
 
 async def test_publish_is_a_cancellation_point_even_without_a_scheduling_round() -> None:

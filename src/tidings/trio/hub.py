@@ -243,10 +243,11 @@ class Hub:
 
         Never waits for subscribers: a slow one catches up from the history instead.
         Always a cancellation point; with a history that answers at once, a
-        scheduling point only when the publish woke a task (a subscriber that was
-        not idle on a direct sink), or every :data:`PUBLISH_BATCH` publishes or
-        direct deliveries: in between, the events wait in the idle subscribers'
-        sinks and go out together, in one write each, when the publisher yields.
+        scheduling point only when the publish woke a task (a consumer waiting for
+        its subscription, one whose sink had to be interrupted, a held poll), or
+        every :data:`PUBLISH_BATCH` publishes and deliveries: in between, the
+        events wait in the idle subscribers' sinks (or the buffers of busy ones)
+        and go out together, in one write each, when the publisher yields.
         Raises :class:`~tidings.errors.LocalProtocolError` for a non-string *data*,
         a bad *event* type or an event larger than the history accepts, and
         :class:`~tidings.trio.history.HistoryUnavailable` when the history's store
@@ -316,14 +317,11 @@ class Hub:
         if not subscribers:
             return
         item = LiveEvent(stored, _event_size(stored.data, stored.event), trio.current_time())
-        metrics = self.metrics
-        direct = metrics.direct_deliveries
         for subscriber in subscribers:
             subscriber._push(item)
-        count = metrics.direct_deliveries - direct
-        # A subscriber that did not take the event into its sink was woken (or is
-        # busy): a publisher that awaits yields at once, so that it can run.
-        self._unflushed += count if count == len(subscribers) else PUBLISH_BATCH
+        # One unit of work each; one that woke a task added PUBLISH_BATCH, so that
+        # a publisher that awaits yields at once and lets it run.
+        self._unflushed += len(subscribers)
         if self._dirty and not self._publishing and not self._flusher_running:
             self._flusher_running = True
             trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")
@@ -788,15 +786,18 @@ class Subscription:
                     return
                 self.sink = None
                 sink.interrupt()
+                self._hub._unflushed += PUBLISH_BATCH  # its consumer was woken
             ready.append(item)
             self._ready_bytes += item.size
-            self.waiter.wake()
+            if self.waiter.wake() or self._half_full():
+                self._hub._unflushed += PUBLISH_BATCH
             return
         # Not for now: the follower decides in the consumer's task.
         sink = self.sink
         if sink is not None:
             self.sink = None
             sink.interrupt()
+            self._hub._unflushed += PUBLISH_BATCH
         raw = self._raw
         raw.append(item)
         self._raw_bytes += item.size
@@ -807,7 +808,16 @@ class Subscription:
             self._hub.metrics.overflows += 1
             self._lost()
             return
-        self.waiter.wake()
+        if self.waiter.wake() or self._half_full():
+            self._hub._unflushed += PUBLISH_BATCH
+
+    def _half_full(self) -> bool:
+        """Whether the buffer is half full (then a publisher yields: a consumer that
+        is busy is not made to overflow by a publisher's batch alone)."""
+        return (
+            2 * (len(self._ready) + len(self._raw)) > self._max_events
+            or 2 * (self._ready_bytes + self._raw_bytes) > self._max_bytes
+        )
 
     def _lost(self) -> None:
         """Live events did not fit (or the feed lost some): drop what the follower has
@@ -816,6 +826,7 @@ class Subscription:
         self._raw_bytes = 0
         self._dropped = True
         self.overflows += 1
+        self._hub._unflushed += PUBLISH_BATCH
         self.wake()
 
 
@@ -897,6 +908,9 @@ class Watch:
     def _push(self, item: LiveEvent) -> None:
         if self.closed is not None:
             return
+        # A held poll is answered (by its sink) or woken: either way, the
+        # publisher yields soon after.
+        self._hub._unflushed += PUBLISH_BATCH
         sink = self.sink
         if sink is not None:
             if sink.deliver(item):

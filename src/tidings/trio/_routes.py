@@ -143,19 +143,20 @@ class Router:
             segments = route.segments
             if len(segments) != len(parts):
                 continue
-            # The literal segments first: parameters are decoded only for the route
-            # whose shape matches.
+            params: dict[str, str] = {}
+            bad: str | None = None
             for segment, part in zip(segments, parts, strict=True):
-                if segment != part and not segment.startswith("{"):
+                if segment.startswith("{"):
+                    name = segment[1:-1]
+                    value = _CONVERTERS[name](part)
+                    if value is None:
+                        bad = name
+                    else:
+                        params[name] = value
+                elif segment != part:
                     break
             else:
-                params: dict[str, str] = {}
-                for segment, part in zip(segments, parts, strict=True):
-                    if segment.startswith("{"):
-                        name = segment[1:-1]
-                        value = _CONVERTERS[name](part)
-                        if value is None:
-                            raise BadParameter(f"invalid {name} name")
-                        params[name] = value
+                if bad is not None:
+                    raise BadParameter(f"invalid {bad} name")
                 return route, params
         return None

@@ -39,6 +39,7 @@ every client in another one, on 127.0.0.1 only.
     python bench/bench_sse_server.py                   # everything (about a minute)
     python bench/bench_sse_server.py --only a --events 20000 --repeat 1
     python bench/bench_sse_server.py --only b --connections 2000
+    python bench/bench_sse_server.py --only a --baseline-src /tmp/old/src  # before/after
 
 Goals (issue 3): (a) >= 1.5x uvicorn + sse-starlette and >= 5x hypercorn-trio +
 sse-starlette; (b) p99 <= 250 ms and <= 10 KiB per connection.
@@ -67,6 +68,9 @@ PEERS = HERE / "peers"
 SERVER_START_TIMEOUT = 30.0
 CLIENT_A_TIMEOUT = 120.0
 CLIENT_B_TIMEOUT = 300.0
+# --baseline-src: a source tree (its src/ directory) whose tidings runs as the
+# "baseline" server of (a), in the same run.
+BASELINE_SRC = ""
 
 
 def _raise_nofile() -> None:
@@ -116,6 +120,10 @@ def _wait_port(process: subprocess.Popen[bytes], port: int) -> None:
 
 def _start(name: str, events: int, started: list[subprocess.Popen[bytes]]) -> Running:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if name == "baseline":
+        # The same bench server, importing tidings from another source tree.
+        env["PYTHONPATH"] = os.pathsep.join([BASELINE_SRC, env.get("PYTHONPATH", "")])
+        name = "tidings"
     if name in ("tidings", "floor"):
         script = "tidings_server.py" if name == "tidings" else "raw_floor.py"
         command = [sys.executable, str(PEERS / script), "--events", str(events)]
@@ -287,6 +295,13 @@ def bench_a(events: int, repeat: int) -> None:
     stream = f"/stream?n={events}"
     groups = {
         "tidings": tidings_cases,
+        "baseline": [
+            CaseA("baseline", case.label.replace("tidings", "baseline"), case.proto, case.path)
+            for case in tidings_cases
+            if "replay" not in case.label
+        ]
+        if BASELINE_SRC
+        else [],
         "uvicorn": [CaseA("uvicorn", "sse-starlette on uvicorn", "h1", stream)],
         "hypercorn-trio": [
             CaseA("hypercorn-trio", "sse-starlette on hypercorn-trio", proto, stream)
@@ -305,6 +320,8 @@ def bench_a(events: int, repeat: int) -> None:
     rows: list[tuple[CaseA, dict[str, float] | None, str]] = []
     counter = 0
     for server_name, cases in groups.items():
+        if not cases:
+            continue
         with _server(server_name, events) as running:
             for case in cases:
                 best: dict[str, float] | None = None
@@ -342,7 +359,7 @@ def bench_a(events: int, repeat: int) -> None:
         of_floor = f"{100 * rate / floor:7.1f}%" if floor else ""
         hyp = results.get(("sse-starlette on hypercorn-trio", case.proto))
         ratio_u = ratio_h = goals = ""
-        if case.server == "tidings" and uvicorn and hyp:
+        if case.server in ("tidings", "baseline") and uvicorn and hyp:
             ratio_u = f"{rate / uvicorn:.2f}x"
             ratio_h = f"{rate / hyp:.2f}x"
             met_u = "met" if rate >= 1.5 * uvicorn else "MISSED"
@@ -559,7 +576,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10_000, help="subscribers in (b)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case in (a), best kept")
     parser.add_argument("--only", choices=("a", "b"), help="run only part a or b")
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run (a)'s live cases with tidings imported from DIR (a src/ directory, "
+        "e.g. from `git archive <commit> src`), labelled 'baseline'",
+    )
     args = parser.parse_args()
+    global BASELINE_SRC
+    BASELINE_SRC = str(Path(args.baseline_src).resolve()) if args.baseline_src else ""
     _raise_nofile()
     print(_versions(), flush=True)
     if args.only in (None, "a"):

@@ -1,6 +1,6 @@
 """The floors of bench/bench_longpoll.py (b): one request and its answer, nothing else.
 
-    python bench/peers/h11_floor.py PORT [--raw]
+    python bench/peers/h11_floor.py PORT [--trio | --raw]
 
 A single-threaded ``epoll`` loop over non-blocking sockets on 127.0.0.1 (no event
 loop library, no routing, no application): every request on a keep-alive
@@ -10,6 +10,8 @@ size of tidings' answer in that bench.
 - default: ``h11`` parses each request and serialises each answer (``Response``,
   ``Data``, ``EndOfMessage``), then ``start_next_cycle``: what HTTP/1.1 through
   h11 costs a Python server per round, before anything of its own;
+- ``--trio``: the same h11 round in one Trio task per connection (``serve_tcp``,
+  ``receive_some``, ``send_all``): what Trio adds to h11, before any application;
 - ``--raw``: no HTTP library at all -- a request ends at the first blank line and
   the answer is a constant: what the system calls (one ``recv``, one ``send`` per
   round) and the client cost.
@@ -17,9 +19,11 @@ size of tidings' answer in that bench.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import sys
+from functools import partial
 
 import h11
 
@@ -119,5 +123,43 @@ def serve(port: int, raw: bool) -> None:
                 s.send(b"".join(part for part in out if part))
 
 
+def serve_trio(port: int) -> None:
+    """The h11 loop as one Trio task per connection (``trio.serve_tcp``)."""
+    import trio
+
+    async def handler(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await rounds(stream)
+
+    async def rounds(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                if not data:
+                    return
+                continue
+            if isinstance(event, h11.Request):
+                status = 201 if event.method == b"POST" else 200
+                parts = [
+                    conn.send(h11.Response(status_code=status, headers=HEADERS)),
+                    conn.send(h11.Data(data=BODY)),
+                    conn.send(h11.EndOfMessage()),
+                ]
+                await stream.send_all(b"".join(part for part in parts if part))
+            elif isinstance(event, h11.EndOfMessage):
+                if conn.our_state is h11.DONE:
+                    conn.start_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    trio.run(partial(trio.serve_tcp, handler, port, host="127.0.0.1"))
+
+
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), "--raw" in sys.argv[2:])
+    if "--trio" in sys.argv[2:]:
+        serve_trio(int(sys.argv[1]))
+    else:
+        serve(int(sys.argv[1]), "--raw" in sys.argv[2:])

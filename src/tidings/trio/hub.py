@@ -272,10 +272,11 @@ class Hub:
         self.metrics.published += 1
         unflushed = self._unflushed = self._unflushed + 1
         if unflushed < PUBLISH_BATCH:
-            # Every subscriber took the event into its sink, and nobody was woken:
-            # no task is waiting for this publish, so no scheduling round now.  The
-            # sinks are written when the publisher yields (here, once PUBLISH_BATCH
-            # is reached, or by the flusher), one write for the whole run.
+            # Nobody was woken (the subscribers took the event into their sinks, or
+            # buffered it for a consumer that is busy): no task is waiting for this
+            # publish, so no scheduling round now.  The sinks are written when the
+            # publisher yields (here, once PUBLISH_BATCH is reached, or by the
+            # flusher), one write for the whole run.
             if self._dirty and not self._flusher_running:
                 self._flusher_running = True
                 trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")

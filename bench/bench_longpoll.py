@@ -20,6 +20,10 @@ topic wakes its held requests).  RLIMIT_NOFILE is raised in every process.
     complete; every poll has one event waiting (``cursor`` = the event before it),
     so it is answered at once with a one-event body.  Answers per second over
     ``--seconds`` (after a one-second warm-up).  Goal: tidings >= the peer.
+    Floors, in the same run (``bench/peers/h11_floor.py``): each request answered
+    with a constant answer of the same size, through h11 (parse, serialise, next
+    cycle) in one Trio task per connection, through h11 in one epoll loop with no
+    framework, and with no HTTP parsing at all.
 
     python bench/bench_longpoll.py                           # both parts (~1 minute)
     python bench/bench_longpoll.py --only a --held 2000 --rounds 1
@@ -48,7 +52,16 @@ HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
 SERVER_START_TIMEOUT = 30.0
 CLIENT_TIMEOUT = 300.0
-NAMES = {"tidings": "tidings (trio, h11)", "uvicorn": "Starlette on uvicorn"}
+# --baseline-src: a source tree (its src/ directory) served as "baseline" in (b).
+BASELINE_SRC = ""
+NAMES = {
+    "tidings": "tidings (trio, h11)",
+    "uvicorn": "Starlette on uvicorn",
+    "baseline": "tidings, --baseline-src",
+    "h11-floor": "floor: h11 echo, epoll",
+    "trio-floor": "floor: h11 echo on Trio",
+    "raw-floor": "floor: raw socket echo",
+}
 
 
 def _raise_nofile() -> None:
@@ -108,8 +121,17 @@ class Running:
 @contextlib.contextmanager
 def _server(name: str) -> Iterator[Running]:
     port = _free_port()
-    mode = "_serve-tidings" if name == "tidings" else "_serve-starlette"
-    process = subprocess.Popen([sys.executable, __file__, mode, str(port)])
+    if name in ("h11-floor", "trio-floor", "raw-floor"):
+        command = [sys.executable, str(PEERS / "h11_floor.py"), str(port)]
+        command += {"raw-floor": ["--raw"], "trio-floor": ["--trio"]}.get(name, [])
+    else:
+        mode = "_serve-starlette" if name == "uvicorn" else "_serve-tidings"
+        command = [sys.executable, __file__, mode, str(port)]
+    env = dict(os.environ)
+    if name == "baseline":
+        # The same server, importing tidings from another source tree.
+        env["PYTHONPATH"] = os.pathsep.join([BASELINE_SRC, env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(command, env=env)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
@@ -369,7 +391,10 @@ def bench_a(held: int, rounds: int, settle: float) -> None:
 
 def bench_b(conns: int, seconds: float, repeat: int) -> None:
     rows = []
-    for name in ("tidings", "uvicorn"):
+    names = ["tidings", "uvicorn", "trio-floor", "h11-floor", "raw-floor"]
+    if BASELINE_SRC:
+        names.insert(1, "baseline")
+    for name in names:
         with _server(name) as running:
             best: dict[str, float] | None = None
             for _ in range(repeat):
@@ -382,13 +407,19 @@ def bench_b(conns: int, seconds: float, repeat: int) -> None:
         print(f"  ... {name} done", file=sys.stderr, flush=True)
     print()
     print(f"(b) immediately answered polls: {conns} keep-alive connections, one event each")
-    header = f"{'server':24} {'answers/s':>10} {'ratio':>7}"
+    header = f"{'server':24} {'answers/s':>10} {'x peer':>7} {'of h11 floor':>13}"
     print(header)
     print("-" * len(header))
-    peer = rows[-1][1]["rate"]
+    rates = {name: r["rate"] for name, r in rows}
     for name, r in rows:
-        print(f"{NAMES[name]:24} {r['rate']:10.0f} {r['rate'] / peer:6.2f}x")
+        print(
+            f"{NAMES[name]:24} {r['rate']:10.0f} {r['rate'] / rates['uvicorn']:6.2f}x"
+            f" {100 * r['rate'] / rates['h11-floor']:12.1f}%"
+        )
     print(f"Best of {repeat} runs of {seconds:g} s each.  Goal: tidings >= the peer.")
+    print("Floors (bench/peers/h11_floor.py): every request answered with a constant of the")
+    print("same size, through h11 in one Trio task per connection, through h11 in one epoll")
+    print("loop, or with no HTTP parsing at all.")
 
 
 def main() -> None:
@@ -413,7 +444,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds in (b)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of (b), best kept")
     parser.add_argument("--only", choices=["a", "b"], help="run one part only")
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run (b) with tidings imported from DIR (a src/ directory, e.g. from "
+        "`git archive <commit> src`), labelled 'baseline'",
+    )
     args = parser.parse_args()
+    global BASELINE_SRC
+    BASELINE_SRC = str(Path(args.baseline_src).resolve()) if args.baseline_src else ""
     _raise_nofile()
     if args.only in (None, "a"):
         bench_a(args.held, args.rounds, args.settle)

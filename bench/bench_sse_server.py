@@ -16,6 +16,9 @@ every client in another one, on 127.0.0.1 only.
     - tidings ``live-burst``: a producer in the server publishes them while the
       client reads, ``hub.publish_nowait`` in bursts of 64, yielding after each;
     - tidings ``live-await``: the same with ``await hub.publish(...)`` per event;
+    - the floor (``bench/peers/raw_floor.py``): the same bytes, encoded before the
+      request, written to the socket by a blocking loop in 64 KiB writes; and the
+      same with one write (one DATA frame) per event;
     - sse-starlette: an async generator yields the events as ``ServerSentEvent``
       objects, as fast as the server's send lets it (``bench/peers``), on uvicorn
       (HTTP/1.1 only: uvicorn has no HTTP/2) and on ``hypercorn --worker-class trio``.
@@ -36,6 +39,7 @@ every client in another one, on 127.0.0.1 only.
     python bench/bench_sse_server.py                   # everything (about a minute)
     python bench/bench_sse_server.py --only a --events 20000 --repeat 1
     python bench/bench_sse_server.py --only b --connections 2000
+    python bench/bench_sse_server.py --only a --baseline-src /tmp/old/src  # before/after
 
 Goals (issue 3): (a) >= 1.5x uvicorn + sse-starlette and >= 5x hypercorn-trio +
 sse-starlette; (b) p99 <= 250 ms and <= 10 KiB per connection.
@@ -64,6 +68,9 @@ PEERS = HERE / "peers"
 SERVER_START_TIMEOUT = 30.0
 CLIENT_A_TIMEOUT = 120.0
 CLIENT_B_TIMEOUT = 300.0
+# --baseline-src: a source tree (its src/ directory) whose tidings runs as the
+# "baseline" server of (a), in the same run.
+BASELINE_SRC = ""
 
 
 def _raise_nofile() -> None:
@@ -113,14 +120,19 @@ def _wait_port(process: subprocess.Popen[bytes], port: int) -> None:
 
 def _start(name: str, events: int, started: list[subprocess.Popen[bytes]]) -> Running:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if name == "tidings":
-        command = [sys.executable, str(PEERS / "tidings_server.py"), "--events", str(events)]
+    if name == "baseline":
+        # The same bench server, importing tidings from another source tree.
+        env["PYTHONPATH"] = os.pathsep.join([BASELINE_SRC, env.get("PYTHONPATH", "")])
+        name = "tidings"
+    if name in ("tidings", "floor"):
+        script = "tidings_server.py" if name == "tidings" else "raw_floor.py"
+        command = [sys.executable, str(PEERS / script), "--events", str(events)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
         started.append(process)
         assert process.stdout is not None
         line = process.stdout.readline().decode()
         if not line.startswith("PORT "):
-            raise RuntimeError(f"tidings server did not start: {line!r}")
+            raise RuntimeError(f"{name} server did not start: {line!r}")
         port = int(line.split()[1])
     else:
         port = _free_port()
@@ -283,16 +295,33 @@ def bench_a(events: int, repeat: int) -> None:
     stream = f"/stream?n={events}"
     groups = {
         "tidings": tidings_cases,
+        "baseline": [
+            CaseA("baseline", case.label.replace("tidings", "baseline"), case.proto, case.path)
+            for case in tidings_cases
+            if "replay" not in case.label
+        ]
+        if BASELINE_SRC
+        else [],
         "uvicorn": [CaseA("uvicorn", "sse-starlette on uvicorn", "h1", stream)],
         "hypercorn-trio": [
             CaseA("hypercorn-trio", "sse-starlette on hypercorn-trio", proto, stream)
             for proto in ("h1", "h2")
+        ],
+        "floor": [
+            case
+            for proto in ("h1", "h2")
+            for case in (
+                CaseA("floor", "floor: raw socket, 64 KiB writes", proto, "/bulk"),
+                CaseA("floor", "raw socket, one write per event", proto, "/per-event"),
+            )
         ],
     }
     results: dict[tuple[str, str], float] = {}
     rows: list[tuple[CaseA, dict[str, float] | None, str]] = []
     counter = 0
     for server_name, cases in groups.items():
+        if not cases:
+            continue
         with _server(server_name, events) as running:
             for case in cases:
                 best: dict[str, float] | None = None
@@ -318,7 +347,7 @@ def bench_a(events: int, repeat: int) -> None:
     print()
     print(f"(a) one client reading {events} events, best of {repeat}")
     header = f"{'server / producer':44} {'proto':5} {'events/s':>10} {'B/event':>8}"
-    header += f" {'x uvicorn':>10} {'x hyp-trio':>10}  goals"
+    header += f" {'x uvicorn':>10} {'x hyp-trio':>10} {'of floor':>8}  goals"
     print(header)
     print("-" * len(header))
     for case, best, error in rows:
@@ -326,9 +355,11 @@ def bench_a(events: int, repeat: int) -> None:
             print(f"{case.label:44} {case.proto:5} FAILED: {error}")
             continue
         rate = best["events_per_s"]
+        floor = results.get(("floor: raw socket, 64 KiB writes", case.proto))
+        of_floor = f"{100 * rate / floor:7.1f}%" if floor else ""
         hyp = results.get(("sse-starlette on hypercorn-trio", case.proto))
         ratio_u = ratio_h = goals = ""
-        if case.server == "tidings" and uvicorn and hyp:
+        if case.server in ("tidings", "baseline") and uvicorn and hyp:
             ratio_u = f"{rate / uvicorn:.2f}x"
             ratio_h = f"{rate / hyp:.2f}x"
             met_u = "met" if rate >= 1.5 * uvicorn else "MISSED"
@@ -336,10 +367,12 @@ def bench_a(events: int, repeat: int) -> None:
             goals = f"{met_u}/{met_h}"
         print(
             f"{case.label:44} {case.proto:5} {rate:10,.0f} {best['bytes'] / events:8.1f}"
-            f" {ratio_u:>10} {ratio_h:>10}  {goals}"
+            f" {ratio_u:>10} {ratio_h:>10} {of_floor:>8}  {goals}"
         )
     print("uvicorn has no HTTP/2: the 'x uvicorn' of h2 rows compares with its HTTP/1.1")
     print("number.  Goals (last column, uvicorn/hyp-trio): >= 1.5x uvicorn, >= 5x hyp-trio.")
+    print("Floor: the same bytes, encoded before the request, written by a blocking loop")
+    print("(bench/peers/raw_floor.py); 'of floor' compares with it on the same protocol.")
 
 
 # -- (b) many idle subscribers, one event -------------------------------------------
@@ -555,7 +588,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10_000, help="subscribers in (b)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case in (a), best kept")
     parser.add_argument("--only", choices=("a", "b"), help="run only part a or b")
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run (a)'s live cases with tidings imported from DIR (a src/ directory, "
+        "e.g. from `git archive <commit> src`), labelled 'baseline'",
+    )
     args = parser.parse_args()
+    global BASELINE_SRC
+    BASELINE_SRC = str(Path(args.baseline_src).resolve()) if args.baseline_src else ""
     _raise_nofile()
     print(_versions(), flush=True)
     if args.only in (None, "a"):

@@ -38,7 +38,7 @@ from tidings.cursor import new_epoch
 from tidings.history import MemoryHistory
 from tidings.trio import Hub
 from tidings.trio.history import History
-from tidings.trio.server._serve import Server, ServerConfig
+from tidings.trio.server import Server, ServerConfig
 
 
 class _Counter(logging.Handler):

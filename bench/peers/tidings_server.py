@@ -34,7 +34,7 @@ import trio
 from tidings.cursor import new_epoch
 from tidings.history import MemoryHistory
 from tidings.trio import Hub
-from tidings.trio.server._serve import Server, ServerConfig
+from tidings.trio.server import Server, ServerConfig
 
 
 def bench_payload(i: int) -> str:

@@ -15,6 +15,7 @@ from tidings.errors import LocalProtocolError
 from tidings.history import MemoryHistory, Replay, Reset, ResetReason, StoredEvent
 from tidings.trio import Batch, CloseReason, Hub, LiveEvent, LocalHistory, Subscription, Waiter
 from tidings.trio.history import Feed, HistoryUnavailable
+from tidings.trio.hub import PUBLISH_BATCH
 
 
 def make_hub(**kwargs: int) -> Hub:
@@ -391,6 +392,17 @@ async def test_only_one_task_may_wait_on_a_waiter() -> None:
         waiter.wake()
 
 
+async def test_wake_says_whether_it_woke_a_waiting_task() -> None:
+    waiter = Waiter()
+    assert waiter.wake() is False  # nobody waits: the flag is set
+    assert await waiter.wait() is True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert waiter.wake() is True
+        assert waiter.wake() is False  # rescheduled already
+
+
 def test_hub_rejects_bad_limits_and_topics() -> None:
     with pytest.raises(LocalProtocolError):
         Hub(max_pending_events=0)
@@ -463,19 +475,121 @@ class FakeSink:
         self.interrupted = True
 
 
-async def test_an_idle_sink_takes_events_without_buffering_and_publish_flushes() -> None:
+async def test_an_idle_sink_takes_events_without_buffering_and_is_flushed_on_yield() -> None:
     hub = make_hub()
     with hub.subscribe("t") as subscription:
         drain_batches(subscription)
         sink = FakeSink()
         subscription.sink = sink
         await hub.publish("t", "a")
-        assert sink.written == ["a"]
+        assert sink.queued == ["a"]
         assert subscription.pending == 0
         assert subscription.delivered == 1
         assert subscription.next_batch() is None
         await hub.publish("t", "b")
         assert subscription.last == memory(hub).head("t")
+        assert sink.written == []
+        await trio.testing.wait_all_tasks_blocked()  # the publisher yields: the flusher writes
+        assert sink.written == ["a", "b"]
+        assert sink.queued == []
+
+
+async def _rounds_during(publishes: object) -> int:
+    """Scheduling rounds a spinning task saw while *publishes* (a coroutine) ran."""
+    rounds = 0
+
+    async def spin() -> None:
+        nonlocal rounds
+        while True:
+            await trio.lowlevel.checkpoint()
+            rounds += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(spin)
+        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.checkpoint()
+        before = rounds
+        await publishes  # type: ignore[misc]
+        after = rounds
+        nursery.cancel_scope.cancel()
+    return after - before
+
+
+async def test_publish_into_idle_sinks_yields_once_per_batch_and_flushes_then() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        drain_batches(subscription)
+        sink = FakeSink()
+        subscription.sink = sink
+
+        half = PUBLISH_BATCH // 2
+
+        async def publish_all() -> None:
+            # A publish and a delivery each: the last of them completes the batch.
+            for n in range(half + 3):
+                await hub.publish("t", str(n))
+            # Written by the publish that completed the batch, the rest only queued...
+            assert sink.written == [str(n) for n in range(half)]
+            assert sink.queued == [str(n) for n in range(half, half + 3)]
+
+        assert await _rounds_during(publish_all()) <= 2  # one yield, counted 0-2 times
+        # ... until the publisher yields (the flusher writes them).
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.written == [str(n) for n in range(half + 3)]
+
+
+async def test_a_publish_that_wakes_a_waiting_consumer_is_a_scheduling_point() -> None:
+    hub = make_hub()
+    got: list[str] = []
+    with hub.subscribe("t") as subscription:
+
+        async def consume() -> None:
+            while True:
+                got.extend(drain_batches(subscription)[0])
+                await subscription.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            for n in range(3):
+                await trio.testing.wait_all_tasks_blocked()  # it waits
+                with trio.testing.assert_checkpoints():
+                    await hub.publish("t", str(n))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert got == ["0", "1", "2"]
+
+
+async def test_events_for_a_busy_consumer_are_buffered_without_a_round_each() -> None:
+    hub = make_hub(max_pending_events=32)
+    with hub.subscribe("t") as subscription:
+        drain_batches(subscription)  # nobody waits: its consumer is busy elsewhere
+
+        async def publish_all() -> None:
+            for n in range(10):
+                await hub.publish("t", str(n))
+
+        assert await _rounds_during(publish_all()) <= 2
+        # Taken in one batch (one write) once the consumer looks.
+        assert data_of(subscription.next_batch()) == [str(n) for n in range(10)]
+        # Half its buffer: from then on each publish yields, so that a busy
+        # consumer overflows only when it is slow, not because of a batch.
+        for n in range(16):
+            await hub.publish("t", str(n))
+        with trio.testing.assert_checkpoints():
+            await hub.publish("t", "16")
+        assert subscription.pending == 17
+        assert subscription.overflows == 0
+
+
+async def test_publish_is_a_cancellation_point_even_without_a_scheduling_round() -> None:
+    hub = make_hub()
+    with hub.subscribe("t") as subscription:
+        subscription.sink = FakeSink()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await hub.publish("t", "x")
+        assert scope.cancelled_caught
+        assert memory(hub).head("t").offset == 0
 
 
 async def test_publish_nowait_bursts_are_flushed_once_the_publisher_yields() -> None:

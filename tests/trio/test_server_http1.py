@@ -701,6 +701,10 @@ async def test_no_event_is_lost_or_repeated_while_publishing_during_replays(
     async with trio.open_nursery() as nursery:
         for n in range(total):
             positions.append(await hub.publish("t", str(n)))
+            # Publishing into idle sinks only yields every PUBLISH_BATCH; yield after
+            # each (as an application doing other I/O would), so that readers connect
+            # while this goes on, and resume within the history's 100 events.
+            await trio.lowlevel.checkpoint()
             if n % 40 == 39:
                 # Resume from 30 events back: a replay runs while publishing goes on.
                 nursery.start_soon(reader, n - 30)

@@ -30,13 +30,15 @@ class Waiter:
         self._task: trio.lowlevel.Task | None = None
         self._flag = False
 
-    def wake(self) -> None:
-        """Set the flag and wake the waiting task, if any."""
+    def wake(self) -> bool:
+        """Set the flag and wake the waiting task, if any (then ``True``)."""
         self._flag = True
         task = self._task
         if task is not None:
             self._task = None
             trio.lowlevel.reschedule(task)
+            return True
+        return False
 
     def clear(self) -> None:
         """Forget a pending wake-up (the caller is about to look at the state itself)."""

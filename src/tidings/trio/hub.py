@@ -49,6 +49,11 @@ __all__ = [
 
 # Accounting overhead per buffered event, so that empty events are bounded too.
 _ITEM_OVERHEAD = 64
+#: Work (publishes, plus events handed to direct sinks) that :meth:`Hub.publish` may
+#: do between two scheduling rounds while it wakes no task; see there.  At a few
+#: microseconds each, a publisher yields at least every millisecond or so; one that
+#: feeds one idle subscriber writes 128 events per write.
+PUBLISH_BATCH = 256
 #: The longest wait between two tries of a history read that failed, in seconds.
 MAX_READ_RETRY_DELAY = 5.0
 
@@ -223,6 +228,9 @@ class Hub:
         self._dirty: dict[DirectSink, None] = {}
         self._flusher_running = False
         self._publishing = False
+        # Work done since the sinks were last flushed (see publish); a publish that
+        # woke a task adds PUBLISH_BATCH, so that its publisher yields at once.
+        self._unflushed = 0
         self.history.bind(self)
 
     # -- publishing ----------------------------------------------------------------
@@ -239,12 +247,18 @@ class Hub:
         other content stores a new event, so no client can suppress another's).
 
         Never waits for subscribers: a slow one catches up from the history instead.
+        Always a cancellation point; with a history that answers at once, a
+        scheduling point only when the publish woke a task (a consumer waiting for
+        its subscription, one whose sink had to be interrupted, a held poll), or
+        every :data:`PUBLISH_BATCH` publishes and deliveries: in between, the
+        events wait in the idle subscribers' sinks (or the buffers of busy ones)
+        and go out together, in one write each, when the publisher yields.
         Raises :class:`~tidings.errors.LocalProtocolError` for a non-string *data*,
         a bad *event* type or an event larger than the history accepts, and
         :class:`~tidings.trio.history.HistoryUnavailable` when the history's store
         cannot be reached.
         """
-        _check_event(topic, data, event)
+        _check_event(topic, data, event, self._subscribers)
         if key is not None:
             key = bind_key(key, data, event)
         immediate = self._immediate
@@ -263,6 +277,17 @@ class Hub:
         finally:
             self._publishing = False
         self.metrics.published += 1
+        unflushed = self._unflushed = self._unflushed + 1
+        if unflushed < PUBLISH_BATCH:
+            # Nobody was woken (the subscribers took the event into their sinks, or
+            # buffered it for a consumer that is busy): no task is waiting for this
+            # publish, so no scheduling round now.  The sinks are written when the
+            # publisher yields (here, once PUBLISH_BATCH is reached, or by the
+            # flusher), one write for the whole run.
+            if self._dirty and not self._flusher_running:
+                self._flusher_running = True
+                trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")
+            return stored.position
         self._flush()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return stored.position
@@ -287,7 +312,7 @@ class Hub:
             raise LocalProtocolError(
                 f"{type(self.history).__name__} cannot store without waiting: use publish()"
             )
-        _check_event(topic, data, event)
+        _check_event(topic, data, event, self._subscribers)
         if key is not None:
             key = bind_key(key, data, event)
         stored = immediate.append_nowait(topic, data, event, key=key)
@@ -304,6 +329,9 @@ class Hub:
         item = LiveEvent(stored, _event_size(stored.data, stored.event), perf_counter())
         for subscriber in subscribers:
             subscriber._push(item)
+        # One unit of work each; one that woke a task added PUBLISH_BATCH, so that
+        # a publisher that awaits yields at once and lets it run.
+        self._unflushed += len(subscribers)
         if self._dirty and not self._publishing and not self._flusher_running:
             self._flusher_running = True
             trio.lowlevel.spawn_system_task(self._run_flusher, name="tidings hub flusher")
@@ -311,11 +339,13 @@ class Hub:
     def on_lost(self, topic: str | None) -> None:
         """The feed may have missed events of *topic* (all topics for ``None``)."""
         topics = list(self._subscribers) if topic is None else [topic]
+        self._unflushed += PUBLISH_BATCH
         for name in topics:
             for subscriber in list(self._subscribers.get(name, ())):
                 subscriber._lost()
 
     def _flush(self) -> None:
+        self._unflushed = 0
         dirty = self._dirty
         if dirty:
             self._dirty = {}
@@ -424,8 +454,9 @@ class Hub:
             await ready.wait()
 
 
-def _check_event(topic: str, data: object, event: str | None) -> None:
-    if not is_valid_topic(topic):
+def _check_event(topic: str, data: object, event: str | None, known: dict[str, Any]) -> None:
+    # A topic someone subscribes to passed check_topic already (in subscribe/watch).
+    if not (type(topic) is str and topic in known) and not is_valid_topic(topic):
         check_topic(topic)
     if not isinstance(data, str):
         raise LocalProtocolError(f"data must be a str, not {type(data).__name__}")
@@ -769,15 +800,18 @@ class Subscription:
                     return
                 self.sink = None
                 sink.interrupt()
+                self._hub._unflushed += PUBLISH_BATCH  # its consumer was woken
             ready.append(item)
             self._ready_bytes += item.size
-            self.waiter.wake()
+            if self.waiter.wake() or self._half_full():
+                self._hub._unflushed += PUBLISH_BATCH
             return
         # Not for now: the follower decides in the consumer's task.
         sink = self.sink
         if sink is not None:
             self.sink = None
             sink.interrupt()
+            self._hub._unflushed += PUBLISH_BATCH
         raw = self._raw
         raw.append(item)
         self._raw_bytes += item.size
@@ -789,7 +823,16 @@ class Subscription:
                 self._hub.metrics.overflows += 1
             self._lost()
             return
-        self.waiter.wake()
+        if self.waiter.wake() or self._half_full():
+            self._hub._unflushed += PUBLISH_BATCH
+
+    def _half_full(self) -> bool:
+        """Whether the buffer is half full (then a publisher yields: a consumer that
+        is busy is not made to overflow by a publisher's batch alone)."""
+        return (
+            2 * (len(self._ready) + len(self._raw)) > self._max_events
+            or 2 * (self._ready_bytes + self._raw_bytes) > self._max_bytes
+        )
 
     def _lost(self) -> None:
         """Live events did not fit (or the feed lost some): drop what the follower has
@@ -800,6 +843,7 @@ class Subscription:
         if not self._dropped:
             self._dropped = True
             self.overflows += 1
+        self._hub._unflushed += PUBLISH_BATCH
         self.wake()
 
 
@@ -881,6 +925,9 @@ class Watch:
     def _push(self, item: LiveEvent) -> None:
         if self.closed is not None:
             return
+        # A held poll is answered (by its sink) or woken: either way, the
+        # publisher yields soon after.
+        self._hub._unflushed += PUBLISH_BATCH
         sink = self.sink
         if sink is not None:
             if sink.deliver(item):

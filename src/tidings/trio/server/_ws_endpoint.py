@@ -255,12 +255,14 @@ class _Waker(Waiter):
         super().__init__()
         self.scope: trio.CancelScope | None = None
 
-    def wake(self) -> None:
-        super().wake()
+    def wake(self) -> bool:
+        woke = super().wake()
         scope = self.scope
         if scope is not None:
             self.scope = None
             scope.cancel()
+            return True
+        return woke
 
 
 class _Session:

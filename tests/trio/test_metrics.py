@@ -121,8 +121,7 @@ async def test_counters_move_by_exactly_what_happened(nursery: trio.Nursery) -> 
         await trio.testing.wait_all_tasks_blocked()  # the server saw them all go
 
         after = await scrape(server)
-    # The reset went out as an event-less batch before the replay; the replayed
-    # events were never live, so only the six live deliveries were timed.
+    # The replayed events were never live: only the six live deliveries are timed.
     assert moved(before, after) == {
         "tidings_published_total": 3,
         "tidings_delivered_total,transport=sse": 6,
@@ -133,8 +132,11 @@ async def test_counters_move_by_exactly_what_happened(nursery: trio.Nursery) -> 
         "tidings_rejected_total,reason=bad_request": 1,
         **{k: v for k, v in moved(before, after).items() if "publish_to_delivery" in k},
     }
-    assert value(after, "tidings_publish_to_delivery_seconds_count") == 6
-    assert value(after, "tidings_publish_to_delivery_seconds_bucket", le="+Inf") == 6
+    # A sample of the six live deliveries (one batch in 8 per subscriber, and every
+    # write from the publisher's task): at least each subscriber's first batch.
+    timed = value(after, "tidings_publish_to_delivery_seconds_count")
+    assert 2 <= timed <= 6
+    assert value(after, "tidings_publish_to_delivery_seconds_bucket", le="+Inf") == timed
     assert 0 <= value(after, "tidings_publish_to_delivery_seconds_sum") < 20
     # Everything that ended left the gauges.
     for transport in ("sse", "ws", "poll"):

@@ -54,6 +54,11 @@ class ChaosProxy:
         port = ports[(self.connections - 1) % len(ports)]
         try:
             server = await trio.open_tcp_stream(self.target_host, port)
+        except OSError:
+            # The server refused or reset the connection (it may be busy or just
+            # restarting): like a real proxy, end the client's connection.
+            await trio.aclose_forcefully(client)
+            return
         except BaseException:
             await trio.aclose_forcefully(client)
             raise

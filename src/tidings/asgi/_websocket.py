@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from tidings.asgi._http import ASGIReceive, ASGISend, Scope, build_request
-from tidings.trio._sync import Waiter
 from tidings.trio.server._auth import Action
-from tidings.trio.server._ws_core import SessionCore
+from tidings.trio.server._ws_core import SessionCore, SessionWaker
 from tidings.ws import SUBPROTOCOL
 
 if TYPE_CHECKING:
@@ -34,25 +33,6 @@ log = logging.getLogger("tidings.asgi")
 
 
 _Inbox = trio.MemorySendChannel[MutableMapping[str, Any]]
-
-
-class _Waker(Waiter):
-    """A waiter whose wake-up also cancels the session's wait for a client message."""
-
-    __slots__ = ("scope",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scope: trio.CancelScope | None = None
-
-    def wake(self) -> bool:
-        woke = super().wake()
-        scope = self.scope
-        if scope is not None:
-            self.scope = None
-            scope.cancel()
-            return True
-        return woke
 
 
 async def _refuse(send: ASGISend, scope: Scope, status: int, message: str, headers: Any) -> None:
@@ -79,7 +59,9 @@ async def _refuse(send: ASGISend, scope: Scope, status: int, message: str, heade
 class _AsgiSession:
     """One accepted ASGI WebSocket, served by its task (see the module)."""
 
-    def __init__(self, app: App, core: SessionCore[str], waiter: _Waker, send: ASGISend) -> None:
+    def __init__(
+        self, app: App, core: SessionCore[str], waiter: SessionWaker, send: ASGISend
+    ) -> None:
         self.app = app
         self.core = core
         self.waiter = waiter
@@ -177,7 +159,7 @@ async def serve_websocket(app: App, scope: Scope, receive: ASGIReceive, send: AS
     if SUBPROTOCOL in offered:
         accept["subprotocol"] = SUBPROTOCOL
     await send(accept)
-    waiter = _Waker()
+    waiter = SessionWaker()
     core: SessionCore[str] = SessionCore(
         app, request, waiter, frame=str, size=len, encoder_for=app.websocket.text_encoder
     )

@@ -56,7 +56,6 @@ class Metrics:
     __slots__ = (
         "delivered",
         "delivery_buckets",
-        "delivery_count",
         "delivery_sum",
         "direct_deliveries",
         "open_requests",
@@ -89,7 +88,6 @@ class Metrics:
         # events); events written straight from the publisher's task all count, at
         # (near) zero.
         self.delivery_buckets = [0] * (len(DELIVERY_BUCKETS) + 1)
-        self.delivery_count = 0
         self.delivery_sum = 0.0
         self.direct_deliveries = 0
 
@@ -104,7 +102,6 @@ class Metrics:
     def observe_delivery(self, seconds: float, events: int) -> None:
         """*events* left the server *seconds* after they were published."""
         self.delivery_buckets[bisect.bisect_left(DELIVERY_BUCKETS, seconds)] += events
-        self.delivery_count += events
         self.delivery_sum += seconds * events
 
 

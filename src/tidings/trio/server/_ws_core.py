@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+import trio
+
 from tidings.errors import LocalProtocolError
 from tidings.history import StoredEvent
 from tidings.trio._sync import Waiter
@@ -29,9 +31,31 @@ from tidings.ws.server import Authorize, Follow, Publish, Unfollow
 if TYPE_CHECKING:
     from tidings.trio.server._app import App
 
-__all__ = ["SessionCore"]
+__all__ = ["SessionCore", "SessionWaker"]
 
 T = TypeVar("T", bytes, str)
+
+
+class SessionWaker(Waiter):
+    """The waiter of one session (shared by its subscriptions): a wake-up also
+    cancels what the session's task is waiting for (a client message, an idle
+    socket), so that what became ready goes out at once."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The scope to cancel on the next wake-up (set by the task before waiting).
+        self.scope: trio.CancelScope | None = None
+
+    def wake(self) -> bool:
+        woke = super().wake()
+        scope = self.scope
+        if scope is not None:
+            self.scope = None
+            scope.cancel()
+            return True
+        return woke
 
 
 class SessionCore(Generic[T]):

@@ -52,7 +52,7 @@ from tidings.trio.server._auth import Action, Refusal
 from tidings.trio.server._http import Request, Responder
 from tidings.trio.server._socket_sink import SocketSink, write_some
 from tidings.trio.server._ws_config import WebSocketConfig
-from tidings.trio.server._ws_core import SessionCore
+from tidings.trio.server._ws_core import SessionCore, SessionWaker
 from tidings.ws import SUBPROTOCOL, EventMessage
 
 if TYPE_CHECKING:
@@ -245,26 +245,6 @@ class _TopicSink:
         self.shared.interrupt()
 
 
-class _Waker(Waiter):
-    """The session's waiter (shared by its subscriptions): a wake-up also cuts the
-    idle wait short, whatever the session is waiting for."""
-
-    __slots__ = ("scope",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scope: trio.CancelScope | None = None
-
-    def wake(self) -> bool:
-        woke = super().wake()
-        scope = self.scope
-        if scope is not None:
-            self.scope = None
-            scope.cancel()
-            return True
-        return woke
-
-
 class _Session:
     """One upgraded connection, served by one task.
 
@@ -313,7 +293,7 @@ class _Session:
         self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.state = app.websocket
         self.ws = Connection(ConnectionType.SERVER)
-        self.waiter = _Waker()
+        self.waiter = SessionWaker()
         self.core: SessionCore[bytes] = SessionCore(
             app, request, self.waiter, frame=_frame, size=len, encoder_for=self.state.encoder
         )
